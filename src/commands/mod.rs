@@ -1,0 +1,4 @@
+//! One module per subcommand; each returns the process exit code.
+
+pub mod check;
+pub mod test;

@@ -1,0 +1,1100 @@
+//! Loading and checking files: YAML text → raw serde types → checked domain
+//! types, with every problem reported as `file:line:col: message`.
+//!
+//! All problems of a set of files are collected in one pass (a rule file with
+//! three mistakes reports three), and a set is only returned when it has no
+//! error: the daemon keeps its previous rules otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::position::{Pos, PositionIndex, Seg};
+use super::raw::{self, RawConfig, RawNotifier, RawRule, RawStep};
+use super::*;
+use crate::diag::Diagnostic;
+use crate::rule::condition::Condition;
+use crate::rule::template::Template;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ripcord/ripcord.yaml";
+pub const DEFAULT_RULES: &str = "/etc/ripcord/rules.d/*.yaml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ripcord";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9733";
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// The result of loading: the value when there was no error, and every
+/// diagnostic (errors and warnings) either way.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    pub value: Option<T>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl<T> Loaded<T> {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
+
+struct Doc {
+    path: PathBuf,
+    index: PositionIndex,
+}
+
+/// Collects diagnostics across the files of one load.
+#[derive(Default)]
+pub(crate) struct Ctx {
+    docs: Vec<Doc>,
+    pub(crate) diags: Vec<Diagnostic>,
+}
+
+/// A place in a loaded document.
+#[derive(Clone, Debug)]
+pub(crate) struct At {
+    pub doc: usize,
+    pub path: Vec<Seg>,
+}
+
+impl At {
+    pub fn key(&self, k: &str) -> At {
+        let mut path = self.path.clone();
+        path.push(Seg::key(k));
+        At {
+            doc: self.doc,
+            path,
+        }
+    }
+
+    pub fn index(&self, i: usize) -> At {
+        let mut path = self.path.clone();
+        path.push(Seg::Index(i));
+        At {
+            doc: self.doc,
+            path,
+        }
+    }
+}
+
+fn strip_location(msg: String) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    }
+}
+
+impl Ctx {
+    pub fn pos(&self, at: &At) -> Pos {
+        self.docs[at.doc].index.locate(&at.path)
+    }
+
+    pub fn file(&self, at: &At) -> &Path {
+        &self.docs[at.doc].path
+    }
+
+    pub fn origin(&self, at: &At) -> Origin {
+        Origin {
+            file: self.file(at).to_path_buf(),
+            pos: self.pos(at),
+        }
+    }
+
+    pub fn error(&mut self, at: &At, msg: impl Into<String>) {
+        let d = Diagnostic::error(self.file(at), self.pos(at), msg);
+        self.diags.push(d);
+    }
+
+    pub fn error_key(&mut self, at: &At, msg: impl Into<String>) {
+        let pos = self.docs[at.doc].index.locate_key(&at.path);
+        let d = Diagnostic::error(self.file(at), pos, msg);
+        self.diags.push(d);
+    }
+
+    pub fn warn(&mut self, at: &At, msg: impl Into<String>) {
+        let d = Diagnostic::warning(self.file(at), self.pos(at), msg);
+        self.diags.push(d);
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.diags.iter().filter(|d| d.is_error()).count()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.diags.iter().any(Diagnostic::is_error)
+    }
+
+    /// Reads and parses one file; `None` (with a diagnostic) if it can't be.
+    pub fn read(&mut self, path: &Path) -> Option<(At, Value)> {
+        let text = self.read_text(path)?;
+        self.parse(path, &text)
+    }
+
+    /// Reads one file as UTF-8; `None` (with a diagnostic) if it can't be.
+    pub fn read_text(&mut self, path: &Path) -> Option<String> {
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    self.diags.push(Diagnostic::error(
+                        path,
+                        Pos::START,
+                        format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                    ));
+                    None
+                }
+            },
+            Err(e) => {
+                self.diags
+                    .push(Diagnostic::error(path, Pos::START, format!("cannot read file: {e}")));
+                None
+            }
+        }
+    }
+
+    pub fn parse(&mut self, path: &Path, text: &str) -> Option<(At, Value)> {
+        match serde_yaml::from_str::<Value>(text) {
+            Ok(v) => {
+                self.docs.push(Doc {
+                    path: path.to_path_buf(),
+                    index: PositionIndex::build(text),
+                });
+                Some((
+                    At {
+                        doc: self.docs.len() - 1,
+                        path: Vec::new(),
+                    },
+                    v,
+                ))
+            }
+            Err(e) => {
+                let pos = e
+                    .location()
+                    .map(|l| Pos {
+                        line: l.line(),
+                        col: l.column(),
+                    })
+                    .unwrap_or(Pos::START);
+                let msg = format!("invalid YAML: {}", strip_location(e.to_string()));
+                self.diags.push(Diagnostic::error(path, pos, msg));
+                None
+            }
+        }
+    }
+
+    /// Deserializes `v` (found at `at`) into a raw type; a problem is
+    /// reported at the exact key or value it concerns.
+    ///
+    /// To report every problem of an item in one run, a field that fails is
+    /// dropped and the item is read again; the item itself is then `None`.
+    pub fn de<T: DeserializeOwned>(&mut self, at: &At, v: &Value) -> Option<T> {
+        let mut v = v.clone();
+        let mut dropped: Vec<String> = Vec::new();
+        for _ in 0..32 {
+            let e = match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+                // With fields dropped the item is still checked further (its
+                // other problems get reported); the error already recorded
+                // keeps the whole set from loading.
+                Ok(t) => return Some(t),
+                Err(e) => e,
+            };
+            let segs: Vec<Seg> = e
+                .path()
+                .iter()
+                .map_while(|seg| match seg {
+                    serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                    serde_path_to_error::Segment::Map { key } => Some(Seg::key(key)),
+                    serde_path_to_error::Segment::Enum { variant } => Some(Seg::key(variant)),
+                    serde_path_to_error::Segment::Unknown => None,
+                })
+                .collect();
+            let msg = strip_location(e.into_inner().to_string());
+            // A field that had an error and was dropped comes back as
+            // "missing": that is not a second problem.
+            if segs.is_empty()
+                && dropped
+                    .iter()
+                    .any(|d| msg == format!("missing field `{d}`"))
+            {
+                return None;
+            }
+            let mut here = at.clone();
+            here.path.extend(segs.iter().cloned());
+            let unknown = msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string);
+            match &unknown {
+                Some(name) if segs.last() == Some(&Seg::key(name.as_str())) => self.error_key(&here, msg),
+                Some(name) if self.docs[here.doc].index.key(&here.key(name).path).is_some() => {
+                    self.error_key(&here.key(name), msg)
+                }
+                _ => self.error(&here, msg),
+            }
+            // Drop the top-level field the problem is in, and read again.
+            let field = match segs.first() {
+                Some(Seg::Key(k)) => Some(k.clone()),
+                _ => unknown,
+            };
+            let removed = match (&field, v.as_mapping_mut()) {
+                (Some(f), Some(m)) => m.remove(f.as_str()).is_some(),
+                _ => false,
+            };
+            match field.filter(|_| removed) {
+                Some(f) => dropped.push(f),
+                None => return None,
+            }
+        }
+        None
+    }
+}
+
+/// Names of rules, actions and notifiers: used in ids, URLs and
+/// environment variables, so kept to a safe alphabet.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {kind} name `{name}`: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"
+        ))
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_http_url(s: &str) -> bool {
+    (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len()
+}
+
+fn list(names: impl Iterator<Item = impl AsRef<str>>) -> String {
+    let v: Vec<String> = names.map(|n| n.as_ref().to_string()).collect();
+    if v.is_empty() {
+        "none are defined".into()
+    } else {
+        format!("defined: {}", v.join(", "))
+    }
+}
+
+// ---------------------------------------------------------------- main config
+
+/// Loads `ripcord.yaml`. A missing file at the default path means "all
+/// defaults"; a missing file named explicitly is an error.
+pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
+    let mut cx = Ctx::default();
+    let raw = if !path.exists() && !must_exist {
+        Some(RawConfig::default())
+    } else {
+        match cx.read(path) {
+            Some((_, Value::Null)) => Some(RawConfig::default()),
+            Some((at, v)) => cx.de::<RawConfig>(&at, &v),
+            None => None,
+        }
+    };
+    let value = raw.and_then(|raw| {
+        let at = At {
+            doc: cx.docs.len().saturating_sub(1),
+            path: Vec::new(),
+        };
+        let have_doc = !cx.docs.is_empty();
+        let err = |cx: &mut Ctx, seg: &str, msg: String| {
+            if have_doc {
+                cx.error(&at.key("prometheus").key(seg), msg);
+            } else {
+                cx.diags.push(Diagnostic::error(path, Pos::START, msg));
+            }
+        };
+        let url = raw
+            .prometheus
+            .url
+            .unwrap_or_else(|| "http://127.0.0.1:9090".into());
+        if !is_http_url(&url) {
+            err(&mut cx, "url", format!("prometheus url `{url}` must start with http:// or https://"));
+        }
+        let timeout = raw.prometheus.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10));
+        if timeout.is_zero() {
+            err(&mut cx, "timeout", "prometheus timeout must be greater than 0".into());
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let globs = raw
+            .rules
+            .map(raw::OneOrMany::into_vec)
+            .unwrap_or_else(|| vec![DEFAULT_RULES.into()]);
+        let mut rule_globs = Vec::new();
+        for (i, g) in globs.iter().enumerate() {
+            let full = if Path::new(g).is_absolute() {
+                g.clone()
+            } else {
+                base.join(g).to_string_lossy().into_owned()
+            };
+            if let Err(e) = glob::Pattern::new(&full) {
+                let msg = format!("invalid glob `{g}`: {e}");
+                if have_doc {
+                    let a = if globs.len() > 1 { at.key("rules").index(i) } else { at.key("rules") };
+                    cx.error(&a, msg);
+                }
+            }
+            rule_globs.push(full);
+        }
+        let state_dir = raw
+            .state_dir
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let listen_s = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = match listen_s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                if have_doc {
+                    cx.error(
+                        &at.key("listen"),
+                        format!("invalid listen address `{listen_s}`: expected IP:PORT, e.g. 127.0.0.1:9733"),
+                    );
+                }
+                DEFAULT_LISTEN.parse().ok()?
+            }
+        };
+        let limits = Limits {
+            max_actions_per_hour: raw
+                .limits
+                .max_actions_per_hour
+                .unwrap_or(Limits::default().max_actions_per_hour),
+        };
+        if limits.max_actions_per_hour == 0 && have_doc {
+            cx.warn(
+                &at.key("limits").key("max_actions_per_hour"),
+                "max_actions_per_hour is 0: ripcord will page but never act",
+            );
+        }
+        Some(Config {
+            path: path.exists().then(|| path.to_path_buf()),
+            prometheus: PrometheusConfig {
+                url: url.trim_end_matches('/').to_string(),
+                timeout,
+                headers: raw.prometheus.headers,
+            },
+            rule_globs,
+            state_dir,
+            listen,
+            mode: raw.mode.unwrap_or_default(),
+            limits,
+        })
+    });
+    let ok = !cx.has_errors();
+    Loaded {
+        value: value.filter(|_| ok),
+        diagnostics: cx.diags,
+    }
+}
+
+/// The rule files a config names, in a stable order.
+pub fn expand_globs(globs: &[String]) -> Result<Vec<PathBuf>, String> {
+    let mut files = BTreeSet::new();
+    for g in globs {
+        let paths = glob::glob(g).map_err(|e| format!("invalid glob `{g}`: {e}"))?;
+        for p in paths {
+            let p = p.map_err(|e| format!("cannot read {}: {}", e.path().display(), e.error()))?;
+            if p.is_file() && !is_test_file(&p) {
+                files.insert(p);
+            }
+        }
+    }
+    Ok(files.into_iter().collect())
+}
+
+/// Rule unit-test files are named `*.test.yaml` (or `.yml`).
+pub fn is_test_file(p: &Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.ends_with(".test.yaml") || name.ends_with(".test.yml")
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Files under `args` (files as given, directories walked in name order),
+/// split into rule files and test files.
+pub fn collect_files(args: &[PathBuf]) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if is_yaml(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut all = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            walk(a, &mut all)?;
+        } else {
+            all.push(a.clone());
+        }
+    }
+    Ok(all.into_iter().partition(|p| !is_test_file(p)))
+}
+
+// ---------------------------------------------------------------- rule files
+
+struct Named<T> {
+    name: String,
+    at: At,
+    raw: T,
+}
+
+/// Loads a set of rule files as one: names are global across them.
+pub fn load_rule_files(paths: &[PathBuf]) -> Loaded<RuleSet> {
+    let mut cx = Ctx::default();
+    let set = load_rule_files_into(&mut cx, paths);
+    let ok = !cx.has_errors();
+    Loaded {
+        value: set.filter(|_| ok),
+        diagnostics: cx.diags,
+    }
+}
+
+pub(crate) fn load_rule_files_into(cx: &mut Ctx, paths: &[PathBuf]) -> Option<RuleSet> {
+    let mut texts = Vec::new();
+    for p in paths {
+        if let Some(t) = cx.read_text(p) {
+            texts.push((p.clone(), t));
+        }
+    }
+    let mut set = load_texts(cx, texts)?;
+    set.files = paths.to_vec();
+    Some(set)
+}
+
+fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
+    let paths: Vec<PathBuf> = texts.iter().map(|(p, _)| p.clone()).collect();
+    let mut notifiers = Vec::new();
+    let mut actions = Vec::new();
+    let mut rules: Vec<(At, RawRule, bool)> = Vec::new();
+    for (path, text) in &texts {
+        let Some((root, value)) = cx.parse(path, text) else {
+            continue;
+        };
+        let map = match value {
+            Value::Null => continue,
+            Value::Mapping(m) => m,
+            _ => {
+                cx.error(&root, "a rule file must be a mapping with `notifiers:`, `actions:` and/or `rules:`");
+                continue;
+            }
+        };
+        for (k, v) in &map {
+            let Some(key) = k.as_str() else {
+                cx.error(&root, "keys of a rule file must be strings");
+                continue;
+            };
+            let at = root.key(key);
+            match key {
+                "notifiers" => collect_named(cx, &at, v, "notifier", &mut notifiers),
+                "actions" => collect_named(cx, &at, v, "action", &mut actions),
+                "rules" => match v {
+                    Value::Sequence(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            let at = at.index(i);
+                            let before = cx.error_count();
+                            if let Some(r) = cx.de::<RawRule>(&at, item) {
+                                rules.push((at, r, cx.error_count() > before));
+                            }
+                        }
+                    }
+                    Value::Null => {}
+                    _ => cx.error(&at, "`rules:` must be a list of rules"),
+                },
+                other => cx.error_key(
+                    &at,
+                    format!("unknown key `{other}` in a rule file, expected one of `notifiers`, `actions`, `rules`"),
+                ),
+            }
+        }
+    }
+
+    // Names are global: a duplicate names both places.
+    check_duplicates(cx, "notifier", notifiers.iter().map(|n| (&n.name, &n.at)));
+    check_duplicates(cx, "action", actions.iter().map(|n| (&n.name, &n.at)));
+    let rule_names: Vec<(String, At)> = rules.iter().map(|(at, r, _)| (r.name.clone(), at.key("name"))).collect();
+    check_duplicates(cx, "rule", rule_names.iter().map(|(n, a)| (n, a)));
+
+    let notifier_names: BTreeSet<String> = notifiers.iter().map(|n| n.name.clone()).collect();
+    let action_names: BTreeSet<String> = actions.iter().map(|n| n.name.clone()).collect();
+    let mut set = RuleSet {
+        files: paths,
+        ..RuleSet::default()
+    };
+    let mut used_actions = BTreeSet::new();
+    let mut used_notifiers = BTreeSet::new();
+    for n in &notifiers {
+        if let Some(v) = validate_notifier(cx, n) {
+            set.notifiers.entry(n.name.clone()).or_insert_with(|| Arc::new(v));
+        }
+    }
+    for a in &actions {
+        if let Some(v) = validate_action(cx, a) {
+            set.actions.entry(a.name.clone()).or_insert_with(|| Arc::new(v));
+        }
+    }
+    for (at, raw, had_errors) in rules {
+        used_actions.extend(raw.actions.iter().cloned());
+        used_notifiers.extend(raw.notify.iter().cloned());
+        if let Some(r) = validate_rule(cx, &at, raw, had_errors, &action_names, &notifier_names) {
+            set.rules.push(Arc::new(r));
+        }
+    }
+    for a in &actions {
+        if !used_actions.contains(&a.name) {
+            cx.warn(&a.at, format!("action `{}` is not used by any rule", a.name));
+        }
+    }
+    for n in &notifiers {
+        if !used_notifiers.contains(&n.name) {
+            cx.warn(&n.at, format!("notifier `{}` is not used by any rule", n.name));
+        }
+    }
+    Some(set)
+}
+
+fn collect_named<T: DeserializeOwned>(
+    cx: &mut Ctx,
+    at: &At,
+    v: &Value,
+    kind: &str,
+    out: &mut Vec<Named<T>>,
+) {
+    let map = match v {
+        Value::Mapping(m) => m,
+        Value::Null => return,
+        _ => {
+            cx.error(at, format!("`{kind}s:` must be a mapping of {kind} names to definitions"));
+            return;
+        }
+    };
+    for (k, item) in map {
+        let name = match k {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => {
+                cx.error(at, format!("{kind} names must be strings"));
+                continue;
+            }
+        };
+        let here = at.key(&name);
+        if let Err(e) = check_name(kind, &name) {
+            cx.error_key(&here, e);
+        }
+        if let Some(raw) = cx.de::<T>(&here, item) {
+            out.push(Named { name, at: here, raw });
+        }
+    }
+}
+
+fn check_duplicates<'a>(cx: &mut Ctx, kind: &str, items: impl Iterator<Item = (&'a String, &'a At)>) {
+    let mut seen: BTreeMap<&String, &At> = BTreeMap::new();
+    for (name, at) in items {
+        if let Some(first) = seen.get(name) {
+            let first = cx.origin(first);
+            let here = cx.docs[at.doc].index.locate_key(&at.path);
+            let d = Diagnostic::error(
+                cx.file(at),
+                here,
+                format!("{kind} `{name}` is defined twice: first at {first}"),
+            );
+            cx.diags.push(d);
+        } else {
+            seen.insert(name, at);
+        }
+    }
+}
+
+fn warn_inline_secret(cx: &mut Ctx, at: &At, s: &SecretString, what: &str) {
+    if !s.has_refs() {
+        cx.warn(
+            at,
+            format!("{what} is written inline: use ${{env:NAME}}, ${{file:PATH}} or ${{credential:NAME}} so it stays out of the rule file"),
+        );
+    }
+}
+
+fn validate_notifier(cx: &mut Ctx, n: &Named<RawNotifier>) -> Option<Notifier> {
+    let r = &n.raw;
+    let set = [
+        r.pagerduty.is_some(),
+        r.slack.is_some(),
+        r.webhook.is_some(),
+        r.alertmanager.is_some(),
+    ];
+    if set.iter().filter(|b| **b).count() != 1 {
+        cx.error(
+            &n.at,
+            format!(
+                "notifier `{}` needs exactly one of `pagerduty`, `slack`, `webhook`, `alertmanager`",
+                n.name
+            ),
+        );
+        return None;
+    }
+    let kind = if let Some(pd) = &r.pagerduty {
+        let at = n.at.key("pagerduty");
+        warn_inline_secret(cx, &at.key("routing_key"), &pd.routing_key, "the PagerDuty routing key");
+        let url = pd.url.clone().unwrap_or_else(|| PAGERDUTY_DEFAULT_URL.into());
+        if !is_http_url(&url) {
+            cx.error(&at.key("url"), format!("url `{url}` must start with http:// or https://"));
+        }
+        NotifierKind::Pagerduty {
+            routing_key: pd.routing_key.clone(),
+            url,
+        }
+    } else if let Some(s) = &r.slack {
+        let at = n.at.key("slack").key("webhook_url");
+        warn_inline_secret(cx, &at, &s.webhook_url, "the Slack webhook URL");
+        if !s.webhook_url.has_refs() && !is_http_url(s.webhook_url.as_written()) {
+            cx.error(&at, "webhook_url must start with http:// or https://");
+        }
+        NotifierKind::Slack {
+            webhook_url: s.webhook_url.clone(),
+        }
+    } else if let Some(w) = &r.webhook {
+        let at = n.at.key("webhook");
+        if !w.url.has_refs() && !is_http_url(w.url.as_written()) {
+            cx.error(&at.key("url"), "url must start with http:// or https://");
+        }
+        if let Some(s) = &w.secret {
+            warn_inline_secret(cx, &at.key("secret"), s, "the webhook secret");
+        }
+        NotifierKind::Webhook {
+            url: w.url.clone(),
+            secret: w.secret.clone(),
+        }
+    } else if let Some(am) = &r.alertmanager {
+        let at = n.at.key("alertmanager").key("urls");
+        if am.urls.is_empty() {
+            cx.error(&at, "alertmanager needs at least one url");
+        }
+        for (i, u) in am.urls.iter().enumerate() {
+            if !is_http_url(u) {
+                cx.error(&at.index(i), format!("url `{u}` must start with http:// or https://"));
+            }
+        }
+        NotifierKind::Alertmanager { urls: am.urls.clone() }
+    } else {
+        return None;
+    };
+    Some(Notifier {
+        name: n.name.clone(),
+        origin: cx.origin(&n.at),
+        kind,
+    })
+}
+
+fn positive(cx: &mut Ctx, at: &At, d: Option<raw::Dur>, default: Duration, what: &str) -> Duration {
+    match d {
+        Some(raw::Dur(d)) if d.is_zero() => {
+            cx.error(at, format!("{what} must be greater than 0"));
+            default
+        }
+        Some(raw::Dur(d)) => d,
+        None => default,
+    }
+}
+
+fn one_of<'a, T>(cx: &mut Ctx, at: &At, what: &str, options: &[(&'a str, Option<T>)]) -> Option<(&'a str, T)>
+where
+    T: Clone,
+{
+    let set: Vec<(&str, T)> = options
+        .iter()
+        .filter_map(|(n, v)| v.clone().map(|v| (*n, v)))
+        .collect();
+    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    match set.len() {
+        1 => set.into_iter().next(),
+        0 => {
+            cx.error(at, format!("{what} needs one of `{}`", names.join("`, `")));
+            None
+        }
+        _ => {
+            let given: Vec<&str> = set.iter().map(|(n, _)| *n).collect();
+            cx.error(
+                at,
+                format!("{what} needs exactly one of `{}`, found `{}`", names.join("`, `"), given.join("`, `")),
+            );
+            None
+        }
+    }
+}
+
+fn validate_action(cx: &mut Ctx, a: &Named<raw::RawAction>) -> Option<Action> {
+    let mut steps = Vec::new();
+    if a.raw.steps.is_empty() {
+        cx.error(&a.at.key("steps"), format!("action `{}` has no steps", a.name));
+    }
+    for (i, s) in a.raw.steps.iter().enumerate() {
+        let at = a.at.key("steps").index(i);
+        if let Some(step) = validate_step(cx, &at, s) {
+            steps.push(step);
+        }
+    }
+    (steps.len() == a.raw.steps.len()).then(|| Action {
+        name: a.name.clone(),
+        origin: cx.origin(&a.at),
+        description: a.raw.description.clone(),
+        steps,
+    })
+}
+
+fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
+    let kinds = [
+        ("exec", s.exec.is_some()),
+        ("kubectl", s.kubectl.is_some()),
+        ("systemctl", s.systemctl.is_some()),
+        ("file", s.file.is_some()),
+        ("http", s.http.is_some()),
+    ];
+    let opts: Vec<(&str, Option<()>)> = kinds.iter().map(|(n, b)| (*n, b.then_some(()))).collect();
+    one_of(cx, at, "a step", &opts)?;
+    let errors_before = cx.diags.iter().filter(|d| d.is_error()).count();
+    let step = if let Some(e) = &s.exec {
+        let at = at.key("exec");
+        if e.argv.is_empty() || e.argv[0].0.is_empty() {
+            cx.error(&at.key("argv"), "argv needs at least the program to run");
+        }
+        for k in e.env.keys() {
+            if !is_identifier(k) {
+                cx.error_key(&at.key("env").key(k), format!("`{k}` is not a valid environment variable name"));
+            } else if k.starts_with("RIPCORD_") {
+                cx.error_key(&at.key("env").key(k), format!("`{k}`: RIPCORD_* variables are set by ripcord itself"));
+            }
+        }
+        Step::Exec(ExecStep {
+            argv: e.argv.iter().map(|a| a.0.clone()).collect(),
+            timeout: positive(cx, &at.key("timeout"), e.timeout, Duration::from_secs(60), "timeout"),
+            env: e.env.clone(),
+        })
+    } else if let Some(k) = &s.kubectl {
+        let at = at.key("kubectl");
+        let verb = one_of(
+            cx,
+            &at,
+            "a kubectl step",
+            &[
+                ("rollout_undo", k.rollout_undo.clone().map(|r| KubectlVerb::RolloutUndo { resource: r, to_revision: k.to_revision })),
+                ("set_image", k.set_image.as_ref().map(|s| KubectlVerb::SetImage {
+                    resource: s.resource.clone(),
+                    container: s.container.clone(),
+                    image: s.image.clone(),
+                })),
+                ("scale", k.scale.as_ref().map(|s| KubectlVerb::Scale { resource: s.resource.clone(), replicas: s.replicas })),
+            ],
+        );
+        if k.to_revision.is_some() && k.rollout_undo.is_none() {
+            cx.error(&at.key("to_revision"), "to_revision only applies to rollout_undo");
+        }
+        let (verb_name, verb) = verb?;
+        let resource = match &verb {
+            KubectlVerb::RolloutUndo { resource, .. }
+            | KubectlVerb::SetImage { resource, .. }
+            | KubectlVerb::Scale { resource, .. } => resource.clone(),
+        };
+        if !resource.contains('/') || resource.starts_with('/') || resource.ends_with('/') || resource.starts_with('-') {
+            cx.error(
+                &at.key(verb_name),
+                format!("resource `{resource}` must be KIND/NAME, e.g. deployment/chat"),
+            );
+        }
+        let wait = k.wait.map(|d| d.0);
+        let default_timeout = wait.unwrap_or_default() + Duration::from_secs(60);
+        let timeout = positive(cx, &at.key("timeout"), k.timeout, default_timeout, "timeout");
+        if wait.is_some_and(|w| w > timeout) {
+            cx.error(&at.key("wait"), "wait is longer than the step's timeout");
+        }
+        Step::Kubectl(KubectlStep {
+            verb,
+            namespace: k.namespace.clone(),
+            context: k.context.clone(),
+            kubeconfig: k.kubeconfig.clone().map(PathBuf::from),
+            wait,
+            timeout,
+        })
+    } else if let Some(sc) = &s.systemctl {
+        let at = at.key("systemctl");
+        let (verb_name, (verb, unit)) = one_of(
+            cx,
+            &at,
+            "a systemctl step",
+            &[
+                ("restart", sc.restart.clone().map(|u| (SystemctlVerb::Restart, u))),
+                ("stop", sc.stop.clone().map(|u| (SystemctlVerb::Stop, u))),
+                ("start", sc.start.clone().map(|u| (SystemctlVerb::Start, u))),
+                ("reload", sc.reload.clone().map(|u| (SystemctlVerb::Reload, u))),
+            ],
+        )?;
+        if unit.is_empty() || unit.starts_with('-') || unit.contains(char::is_whitespace) || unit.contains('/') {
+            cx.error(&at.key(verb_name), format!("`{unit}` is not a unit name"));
+        }
+        let wait = positive(cx, &at.key("wait"), sc.wait, Duration::from_secs(60), "wait");
+        let timeout = positive(cx, &at.key("timeout"), sc.timeout, wait + Duration::from_secs(30), "timeout");
+        if wait > timeout {
+            cx.error(&at.key("wait"), "wait is longer than the step's timeout");
+        }
+        Step::Systemctl(SystemctlStep {
+            verb,
+            unit,
+            wait,
+            timeout,
+        })
+    } else if let Some(f) = &s.file {
+        let at = at.key("file");
+        let path = PathBuf::from(&f.path);
+        if !path.is_absolute() {
+            cx.error(&at.key("path"), format!("path `{}` must be absolute", f.path));
+        }
+        if f.set.is_empty() {
+            cx.error(&at.key("set"), "set needs at least one KEY: value");
+        }
+        let format = f.format.unwrap_or(match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => FileFormat::Yaml,
+            Some("json") => FileFormat::Json,
+            _ => FileFormat::Env,
+        });
+        for (k, v) in &f.set {
+            let kat = at.key("set").key(k);
+            if format == FileFormat::Env && !is_identifier(k) {
+                cx.error_key(&kat, format!("`{k}` is not a valid variable name for an env file"));
+            }
+            if format != FileFormat::Env && (k.is_empty() || k.split('.').any(str::is_empty)) {
+                cx.error_key(&kat, format!("`{k}` is not a key path (e.g. flags.v2.enabled)"));
+            }
+            if v.0.contains(['\n', '\r']) {
+                cx.error(&kat, "a value must fit on one line");
+            }
+        }
+        Step::File(FileStep {
+            path,
+            set: f.set.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
+            format,
+            timeout: positive(cx, &at.key("timeout"), f.timeout, Duration::from_secs(10), "timeout"),
+        })
+    } else if let Some(h) = &s.http {
+        let at = at.key("http");
+        let method = h.method.clone().unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+        if !["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&method.as_str()) {
+            cx.error(&at.key("method"), format!("unknown HTTP method `{method}`"));
+        }
+        if !h.url.has_refs() && !is_http_url(h.url.as_written()) {
+            cx.error(&at.key("url"), "url must start with http:// or https://");
+        }
+        for (i, code) in h.expect_status.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                cx.error(&at.key("expect_status").index(i), format!("{code} is not an HTTP status code"));
+            }
+        }
+        Step::Http(HttpStep {
+            method,
+            url: h.url.clone(),
+            headers: h.headers.clone(),
+            body: h.body.clone(),
+            expect_status: h.expect_status.clone(),
+            timeout: positive(cx, &at.key("timeout"), h.timeout, Duration::from_secs(30), "timeout"),
+            retries: h.retries,
+        })
+    } else {
+        return None;
+    };
+    let errors_after = cx.diags.iter().filter(|d| d.is_error()).count();
+    (errors_after == errors_before).then_some(step)
+}
+
+fn validate_rule(
+    cx: &mut Ctx,
+    at: &At,
+    r: RawRule,
+    had_errors: bool,
+    actions: &BTreeSet<String>,
+    notifiers: &BTreeSet<String>,
+) -> Option<Rule> {
+    let errors_before = cx.error_count();
+    if let Err(e) = check_name("rule", &r.name) {
+        cx.error(&at.key("name"), e);
+    }
+    let schedule = match (&r.every, &r.cron) {
+        (Some(_), Some(_)) => {
+            cx.error(at, format!("rule `{}`: set either `every:` or `cron:`, not both", r.name));
+            Schedule::Every(DEFAULT_EVERY)
+        }
+        (Some(raw::Dur(d)), None) if d.is_zero() => {
+            cx.error(&at.key("every"), "every must be greater than 0");
+            Schedule::Every(DEFAULT_EVERY)
+        }
+        (Some(raw::Dur(d)), None) => Schedule::Every(*d),
+        (None, Some(expr)) => match expr.parse::<cron::Schedule>() {
+            Ok(s) => Schedule::Cron(expr.clone(), Box::new(s)),
+            Err(e) => {
+                // The cron crate's message quotes the input over several lines.
+                let why = e.to_string();
+                let why = why.lines().last().unwrap_or_default().trim().trim_end_matches('.');
+                cx.error(
+                    &at.key("cron"),
+                    format!("invalid cron expression `{expr}`: {why} (fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */5 * * * *\")"),
+                );
+                Schedule::Every(DEFAULT_EVERY)
+            }
+        },
+        (None, None) => Schedule::Every(DEFAULT_EVERY),
+    };
+
+    if r.queries.is_empty() {
+        cx.error(&at.key("queries"), format!("rule `{}` has no queries", r.name));
+    }
+    for (name, expr) in &r.queries {
+        let qat = at.key("queries").key(name);
+        if !is_identifier(name) || matches!(name.as_str(), "true" | "false") {
+            cx.error_key(
+                &qat,
+                format!("query name `{name}` must be an identifier (letters, digits, `_`), as the condition refers to it"),
+            );
+            continue;
+        }
+        if let Err(e) = promql_parser::parser::parse(expr) {
+            cx.error(&qat, format!("invalid PromQL in query `{name}`: {}", e.trim()));
+        }
+    }
+    let names: Vec<&str> = r.queries.keys().map(String::as_str).collect();
+    let condition = match Condition::compile(&r.condition, &names) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if !names.is_empty() {
+                cx.error(&at.key("condition"), e);
+            }
+            None
+        }
+    };
+    let summary_src = r.summary.clone().unwrap_or_else(|| {
+        let vals: Vec<String> = names.iter().map(|q| format!("{q}={{{{ {q} | humanize }}}}")).collect();
+        format!("{{{{ rule }}}} breached: {}", vals.join(", "))
+    });
+    let summary = match Template::compile(&summary_src, &names) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.error(&at.key("summary"), e);
+            None
+        }
+    };
+    check_refs(cx, &at.key("actions"), &r.actions, actions, "action");
+    check_refs(cx, &at.key("notify"), &r.notify, notifiers, "notifier");
+    let approval = r.approval.as_ref().map(|a| Approval {
+        timeout: positive(cx, &at.key("approval").key("timeout"), Some(a.timeout), Duration::from_secs(300), "approval timeout"),
+        on_timeout: a.on_timeout,
+    });
+    let verify_within = r
+        .verify
+        .as_ref()
+        .map(|v| positive(cx, &at.key("verify").key("within"), Some(v.within), Duration::from_secs(600), "verify within"));
+    for k in r.labels.keys() {
+        if !is_identifier(k) {
+            cx.error_key(&at.key("labels").key(k), format!("`{k}` is not a valid label name"));
+        }
+    }
+    for (key, url) in [("runbook_url", &r.runbook_url), ("dashboard_url", &r.dashboard_url)] {
+        if let Some(u) = url {
+            if !is_http_url(u) {
+                cx.error(&at.key(key), format!("{key} `{u}` must start with http:// or https://"));
+            }
+        }
+    }
+    let for_ = r.for_.map(|d| d.0).unwrap_or_default();
+    let no_data = r.no_data.unwrap_or_default();
+
+    // Values that parse but that an SRE would want to hear about; not worth
+    // saying about a rule that has errors to fix first.
+    let rule_at = at.key("name");
+    let errors_after = cx.error_count();
+    if had_errors || errors_after != errors_before {
+        return None;
+    }
+    if r.actions.is_empty() && r.notify.is_empty() {
+        cx.warn(&rule_at, format!("rule `{}` does nothing when it fires: no actions and no notify", r.name));
+    }
+    if !r.actions.is_empty() {
+        if r.notify.is_empty() {
+            cx.warn(&rule_at, format!("rule `{}` acts without paging anyone: add `notify:`", r.name));
+        }
+        if for_.is_zero() {
+            cx.warn(&rule_at, format!("rule `{}` acts on a single breaching evaluation: set `for:` so a blip does not roll back", r.name));
+        }
+        if no_data == NoData::Breach {
+            cx.warn(&at.key("no_data"), format!("rule `{}` acts when data is missing (`no_data: breach`)", r.name));
+        }
+        if verify_within.is_none() {
+            cx.warn(&rule_at, format!("rule `{}` has no `verify:`: ripcord will not page if the rollback does not restore the metrics", r.name));
+        }
+    }
+
+    Some(Rule {
+        origin: cx.origin(at),
+        name: r.name,
+        schedule,
+        queries: r.queries,
+        condition: condition?,
+        for_,
+        no_data,
+        severity: r.severity.unwrap_or_default(),
+        summary: summary?,
+        description: r.description,
+        actions: r.actions,
+        notify: r.notify,
+        approval,
+        verify_within,
+        cooldown: r.cooldown.map(|d| d.0).unwrap_or(DEFAULT_COOLDOWN),
+        mode: r.mode,
+        labels: r.labels,
+        runbook_url: r.runbook_url,
+        dashboard_url: r.dashboard_url,
+    })
+}
+
+fn check_refs(cx: &mut Ctx, at: &At, refs: &[String], known: &BTreeSet<String>, kind: &str) {
+    let mut seen = BTreeSet::new();
+    for (i, name) in refs.iter().enumerate() {
+        if !known.contains(name) {
+            cx.error(&at.index(i), format!("unknown {kind} `{name}` ({})", list(known.iter())));
+        } else if !seen.insert(name) {
+            cx.error(&at.index(i), format!("{kind} `{name}` is listed twice"));
+        }
+    }
+}
+
+/// Loads rule files from in-memory texts: `(path to report, text)`.
+pub fn load_rule_sources(sources: &[(&str, &str)]) -> Loaded<RuleSet> {
+    let mut cx = Ctx::default();
+    let texts: Vec<(PathBuf, String)> = sources
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
+    let set = load_texts(&mut cx, texts);
+    let ok = !cx.has_errors();
+    Loaded {
+        value: set.filter(|_| ok),
+        diagnostics: cx.diags,
+    }
+}

@@ -1,0 +1,282 @@
+//! Configuration and rule files: raw serde shapes (`raw`), checked domain
+//! types (this module), and the loader that turns one into the other
+//! (`load`). `ripcord check`, `ripcord test` and the daemon all load files
+//! through [`load`], so they can never disagree about what a file means.
+
+pub mod load;
+pub mod position;
+pub mod raw;
+pub mod secrets;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+pub use raw::{FileFormat, Mode, NoData, OnTimeout, Severity};
+pub use secrets::{Secret, SecretString};
+
+use crate::rule::condition::Condition;
+use crate::rule::template::Template;
+use position::Pos;
+
+/// Where a named thing was defined, for "defined twice" and other messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.pos.line, self.pos.col)
+    }
+}
+
+/// The main config file, `ripcord.yaml`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from; `None` when every default applies.
+    pub path: Option<PathBuf>,
+    pub prometheus: PrometheusConfig,
+    /// Globs of rule files, already resolved against the config's directory.
+    pub rule_globs: Vec<String>,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct PrometheusConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub headers: BTreeMap<String, SecretString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Past this many actions in a rolling hour, across all rules, ripcord
+    /// pages instead of acting.
+    pub max_actions_per_hour: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_actions_per_hour: 5,
+        }
+    }
+}
+
+/// Every rule file, loaded and checked as one set: names are global.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    pub files: Vec<PathBuf>,
+    pub rules: Vec<Arc<Rule>>,
+    pub actions: BTreeMap<String, Arc<Action>>,
+    pub notifiers: BTreeMap<String, Arc<Notifier>>,
+}
+
+impl RuleSet {
+    pub fn rule(&self, name: &str) -> Option<&Arc<Rule>> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    Every(Duration),
+    /// The expression as written, and its parsed form.
+    Cron(String, Box<cron::Schedule>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Approval {
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+/// One rule, checked: every reference resolves, every query parses as
+/// PromQL, the condition compiles to a boolean over the query names.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub origin: Origin,
+    pub schedule: Schedule,
+    /// Query name → PromQL, in the order written.
+    pub queries: IndexMap<String, String>,
+    pub condition: Condition,
+    /// How long the condition must hold before an incident opens.
+    pub for_: Duration,
+    pub no_data: NoData,
+    pub severity: Severity,
+    pub summary: Template,
+    pub description: Option<String>,
+    pub actions: Vec<String>,
+    pub notify: Vec<String>,
+    pub approval: Option<Approval>,
+    /// The condition must clear this long after the actions, or the incident
+    /// is unrecovered. `None`: wait for it to clear, with no deadline.
+    pub verify_within: Option<Duration>,
+    pub cooldown: Duration,
+    /// `None`: the global mode applies.
+    pub mode: Option<Mode>,
+    pub labels: BTreeMap<String, String>,
+    pub runbook_url: Option<String>,
+    pub dashboard_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Action {
+    pub name: String,
+    pub origin: Origin,
+    pub description: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Step {
+    Exec(ExecStep),
+    Kubectl(KubectlStep),
+    Systemctl(SystemctlStep),
+    File(FileStep),
+    Http(HttpStep),
+}
+
+impl Step {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Exec(_) => "exec",
+            Step::Kubectl(_) => "kubectl",
+            Step::Systemctl(_) => "systemctl",
+            Step::File(_) => "file",
+            Step::Http(_) => "http",
+        }
+    }
+
+    /// The step is killed at the end of this.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Step::Exec(s) => s.timeout,
+            Step::Kubectl(s) => s.timeout,
+            Step::Systemctl(s) => s.timeout,
+            Step::File(s) => s.timeout,
+            Step::Http(s) => s.timeout,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecStep {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    pub env: BTreeMap<String, SecretString>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubectlVerb {
+    RolloutUndo {
+        resource: String,
+        to_revision: Option<u64>,
+    },
+    SetImage {
+        resource: String,
+        container: String,
+        image: String,
+    },
+    Scale {
+        resource: String,
+        replicas: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct KubectlStep {
+    pub verb: KubectlVerb,
+    pub namespace: Option<String>,
+    pub context: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    /// Wait with `kubectl rollout status` this long after the change.
+    pub wait: Option<Duration>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemctlVerb {
+    Restart,
+    Stop,
+    Start,
+    Reload,
+}
+
+impl SystemctlVerb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SystemctlVerb::Restart => "restart",
+            SystemctlVerb::Stop => "stop",
+            SystemctlVerb::Start => "start",
+            SystemctlVerb::Reload => "reload",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SystemctlStep {
+    pub verb: SystemctlVerb,
+    pub unit: String,
+    /// Wait this long for the unit to reach its expected state.
+    pub wait: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct FileStep {
+    pub path: PathBuf,
+    pub set: IndexMap<String, String>,
+    pub format: FileFormat,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpStep {
+    pub method: String,
+    pub url: SecretString,
+    pub headers: BTreeMap<String, SecretString>,
+    pub body: Option<SecretString>,
+    /// Empty: any 2xx.
+    pub expect_status: Vec<u16>,
+    pub timeout: Duration,
+    /// Retries on failure; only idempotent methods retry unless set.
+    pub retries: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    pub name: String,
+    pub origin: Origin,
+    pub kind: NotifierKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum NotifierKind {
+    Pagerduty {
+        routing_key: SecretString,
+        url: String,
+    },
+    Slack {
+        webhook_url: SecretString,
+    },
+    Webhook {
+        url: SecretString,
+        secret: Option<SecretString>,
+    },
+    Alertmanager {
+        urls: Vec<String>,
+    },
+}
+
+pub const PAGERDUTY_DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";

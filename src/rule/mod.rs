@@ -1,0 +1,12 @@
+//! Rules at run time: the pure state machine and what it needs.
+
+pub mod condition;
+pub mod machine;
+pub mod sim;
+pub mod template;
+
+pub use machine::{
+    step, ActionBudget, ActionResult, Effect, HaltReason, Incident, Input, Observation, Outcome,
+    Page, PageKind, Pause, Phase, Record, RuleState, Sample, Shared, Status, Timestamp,
+    UnrecoveredReason,
+};

@@ -1,0 +1,143 @@
+//! A synchronous driver of the core for rule tests: it feeds inputs, answers
+//! every action at once (succeeded, or failed for the actions told to fail),
+//! and logs what happened. `ripcord test` and the core's unit tests use it,
+//! so both exercise exactly the effects `ripcord run` carries out.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use super::machine::*;
+use crate::config::Rule;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Happened {
+    Action { name: String, dry_run: bool },
+    Page { kind: String, notifiers: Vec<String> },
+    Record(Record),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub at: Timestamp,
+    pub rule: String,
+    pub what: Happened,
+}
+
+pub struct Sim {
+    rules: BTreeMap<String, Arc<Rule>>,
+    states: BTreeMap<String, RuleState>,
+    pub shared: Shared,
+    /// Actions whose runs are reported as failed.
+    pub failing: BTreeSet<String>,
+    pub log: Vec<Entry>,
+}
+
+impl Sim {
+    pub fn new(rules: impl IntoIterator<Item = Arc<Rule>>, shared: Shared) -> Sim {
+        let rules: BTreeMap<String, Arc<Rule>> =
+            rules.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let states = rules.keys().map(|n| (n.clone(), RuleState::default())).collect();
+        Sim {
+            rules,
+            states,
+            shared,
+            failing: BTreeSet::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Feeds one input to `rule`, then every action result it causes.
+    pub fn input(&mut self, rule: &str, input: Input, now: Timestamp) -> Result<(), String> {
+        let r = self
+            .rules
+            .get(rule)
+            .cloned()
+            .ok_or_else(|| format!("unknown rule `{rule}`"))?;
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let state = self.states.entry(rule.to_string()).or_default();
+            let (next, effects) = step(&r, state, &mut self.shared, input, now);
+            *state = next;
+            for e in effects {
+                let what = match e {
+                    Effect::RunAction {
+                        incident,
+                        action,
+                        dry_run,
+                    } => {
+                        let result = if self.failing.contains(&action) {
+                            ActionResult::Failed("failed (simulated by the test)".into())
+                        } else {
+                            ActionResult::Succeeded
+                        };
+                        queue.push_back(Input::ActionFinished {
+                            incident,
+                            action: action.clone(),
+                            result,
+                        });
+                        Happened::Action {
+                            name: action,
+                            dry_run,
+                        }
+                    }
+                    Effect::Page(p) => Happened::Page {
+                        kind: p.kind.name().to_string(),
+                        notifiers: p.notifiers,
+                    },
+                    Effect::Record(r) => Happened::Record(r),
+                };
+                self.log.push(Entry {
+                    at: now,
+                    rule: rule.to_string(),
+                    what,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn state(&self, rule: &str) -> &RuleState {
+        static DEFAULT: std::sync::OnceLock<RuleState> = std::sync::OnceLock::new();
+        self.states
+            .get(rule)
+            .unwrap_or_else(|| DEFAULT.get_or_init(RuleState::default))
+    }
+
+    fn entries<'a>(&'a self, rule: &'a str, upto: Timestamp) -> impl Iterator<Item = &'a Happened> + 'a {
+        self.log
+            .iter()
+            .filter(move |e| e.rule == rule && e.at <= upto)
+            .map(|e| &e.what)
+    }
+
+    /// Actions started for `rule` up to `upto`, real ones or dry-run ones.
+    pub fn actions(&self, rule: &str, upto: Timestamp, dry_run: bool) -> Vec<String> {
+        self.entries(rule, upto)
+            .filter_map(|h| match h {
+                Happened::Action { name, dry_run: d } if *d == dry_run => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Notifiers paged for `rule` up to `upto`.
+    pub fn pages(&self, rule: &str, upto: Timestamp) -> BTreeSet<String> {
+        self.entries(rule, upto)
+            .filter_map(|h| match h {
+                Happened::Page { notifiers, .. } => Some(notifiers.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Kinds of the pages sent for `rule` up to `upto`, in order.
+    pub fn page_events(&self, rule: &str, upto: Timestamp) -> Vec<String> {
+        self.entries(rule, upto)
+            .filter_map(|h| match h {
+                Happened::Page { kind, .. } => Some(kind.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,198 @@
+//! Summary templates: `"chat 5xx at {{ rate | percent }}"`.
+//!
+//! minijinja does the parsing and rendering; ripcord adds the filters SREs
+//! know from Prometheus (`percent`, `humanize`, `duration`, plus minijinja's
+//! `round`) and checks at load that a template only names the rule's queries
+//! and known filters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use minijinja::{Environment, Value};
+
+/// Variables every template may use besides the rule's queries.
+pub const BUILTIN_VARS: &[&str] = &["rule", "severity", "labels"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    source: String,
+}
+
+fn number(v: &Value) -> Option<f64> {
+    f64::try_from(v.clone()).ok().filter(|f| f.is_finite())
+}
+
+fn trim_zeros(s: String) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// 0.0123 → `1.23%`.
+pub fn percent(v: Value) -> String {
+    match number(&v) {
+        Some(f) => format!("{}%", trim_zeros(format!("{:.2}", f * 100.0))),
+        None => "no data".into(),
+    }
+}
+
+/// Like Prometheus's `humanize`: 1234567 → `1.235M`, 0.0012 → `1.2m`.
+pub fn humanize(v: Value) -> String {
+    let Some(f) = number(&v) else {
+        return "no data".into();
+    };
+    if f == 0.0 {
+        return "0".into();
+    }
+    const BIG: [&str; 7] = ["", "k", "M", "G", "T", "P", "E"];
+    const SMALL: [&str; 7] = ["", "m", "µ", "n", "p", "f", "a"];
+    let mut x = f;
+    let mut i = 0;
+    if f.abs() >= 1.0 {
+        while x.abs() >= 1000.0 && i < BIG.len() - 1 {
+            x /= 1000.0;
+            i += 1;
+        }
+        format!("{}{}", trim_zeros(format!("{x:.4}")), BIG[i])
+    } else {
+        while x.abs() < 1.0 && i < SMALL.len() - 1 {
+            x *= 1000.0;
+            i += 1;
+        }
+        format!("{}{}", trim_zeros(format!("{x:.4}")), SMALL[i])
+    }
+}
+
+/// Seconds → `1h 2m 3s`.
+pub fn duration(v: Value) -> String {
+    match number(&v) {
+        Some(f) if f >= 0.0 => {
+            let ms = (f * 1000.0).round() as u64;
+            humantime::format_duration(Duration::from_millis(ms)).to_string()
+        }
+        Some(f) => format!("-{}", duration(Value::from(-f))),
+        None => "no data".into(),
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.add_filter("percent", percent);
+    env.add_filter("humanize", humanize);
+    env.add_filter("duration", duration);
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env
+}
+
+impl Template {
+    /// Compiles `source` and checks it against the rule's query names.
+    pub fn compile(source: &str, queries: &[&str]) -> Result<Template, String> {
+        let env = environment();
+        let tmpl = env
+            .template_from_str(source)
+            .map_err(|e| format!("invalid template: {}", e.detail().unwrap_or("syntax error")))?;
+        let mut unknown: Vec<String> = tmpl
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !queries.contains(&v.as_str()) && !BUILTIN_VARS.contains(&v.as_str()))
+            .collect();
+        unknown.sort();
+        if let Some(u) = unknown.first() {
+            return Err(format!(
+                "template uses `{u}`, which is not a query of this rule (queries: {})",
+                queries.join(", ")
+            ));
+        }
+        let t = Template {
+            source: source.to_string(),
+        };
+        let sample: BTreeMap<String, Option<f64>> =
+            queries.iter().map(|q| (q.to_string(), Some(0.0123))).collect();
+        t.try_render("rule", "critical", &BTreeMap::new(), &sample)
+            .map_err(|e| format!("invalid template: {e}"))?;
+        Ok(t)
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn try_render(
+        &self,
+        rule: &str,
+        severity: &str,
+        labels: &BTreeMap<String, String>,
+        values: &BTreeMap<String, Option<f64>>,
+    ) -> Result<String, String> {
+        let mut ctx: BTreeMap<String, Value> = values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.map(Value::from).unwrap_or(Value::from(()))))
+            .collect();
+        ctx.insert("rule".into(), Value::from(rule));
+        ctx.insert("severity".into(), Value::from(severity));
+        ctx.insert("labels".into(), Value::from_serialize(labels));
+        environment()
+            .render_str(&self.source, ctx)
+            .map_err(|e| e.detail().unwrap_or("render error").to_string())
+    }
+
+    /// Renders with the latest values (`None` = no data). A template that
+    /// passed `compile` cannot fail here; if it somehow does, the page still
+    /// goes out with the template's text and the reason.
+    pub fn render(
+        &self,
+        rule: &str,
+        severity: &str,
+        labels: &BTreeMap<String, String>,
+        values: &BTreeMap<String, Option<f64>>,
+    ) -> String {
+        self.try_render(rule, severity, labels, values)
+            .unwrap_or_else(|e| format!("{} (template error: {e})", self.source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        assert_eq!(percent(Value::from(0.0123)), "1.23%");
+        assert_eq!(percent(Value::from(0.005)), "0.5%");
+        assert_eq!(percent(Value::from(f64::NAN)), "no data");
+        assert_eq!(humanize(Value::from(1234567.0)), "1.2346M");
+        assert_eq!(humanize(Value::from(0.0012)), "1.2m");
+        assert_eq!(humanize(Value::from(42)), "42");
+        assert_eq!(duration(Value::from(3723.0)), "1h 2m 3s");
+        assert_eq!(duration(Value::from(0.25)), "250ms");
+    }
+
+    #[test]
+    fn renders_values_and_no_data() {
+        let t = Template::compile(
+            "{{ rule }}: 5xx at {{ rate | percent }} (baseline {{ baseline | percent }}), p95 {{ p95 | round(2) }}",
+            &["rate", "baseline", "p95"],
+        )
+        .unwrap();
+        let mut v = BTreeMap::new();
+        v.insert("rate".to_string(), Some(0.02));
+        v.insert("baseline".to_string(), None);
+        v.insert("p95".to_string(), Some(0.123456));
+        assert_eq!(
+            t.render("chat-5xx", "critical", &BTreeMap::new(), &v),
+            "chat-5xx: 5xx at 2% (baseline no data), p95 0.12"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_variables_filters_and_syntax() {
+        let e = Template::compile("{{ rat | percent }}", &["rate"]).unwrap_err();
+        assert!(e.contains("`rat`"), "{e}");
+        let e = Template::compile("{{ rate | percentage }}", &["rate"]).unwrap_err();
+        assert!(e.contains("percentage"), "{e}");
+        let e = Template::compile("{{ rate ", &["rate"]).unwrap_err();
+        assert!(e.starts_with("invalid template"), "{e}");
+    }
+}

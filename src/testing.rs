@@ -1,0 +1,499 @@
+//! `ripcord test`: rule unit tests, like `promtool test rules`.
+//!
+//! A test file names rule files and feeds each rule's queries a value per
+//! evaluation step; expectations say what state a rule is in at a time and
+//! which actions ran and who was paged up to then. The rules run through the
+//! same pure core as the daemon, via [`crate::rule::sim::Sim`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use crate::config::load::{load_rule_files_into, At, Ctx};
+use crate::config::raw::{RawExpect, RawTestCase, RawTestFile};
+use crate::config::{Mode, Rule, RuleSet};
+use crate::diag::Diagnostic;
+use crate::rule::sim::{Happened, Sim};
+use crate::rule::{Input, Observation, Pause, Sample, Shared, Timestamp};
+
+pub const STATES: &[&str] = &["ok", "pending", "firing", "unrecovered", "recovered", "closed"];
+pub const PHASES: &[&str] = &[
+    "awaiting_approval",
+    "acting",
+    "verifying",
+    "verify_timed_out",
+    "action_failed",
+    "interrupted",
+    "vetoed",
+    "aborted",
+    "budget_exhausted",
+    "paused",
+];
+
+/// One value of a query at one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Num(f64),
+    NoData,
+    /// The query failed (Prometheus down, an error).
+    Error,
+}
+
+/// Parses a series: `"0.001 0.02x3 _ _x2 err 1+1x3 NaN"`.
+/// `AxN` is A repeated N times; `A+BxN` is N values from A in steps of B;
+/// `_` is no data; `err` is a failed query.
+pub fn parse_series(s: &str) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for tok in s.split_whitespace() {
+        let (base, count) = match tok.rsplit_once('x') {
+            Some((b, n)) if !b.is_empty() && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
+                let n: usize = n.parse().map_err(|_| format!("bad repeat count in `{tok}`"))?;
+                if n == 0 || n > 1_000_000 {
+                    return Err(format!("bad repeat count in `{tok}`: must be 1..1000000"));
+                }
+                (b, n)
+            }
+            _ => (tok, 1),
+        };
+        let single = |t: &str| -> Result<Value, String> {
+            match t {
+                "_" => Ok(Value::NoData),
+                "err" => Ok(Value::Error),
+                "NaN" | "nan" => Ok(Value::Num(f64::NAN)),
+                "Inf" | "+Inf" | "inf" | "+inf" => Ok(Value::Num(f64::INFINITY)),
+                "-Inf" | "-inf" => Ok(Value::Num(f64::NEG_INFINITY)),
+                _ => t.parse::<f64>().map(Value::Num).map_err(|_| {
+                    format!("bad value `{tok}`: expected a number, `_` (no data), `err`, NaN, ±Inf, `AxN` or `A+BxN`")
+                }),
+            }
+        };
+        // `A+BxN` / `A-BxN`: a sign after the first character that is not an exponent's.
+        let split = base
+            .char_indices()
+            .skip(1)
+            .find(|(i, c)| (*c == '+' || *c == '-') && !base[..*i].ends_with(['e', 'E']));
+        match split {
+            Some((i, _)) if count > 1 || tok.contains('x') => {
+                let a: f64 = base[..i].parse().map_err(|_| format!("bad start in `{tok}`"))?;
+                let b: f64 = base[i..].trim_start_matches('+').parse().map_err(|_| format!("bad step in `{tok}`"))?;
+                for k in 0..count {
+                    out.push(Value::Num(a + b * k as f64));
+                }
+            }
+            _ => {
+                let v = single(base)?;
+                out.extend(std::iter::repeat_n(v, count));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `3m30s`, `0s`.
+pub fn fmt_offset(ms: i64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    humantime::format_duration(Duration::from_millis(ms.unsigned_abs()))
+        .to_string()
+        .replace(' ', "")
+}
+
+#[derive(Debug)]
+enum InputKind {
+    Approve,
+    Veto,
+    Fire,
+    Pause,
+    Resume,
+}
+
+#[derive(Debug)]
+struct Case {
+    name: String,
+    step: Duration,
+    steps: usize,
+    /// rule → query → series
+    values: IndexMap<String, IndexMap<String, Vec<Value>>>,
+    inputs: Vec<(i64, String, InputKind)>,
+    fail_actions: Vec<String>,
+    max_actions_per_hour: u32,
+    mode: Mode,
+    expect: Vec<(i64, RawExpect)>,
+}
+
+/// A test file, loaded and checked.
+pub struct TestFile {
+    pub path: PathBuf,
+    rules: RuleSet,
+    cases: Vec<Case>,
+}
+
+/// The result of one test case.
+pub struct Outcome {
+    pub name: String,
+    pub failures: Vec<String>,
+    pub timeline: String,
+}
+
+fn aligned(at: Duration, step: Duration) -> bool {
+    !step.is_zero() && at.as_millis() % step.as_millis() == 0
+}
+
+/// Loads a test file and the rule files it names; all problems are reported
+/// as diagnostics.
+pub fn load(path: &Path) -> Result<TestFile, Vec<Diagnostic>> {
+    let mut cx = Ctx::default();
+    let loaded = (|| {
+        let (root, v) = cx.read(path)?;
+        let raw: RawTestFile = cx.de(&root, &v)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut files = Vec::new();
+        for (i, f) in raw.rule_files.iter().enumerate() {
+            let full = dir.join(f);
+            let pattern = full.to_string_lossy().into_owned();
+            match crate::config::load::expand_globs(std::slice::from_ref(&pattern)) {
+                Ok(found) if !found.is_empty() => files.extend(found),
+                Ok(_) => cx.error(
+                    &root.key("rule_files").index(i),
+                    format!("no rule file matches `{f}` (looked for {})", full.display()),
+                ),
+                Err(e) => cx.error(&root.key("rule_files").index(i), e),
+            }
+        }
+        if cx.has_errors() {
+            return None;
+        }
+        let rules = load_rule_files_into(&mut cx, &files)?;
+        if cx.has_errors() {
+            return None;
+        }
+        let mut cases = Vec::new();
+        for (i, c) in raw.tests.into_iter().enumerate() {
+            if let Some(case) = check_case(&mut cx, &root.key("tests").index(i), c, &rules) {
+                cases.push(case);
+            }
+        }
+        Some((rules, cases))
+    })();
+    match loaded {
+        Some((rules, cases)) if !cx.has_errors() => Ok(TestFile {
+            path: path.to_path_buf(),
+            rules,
+            cases,
+        }),
+        _ => Err(cx.diags.into_iter().filter(Diagnostic::is_error).collect()),
+    }
+}
+
+fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<Case> {
+    let errors_before = cx.diags.iter().filter(|d| d.is_error()).count();
+    let step = c.step.0;
+    if step.is_zero() {
+        cx.error(&at.key("step"), "step must be greater than 0");
+        return None;
+    }
+    let mut values: IndexMap<String, IndexMap<String, Vec<Value>>> = IndexMap::new();
+    let mut lengths: Vec<(String, usize)> = Vec::new();
+    for (key, series) in &c.values {
+        let vat = at.key("values").key(key);
+        let Some((rule, query)) = key.rsplit_once('.') else {
+            cx.error_key(&vat, format!("`{key}` must be RULE.QUERY, e.g. chat-5xx.rate"));
+            continue;
+        };
+        let Some(r) = rules.rule(rule) else {
+            cx.error_key(&vat, format!("unknown rule `{rule}` in `{key}`"));
+            continue;
+        };
+        if !r.queries.contains_key(query) {
+            let qs: Vec<&str> = r.queries.keys().map(String::as_str).collect();
+            cx.error_key(&vat, format!("rule `{rule}` has no query `{query}` (queries: {})", qs.join(", ")));
+            continue;
+        }
+        match parse_series(&series.0) {
+            Ok(v) if v.is_empty() => cx.error(&vat, "a series needs at least one value"),
+            Ok(v) => {
+                lengths.push((key.clone(), v.len()));
+                values.entry(rule.to_string()).or_default().insert(query.to_string(), v);
+            }
+            Err(e) => cx.error(&vat, e),
+        }
+    }
+    for (rule, qs) in &values {
+        if let Some(r) = rules.rule(rule) {
+            for q in r.queries.keys() {
+                if !qs.contains_key(q) {
+                    cx.error(&at.key("values"), format!("no values for `{rule}.{q}`: every query of a tested rule needs a series"));
+                }
+            }
+        }
+    }
+    let steps = lengths.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    if let Some((k, n)) = lengths.iter().find(|(_, n)| *n != steps) {
+        cx.error(
+            &at.key("values").key(k),
+            format!("`{k}` has {n} values but the longest series has {steps}: give every series the same length"),
+        );
+    }
+    let last = step.as_millis() as i64 * steps.saturating_sub(1) as i64;
+    let check_at = |cx: &mut Ctx, a: &At, d: Duration| -> Option<i64> {
+        let ms = d.as_millis() as i64;
+        if !aligned(d, step) {
+            cx.error(a, format!("{} is not an evaluation time (every {})", fmt_offset(ms), fmt_offset(step.as_millis() as i64)));
+            None
+        } else if ms > last {
+            cx.error(a, format!("{} is after the last evaluation ({})", fmt_offset(ms), fmt_offset(last)));
+            None
+        } else {
+            Some(ms)
+        }
+    };
+    let mut inputs = Vec::new();
+    for (i, inp) in c.inputs.iter().enumerate() {
+        let iat = at.key("inputs").index(i);
+        if rules.rule(&inp.rule).is_none() {
+            cx.error(&iat.key("rule"), format!("unknown rule `{}`", inp.rule));
+        }
+        let kinds: Vec<InputKind> = [
+            (inp.approve, InputKind::Approve),
+            (inp.veto, InputKind::Veto),
+            (inp.fire, InputKind::Fire),
+            (inp.pause, InputKind::Pause),
+            (inp.resume, InputKind::Resume),
+        ]
+        .into_iter()
+        .filter_map(|(b, k)| (b == Some(true)).then_some(k))
+        .collect();
+        if kinds.len() != 1 {
+            cx.error(&iat, "an input needs exactly one of `approve: true`, `veto: true`, `fire: true`, `pause: true`, `resume: true`");
+            continue;
+        }
+        if let (Some(ms), Some(k)) = (check_at(cx, &iat.key("at"), inp.at.0), kinds.into_iter().next()) {
+            inputs.push((ms, inp.rule.clone(), k));
+        }
+    }
+    for (i, a) in c.fail_actions.iter().enumerate() {
+        if !rules.actions.contains_key(a) {
+            cx.error(&at.key("fail_actions").index(i), format!("unknown action `{a}`"));
+        }
+    }
+    let mut expect = Vec::new();
+    for (i, e) in c.expect.into_iter().enumerate() {
+        let eat = at.key("expect").index(i);
+        if rules.rule(&e.rule).is_none() {
+            cx.error(&eat.key("rule"), format!("unknown rule `{}`", e.rule));
+        } else if !values.contains_key(&e.rule) && !inputs.iter().any(|(_, r, _)| *r == e.rule) {
+            cx.error(&eat.key("rule"), format!("rule `{}` gets no values in this test", e.rule));
+        }
+        if let Some(s) = &e.state {
+            if !STATES.contains(&s.as_str()) {
+                cx.error(&eat.key("state"), format!("unknown state `{s}` (states: {})", STATES.join(", ")));
+            }
+        }
+        if let Some(p) = &e.phase {
+            if !PHASES.contains(&p.as_str()) && !STATES.contains(&p.as_str()) {
+                cx.error(&eat.key("phase"), format!("unknown phase `{p}` (phases: {})", PHASES.join(", ")));
+            }
+        }
+        if let Some(ms) = check_at(cx, &eat.key("at"), e.at.0) {
+            expect.push((ms, e));
+        }
+    }
+    let errors_after = cx.diags.iter().filter(|d| d.is_error()).count();
+    (errors_after == errors_before).then(|| Case {
+        name: c.name,
+        step,
+        steps,
+        values,
+        inputs,
+        fail_actions: c.fail_actions,
+        max_actions_per_hour: c.max_actions_per_hour.unwrap_or(5),
+        mode: c.mode.unwrap_or_default(),
+        expect,
+    })
+}
+
+impl TestFile {
+    pub fn run(&self) -> Vec<Outcome> {
+        self.cases.iter().map(|c| run_case(&self.rules, c)).collect()
+    }
+}
+
+fn fmt_value(v: Option<f64>) -> String {
+    match v {
+        Some(f) => format!("{f}"),
+        None => "_".into(),
+    }
+}
+
+fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
+    let used: BTreeSet<&String> = c
+        .values
+        .keys()
+        .chain(c.inputs.iter().map(|(_, r, _)| r))
+        .collect();
+    let rule_list: Vec<Arc<Rule>> = used.iter().filter_map(|n| rules.rule(n).cloned()).collect();
+    let mut sim = Sim::new(rule_list, Shared::new(c.max_actions_per_hour, c.mode));
+    sim.failing = c.fail_actions.iter().cloned().collect();
+    let mut failures = Vec::new();
+    let mut timeline = String::new();
+    let step_ms = c.step.as_millis() as i64;
+    for k in 0..c.steps {
+        let t = k as i64 * step_ms;
+        let now = Timestamp(t);
+        let log_start = sim.log.len();
+        for (rule, series) in &c.values {
+            let mut samples = BTreeMap::new();
+            let mut failed = false;
+            for (q, s) in series {
+                match s[k] {
+                    Value::Num(v) => {
+                        samples.insert(q.clone(), Sample::Value(v));
+                    }
+                    Value::NoData => {
+                        samples.insert(q.clone(), Sample::Empty);
+                    }
+                    Value::Error => failed = true,
+                }
+            }
+            let obs = if failed {
+                Observation::Failed("query failed (simulated by the test)".into())
+            } else {
+                Observation::Samples(samples)
+            };
+            // The rule exists: check_case verified every name.
+            let _ = sim.input(rule, Input::Evaluate(obs), now);
+        }
+        for (_, rule, kind) in c.inputs.iter().filter(|(at, ..)| *at == t) {
+            let by = "test".to_string();
+            let input = match kind {
+                InputKind::Approve => Some(Input::Approve { by }),
+                InputKind::Veto => Some(Input::Veto { by }),
+                InputKind::Fire => Some(Input::Fire { by, dry_run: false }),
+                InputKind::Pause => {
+                    sim.shared.pause = Some(Pause {
+                        until: None,
+                        reason: "test".into(),
+                    });
+                    None
+                }
+                InputKind::Resume => {
+                    sim.shared.pause = None;
+                    None
+                }
+            };
+            if let Some(i) = input {
+                let _ = sim.input(rule, i, now);
+            }
+        }
+        for rule in &used {
+            let st = sim.state(rule);
+            let vals: Vec<String> = st
+                .last_values
+                .iter()
+                .map(|(q, v)| format!("{q}={}", fmt_value(*v)))
+                .collect();
+            let mut notes: Vec<String> = Vec::new();
+            for e in sim.log[log_start..].iter().filter(|e| &&e.rule == rule) {
+                match &e.what {
+                    Happened::Action { name, dry_run } => {
+                        notes.push(format!("{} {name}", if *dry_run { "would run" } else { "ran" }))
+                    }
+                    Happened::Page { kind, notifiers } => notes.push(format!("page {kind} → {}", notifiers.join(","))),
+                    Happened::Record(r) => match r {
+                        crate::rule::Record::Transition { .. } => {}
+                        other => notes.push(other.to_string()),
+                    },
+                }
+            }
+            let _ = writeln!(
+                timeline,
+                "{:>8}  {:<24} {:<11} {:<16} {}",
+                fmt_offset(t),
+                rule,
+                st.name(),
+                st.phase(),
+                [vals.join(" "), notes.join("; ")].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("  ")
+            );
+        }
+        for (_, e) in c.expect.iter().filter(|(at, _)| *at == t) {
+            let st = sim.state(&e.rule);
+            let mut problems = Vec::new();
+            if let Some(want) = &e.state {
+                if want != st.name() {
+                    problems.push(format!("state: expected {want}, got {}", st.name()));
+                }
+            }
+            if let Some(want) = &e.phase {
+                if want != st.phase() {
+                    problems.push(format!("phase: expected {want}, got {}", st.phase()));
+                }
+            }
+            if let Some(want) = &e.actions {
+                let got = sim.actions(&e.rule, now, false);
+                if *want != got {
+                    problems.push(format!("actions run so far: expected {want:?}, got {got:?}"));
+                }
+            }
+            if let Some(want) = &e.would_run {
+                let got = sim.actions(&e.rule, now, true);
+                if *want != got {
+                    problems.push(format!("dry-run actions so far: expected {want:?}, got {got:?}"));
+                }
+            }
+            if let Some(want) = &e.pages {
+                let want: BTreeSet<String> = want.iter().cloned().collect();
+                let got = sim.pages(&e.rule, now);
+                if want != got {
+                    problems.push(format!("notifiers paged so far: expected {want:?}, got {got:?}"));
+                }
+            }
+            if let Some(want) = &e.events {
+                let got = sim.page_events(&e.rule, now);
+                if *want != got {
+                    problems.push(format!("page events so far: expected {want:?}, got {got:?}"));
+                }
+            }
+            for p in problems {
+                failures.push(format!("at {}, {}: {p}", fmt_offset(t), e.rule));
+            }
+        }
+    }
+    Outcome {
+        name: c.name.clone(),
+        failures,
+        timeline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_notation() {
+        assert_eq!(parse_series("1 2").unwrap(), vec![Value::Num(1.0), Value::Num(2.0)]);
+        assert_eq!(parse_series("0.001x3").unwrap(), vec![Value::Num(0.001); 3]);
+        assert_eq!(parse_series("_x2 err").unwrap(), vec![Value::NoData, Value::NoData, Value::Error]);
+        assert_eq!(
+            parse_series("1+2x3 10-1x2").unwrap(),
+            vec![Value::Num(1.0), Value::Num(3.0), Value::Num(5.0), Value::Num(10.0), Value::Num(9.0)]
+        );
+        assert_eq!(parse_series("1e-3 -2").unwrap(), vec![Value::Num(0.001), Value::Num(-2.0)]);
+        assert!(matches!(parse_series("NaN").unwrap()[0], Value::Num(v) if v.is_nan()));
+        assert_eq!(parse_series("-Inf").unwrap(), vec![Value::Num(f64::NEG_INFINITY)]);
+        assert!(parse_series("abc").unwrap_err().contains("bad value `abc`"));
+        assert!(parse_series("1x0").unwrap_err().contains("repeat count"));
+    }
+
+    #[test]
+    fn offsets() {
+        assert_eq!(fmt_offset(0), "0s");
+        assert_eq!(fmt_offset(210_000), "3m30s");
+        assert_eq!(fmt_offset(3_600_000), "1h");
+    }
+}
