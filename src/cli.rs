@@ -5,10 +5,20 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ripcord", version, about = "Pulls the ripcord during a risky cutover: PromQL rules that roll back, page and verify")]
+#[command(
+    name = "ripcord",
+    version,
+    about = "Pulls the ripcord during a risky cutover: PromQL rules that roll back, page and verify"
+)]
 pub struct Cli {
     /// Main config file.
-    #[arg(short, long, global = true, env = "RIPCORD_CONFIG", value_name = "PATH")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "RIPCORD_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,

@@ -30,7 +30,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { files } => {
             let report = if files.is_empty() {
                 let explicit = cli.config.is_some();
-                let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+                let path = cli
+                    .config
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
                 commands::check::check_config(&path, explicit)
             } else {
                 commands::check::check_files(&files)
@@ -40,7 +42,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(err, "{d}")?;
             }
             println!("{}", report.summary);
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Test { files } => {
             let mut out = std::io::stdout().lock();

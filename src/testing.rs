@@ -20,7 +20,14 @@ use crate::diag::Diagnostic;
 use crate::rule::sim::{Happened, Sim};
 use crate::rule::{Input, Observation, Pause, Sample, Shared, Timestamp};
 
-pub const STATES: &[&str] = &["ok", "pending", "firing", "unrecovered", "recovered", "closed"];
+pub const STATES: &[&str] = &[
+    "ok",
+    "pending",
+    "firing",
+    "unrecovered",
+    "recovered",
+    "closed",
+];
 pub const PHASES: &[&str] = &[
     "awaiting_approval",
     "acting",
@@ -50,8 +57,12 @@ pub fn parse_series(s: &str) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
     for tok in s.split_whitespace() {
         let (base, count) = match tok.rsplit_once('x') {
-            Some((b, n)) if !b.is_empty() && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
-                let n: usize = n.parse().map_err(|_| format!("bad repeat count in `{tok}`"))?;
+            Some((b, n))
+                if !b.is_empty() && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) =>
+            {
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| format!("bad repeat count in `{tok}`"))?;
                 if n == 0 || n > 1_000_000 {
                     return Err(format!("bad repeat count in `{tok}`: must be 1..1000000"));
                 }
@@ -78,8 +89,13 @@ pub fn parse_series(s: &str) -> Result<Vec<Value>, String> {
             .find(|(i, c)| (*c == '+' || *c == '-') && !base[..*i].ends_with(['e', 'E']));
         match split {
             Some((i, _)) if count > 1 || tok.contains('x') => {
-                let a: f64 = base[..i].parse().map_err(|_| format!("bad start in `{tok}`"))?;
-                let b: f64 = base[i..].trim_start_matches('+').parse().map_err(|_| format!("bad step in `{tok}`"))?;
+                let a: f64 = base[..i]
+                    .parse()
+                    .map_err(|_| format!("bad start in `{tok}`"))?;
+                let b: f64 = base[i..]
+                    .trim_start_matches('+')
+                    .parse()
+                    .map_err(|_| format!("bad step in `{tok}`"))?;
                 for k in 0..count {
                     out.push(Value::Num(a + b * k as f64));
                 }
@@ -202,7 +218,10 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
     for (key, series) in &c.values {
         let vat = at.key("values").key(key);
         let Some((rule, query)) = key.rsplit_once('.') else {
-            cx.error_key(&vat, format!("`{key}` must be RULE.QUERY, e.g. chat-5xx.rate"));
+            cx.error_key(
+                &vat,
+                format!("`{key}` must be RULE.QUERY, e.g. chat-5xx.rate"),
+            );
             continue;
         };
         let Some(r) = rules.rule(rule) else {
@@ -211,14 +230,23 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
         };
         if !r.queries.contains_key(query) {
             let qs: Vec<&str> = r.queries.keys().map(String::as_str).collect();
-            cx.error_key(&vat, format!("rule `{rule}` has no query `{query}` (queries: {})", qs.join(", ")));
+            cx.error_key(
+                &vat,
+                format!(
+                    "rule `{rule}` has no query `{query}` (queries: {})",
+                    qs.join(", ")
+                ),
+            );
             continue;
         }
         match parse_series(&series.0) {
             Ok(v) if v.is_empty() => cx.error(&vat, "a series needs at least one value"),
             Ok(v) => {
                 lengths.push((key.clone(), v.len()));
-                values.entry(rule.to_string()).or_default().insert(query.to_string(), v);
+                values
+                    .entry(rule.to_string())
+                    .or_default()
+                    .insert(query.to_string(), v);
             }
             Err(e) => cx.error(&vat, e),
         }
@@ -243,10 +271,24 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
     let check_at = |cx: &mut Ctx, a: &At, d: Duration| -> Option<i64> {
         let ms = d.as_millis() as i64;
         if !aligned(d, step) {
-            cx.error(a, format!("{} is not an evaluation time (every {})", fmt_offset(ms), fmt_offset(step.as_millis() as i64)));
+            cx.error(
+                a,
+                format!(
+                    "{} is not an evaluation time (every {})",
+                    fmt_offset(ms),
+                    fmt_offset(step.as_millis() as i64)
+                ),
+            );
             None
         } else if ms > last {
-            cx.error(a, format!("{} is after the last evaluation ({})", fmt_offset(ms), fmt_offset(last)));
+            cx.error(
+                a,
+                format!(
+                    "{} is after the last evaluation ({})",
+                    fmt_offset(ms),
+                    fmt_offset(last)
+                ),
+            );
             None
         } else {
             Some(ms)
@@ -272,13 +314,19 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
             cx.error(&iat, "an input needs exactly one of `approve: true`, `veto: true`, `fire: true`, `pause: true`, `resume: true`");
             continue;
         }
-        if let (Some(ms), Some(k)) = (check_at(cx, &iat.key("at"), inp.at.0), kinds.into_iter().next()) {
+        if let (Some(ms), Some(k)) = (
+            check_at(cx, &iat.key("at"), inp.at.0),
+            kinds.into_iter().next(),
+        ) {
             inputs.push((ms, inp.rule.clone(), k));
         }
     }
     for (i, a) in c.fail_actions.iter().enumerate() {
         if !rules.actions.contains_key(a) {
-            cx.error(&at.key("fail_actions").index(i), format!("unknown action `{a}`"));
+            cx.error(
+                &at.key("fail_actions").index(i),
+                format!("unknown action `{a}`"),
+            );
         }
     }
     let mut expect = Vec::new();
@@ -287,16 +335,25 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
         if rules.rule(&e.rule).is_none() {
             cx.error(&eat.key("rule"), format!("unknown rule `{}`", e.rule));
         } else if !values.contains_key(&e.rule) && !inputs.iter().any(|(_, r, _)| *r == e.rule) {
-            cx.error(&eat.key("rule"), format!("rule `{}` gets no values in this test", e.rule));
+            cx.error(
+                &eat.key("rule"),
+                format!("rule `{}` gets no values in this test", e.rule),
+            );
         }
         if let Some(s) = &e.state {
             if !STATES.contains(&s.as_str()) {
-                cx.error(&eat.key("state"), format!("unknown state `{s}` (states: {})", STATES.join(", ")));
+                cx.error(
+                    &eat.key("state"),
+                    format!("unknown state `{s}` (states: {})", STATES.join(", ")),
+                );
             }
         }
         if let Some(p) = &e.phase {
             if !PHASES.contains(&p.as_str()) && !STATES.contains(&p.as_str()) {
-                cx.error(&eat.key("phase"), format!("unknown phase `{p}` (phases: {})", PHASES.join(", ")));
+                cx.error(
+                    &eat.key("phase"),
+                    format!("unknown phase `{p}` (phases: {})", PHASES.join(", ")),
+                );
             }
         }
         if let Some(ms) = check_at(cx, &eat.key("at"), e.at.0) {
@@ -319,7 +376,10 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
 
 impl TestFile {
     pub fn run(&self) -> Vec<Outcome> {
-        self.cases.iter().map(|c| run_case(&self.rules, c)).collect()
+        self.cases
+            .iter()
+            .map(|c| run_case(&self.rules, c))
+            .collect()
     }
 }
 
@@ -400,10 +460,13 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
             let mut notes: Vec<String> = Vec::new();
             for e in sim.log[log_start..].iter().filter(|e| &&e.rule == rule) {
                 match &e.what {
-                    Happened::Action { name, dry_run } => {
-                        notes.push(format!("{} {name}", if *dry_run { "would run" } else { "ran" }))
+                    Happened::Action { name, dry_run } => notes.push(format!(
+                        "{} {name}",
+                        if *dry_run { "would run" } else { "ran" }
+                    )),
+                    Happened::Page { kind, notifiers } => {
+                        notes.push(format!("page {kind} → {}", notifiers.join(",")))
                     }
-                    Happened::Page { kind, notifiers } => notes.push(format!("page {kind} → {}", notifiers.join(","))),
                     Happened::Record(r) => match r {
                         crate::rule::Record::Transition { .. } => {}
                         other => notes.push(other.to_string()),
@@ -417,7 +480,11 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
                 rule,
                 st.name(),
                 st.phase(),
-                [vals.join(" "), notes.join("; ")].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("  ")
+                [vals.join(" "), notes.join("; ")]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("  ")
             );
         }
         for (_, e) in c.expect.iter().filter(|(at, _)| *at == t) {
@@ -436,26 +503,34 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
             if let Some(want) = &e.actions {
                 let got = sim.actions(&e.rule, now, false);
                 if *want != got {
-                    problems.push(format!("actions run so far: expected {want:?}, got {got:?}"));
+                    problems.push(format!(
+                        "actions run so far: expected {want:?}, got {got:?}"
+                    ));
                 }
             }
             if let Some(want) = &e.would_run {
                 let got = sim.actions(&e.rule, now, true);
                 if *want != got {
-                    problems.push(format!("dry-run actions so far: expected {want:?}, got {got:?}"));
+                    problems.push(format!(
+                        "dry-run actions so far: expected {want:?}, got {got:?}"
+                    ));
                 }
             }
             if let Some(want) = &e.pages {
                 let want: BTreeSet<String> = want.iter().cloned().collect();
                 let got = sim.pages(&e.rule, now);
                 if want != got {
-                    problems.push(format!("notifiers paged so far: expected {want:?}, got {got:?}"));
+                    problems.push(format!(
+                        "notifiers paged so far: expected {want:?}, got {got:?}"
+                    ));
                 }
             }
             if let Some(want) = &e.events {
                 let got = sim.page_events(&e.rule, now);
                 if *want != got {
-                    problems.push(format!("page events so far: expected {want:?}, got {got:?}"));
+                    problems.push(format!(
+                        "page events so far: expected {want:?}, got {got:?}"
+                    ));
                 }
             }
             for p in problems {
@@ -476,16 +551,34 @@ mod tests {
 
     #[test]
     fn series_notation() {
-        assert_eq!(parse_series("1 2").unwrap(), vec![Value::Num(1.0), Value::Num(2.0)]);
+        assert_eq!(
+            parse_series("1 2").unwrap(),
+            vec![Value::Num(1.0), Value::Num(2.0)]
+        );
         assert_eq!(parse_series("0.001x3").unwrap(), vec![Value::Num(0.001); 3]);
-        assert_eq!(parse_series("_x2 err").unwrap(), vec![Value::NoData, Value::NoData, Value::Error]);
+        assert_eq!(
+            parse_series("_x2 err").unwrap(),
+            vec![Value::NoData, Value::NoData, Value::Error]
+        );
         assert_eq!(
             parse_series("1+2x3 10-1x2").unwrap(),
-            vec![Value::Num(1.0), Value::Num(3.0), Value::Num(5.0), Value::Num(10.0), Value::Num(9.0)]
+            vec![
+                Value::Num(1.0),
+                Value::Num(3.0),
+                Value::Num(5.0),
+                Value::Num(10.0),
+                Value::Num(9.0)
+            ]
         );
-        assert_eq!(parse_series("1e-3 -2").unwrap(), vec![Value::Num(0.001), Value::Num(-2.0)]);
+        assert_eq!(
+            parse_series("1e-3 -2").unwrap(),
+            vec![Value::Num(0.001), Value::Num(-2.0)]
+        );
         assert!(matches!(parse_series("NaN").unwrap()[0], Value::Num(v) if v.is_nan()));
-        assert_eq!(parse_series("-Inf").unwrap(), vec![Value::Num(f64::NEG_INFINITY)]);
+        assert_eq!(
+            parse_series("-Inf").unwrap(),
+            vec![Value::Num(f64::NEG_INFINITY)]
+        );
         assert!(parse_series("abc").unwrap_err().contains("bad value `abc`"));
         assert!(parse_series("1x0").unwrap_err().contains("repeat count"));
     }

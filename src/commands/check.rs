@@ -24,8 +24,11 @@ impl Report {
 fn summarize(files: usize, set: Option<&crate::config::RuleSet>, diags: &[Diagnostic]) -> String {
     let errors = diags.iter().filter(|d| d.is_error()).count();
     let warnings = diags.len() - errors;
-    let bad_files: std::collections::BTreeSet<&Path> =
-        diags.iter().filter(|d| d.is_error()).map(|d| d.file.as_path()).collect();
+    let bad_files: std::collections::BTreeSet<&Path> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.file.as_path())
+        .collect();
     if errors > 0 {
         return format!(
             "{errors} problem{} in {} file{} ({warnings} warning{})",
@@ -74,7 +77,11 @@ pub fn check_files(args: &[PathBuf]) -> Report {
     }
     diagnostics.dedup();
     diag::sort(&mut diagnostics);
-    let mut summary = summarize(rule_files.len() + test_files.len(), value.as_ref(), &diagnostics);
+    let mut summary = summarize(
+        rule_files.len() + test_files.len(),
+        value.as_ref(),
+        &diagnostics,
+    );
     if rule_files.is_empty() && test_files.is_empty() {
         summary = "no rule files found (looked for *.yaml and *.yml)".into();
         diagnostics.push(Diagnostic::error(
@@ -103,7 +110,11 @@ pub fn check_config(path: &Path, explicit: bool) -> Report {
     let files = match load::expand_globs(&config.rule_globs) {
         Ok(f) => f,
         Err(e) => {
-            diagnostics.push(Diagnostic::error(path, crate::config::position::Pos::START, e));
+            diagnostics.push(Diagnostic::error(
+                path,
+                crate::config::position::Pos::START,
+                e,
+            ));
             Vec::new()
         }
     };

@@ -21,7 +21,10 @@ pub fn run(args: &[PathBuf], out: &mut dyn Write) -> std::io::Result<Totals> {
     let files: Vec<PathBuf> = match load::collect_files(args) {
         Ok((rule_files, tests)) => {
             // A test file passed by name runs whatever it is called.
-            let explicit: Vec<PathBuf> = rule_files.into_iter().filter(|f| args.contains(f)).collect();
+            let explicit: Vec<PathBuf> = rule_files
+                .into_iter()
+                .filter(|f| args.contains(f))
+                .collect();
             tests.into_iter().chain(explicit).collect()
         }
         Err(e) => {
@@ -31,7 +34,10 @@ pub fn run(args: &[PathBuf], out: &mut dyn Write) -> std::io::Result<Totals> {
         }
     };
     if files.is_empty() {
-        writeln!(out, "error: no test files found (test files are named *.test.yaml)")?;
+        writeln!(
+            out,
+            "error: no test files found (test files are named *.test.yaml)"
+        )?;
         totals.broken += 1;
     }
     for f in &files {

@@ -143,14 +143,20 @@ impl Ctx {
                     self.diags.push(Diagnostic::error(
                         path,
                         Pos::START,
-                        format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                        format!(
+                            "not UTF-8 text (invalid byte at offset {})",
+                            e.utf8_error().valid_up_to()
+                        ),
                     ));
                     None
                 }
             },
             Err(e) => {
-                self.diags
-                    .push(Diagnostic::error(path, Pos::START, format!("cannot read file: {e}")));
+                self.diags.push(Diagnostic::error(
+                    path,
+                    Pos::START,
+                    format!("cannot read file: {e}"),
+                ));
                 None
             }
         }
@@ -229,8 +235,15 @@ impl Ctx {
                 .and_then(|r| r.split('`').next())
                 .map(str::to_string);
             match &unknown {
-                Some(name) if segs.last() == Some(&Seg::key(name.as_str())) => self.error_key(&here, msg),
-                Some(name) if self.docs[here.doc].index.key(&here.key(name).path).is_some() => {
+                Some(name) if segs.last() == Some(&Seg::key(name.as_str())) => {
+                    self.error_key(&here, msg)
+                }
+                Some(name)
+                    if self.docs[here.doc]
+                        .index
+                        .key(&here.key(name).path)
+                        .is_some() =>
+                {
                     self.error_key(&here.key(name), msg)
                 }
                 _ => self.error(&here, msg),
@@ -417,7 +430,10 @@ pub fn expand_globs(globs: &[String]) -> Result<Vec<PathBuf>, String> {
 
 /// Rule unit-test files are named `*.test.yaml` (or `.yml`).
 pub fn is_test_file(p: &Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     name.ends_with(".test.yaml") || name.ends_with(".test.yml")
 }
 
@@ -497,7 +513,10 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
             Value::Null => continue,
             Value::Mapping(m) => m,
             _ => {
-                cx.error(&root, "a rule file must be a mapping with `notifiers:`, `actions:` and/or `rules:`");
+                cx.error(
+                    &root,
+                    "a rule file must be a mapping with `notifiers:`, `actions:` and/or `rules:`",
+                );
                 continue;
             }
         };
@@ -534,7 +553,10 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     // Names are global: a duplicate names both places.
     check_duplicates(cx, "notifier", notifiers.iter().map(|n| (&n.name, &n.at)));
     check_duplicates(cx, "action", actions.iter().map(|n| (&n.name, &n.at)));
-    let rule_names: Vec<(String, At)> = rules.iter().map(|(at, r, _)| (r.name.clone(), at.key("name"))).collect();
+    let rule_names: Vec<(String, At)> = rules
+        .iter()
+        .map(|(at, r, _)| (r.name.clone(), at.key("name")))
+        .collect();
     check_duplicates(cx, "rule", rule_names.iter().map(|(n, a)| (n, a)));
 
     let notifier_names: BTreeSet<String> = notifiers.iter().map(|n| n.name.clone()).collect();
@@ -547,12 +569,16 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     let mut used_notifiers = BTreeSet::new();
     for n in &notifiers {
         if let Some(v) = validate_notifier(cx, n) {
-            set.notifiers.entry(n.name.clone()).or_insert_with(|| Arc::new(v));
+            set.notifiers
+                .entry(n.name.clone())
+                .or_insert_with(|| Arc::new(v));
         }
     }
     for a in &actions {
         if let Some(v) = validate_action(cx, a) {
-            set.actions.entry(a.name.clone()).or_insert_with(|| Arc::new(v));
+            set.actions
+                .entry(a.name.clone())
+                .or_insert_with(|| Arc::new(v));
         }
     }
     for (at, raw, had_errors) in rules {
@@ -564,12 +590,18 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     }
     for a in &actions {
         if !used_actions.contains(&a.name) {
-            cx.warn(&a.at, format!("action `{}` is not used by any rule", a.name));
+            cx.warn(
+                &a.at,
+                format!("action `{}` is not used by any rule", a.name),
+            );
         }
     }
     for n in &notifiers {
         if !used_notifiers.contains(&n.name) {
-            cx.warn(&n.at, format!("notifier `{}` is not used by any rule", n.name));
+            cx.warn(
+                &n.at,
+                format!("notifier `{}` is not used by any rule", n.name),
+            );
         }
     }
     Some(set)
@@ -586,7 +618,10 @@ fn collect_named<T: DeserializeOwned>(
         Value::Mapping(m) => m,
         Value::Null => return,
         _ => {
-            cx.error(at, format!("`{kind}s:` must be a mapping of {kind} names to definitions"));
+            cx.error(
+                at,
+                format!("`{kind}s:` must be a mapping of {kind} names to definitions"),
+            );
             return;
         }
     };
@@ -604,12 +639,20 @@ fn collect_named<T: DeserializeOwned>(
             cx.error_key(&here, e);
         }
         if let Some(raw) = cx.de::<T>(&here, item) {
-            out.push(Named { name, at: here, raw });
+            out.push(Named {
+                name,
+                at: here,
+                raw,
+            });
         }
     }
 }
 
-fn check_duplicates<'a>(cx: &mut Ctx, kind: &str, items: impl Iterator<Item = (&'a String, &'a At)>) {
+fn check_duplicates<'a>(
+    cx: &mut Ctx,
+    kind: &str,
+    items: impl Iterator<Item = (&'a String, &'a At)>,
+) {
     let mut seen: BTreeMap<&String, &At> = BTreeMap::new();
     for (name, at) in items {
         if let Some(first) = seen.get(name) {
@@ -656,10 +699,21 @@ fn validate_notifier(cx: &mut Ctx, n: &Named<RawNotifier>) -> Option<Notifier> {
     }
     let kind = if let Some(pd) = &r.pagerduty {
         let at = n.at.key("pagerduty");
-        warn_inline_secret(cx, &at.key("routing_key"), &pd.routing_key, "the PagerDuty routing key");
-        let url = pd.url.clone().unwrap_or_else(|| PAGERDUTY_DEFAULT_URL.into());
+        warn_inline_secret(
+            cx,
+            &at.key("routing_key"),
+            &pd.routing_key,
+            "the PagerDuty routing key",
+        );
+        let url = pd
+            .url
+            .clone()
+            .unwrap_or_else(|| PAGERDUTY_DEFAULT_URL.into());
         if !is_http_url(&url) {
-            cx.error(&at.key("url"), format!("url `{url}` must start with http:// or https://"));
+            cx.error(
+                &at.key("url"),
+                format!("url `{url}` must start with http:// or https://"),
+            );
         }
         NotifierKind::Pagerduty {
             routing_key: pd.routing_key.clone(),
@@ -693,10 +747,15 @@ fn validate_notifier(cx: &mut Ctx, n: &Named<RawNotifier>) -> Option<Notifier> {
         }
         for (i, u) in am.urls.iter().enumerate() {
             if !is_http_url(u) {
-                cx.error(&at.index(i), format!("url `{u}` must start with http:// or https://"));
+                cx.error(
+                    &at.index(i),
+                    format!("url `{u}` must start with http:// or https://"),
+                );
             }
         }
-        NotifierKind::Alertmanager { urls: am.urls.clone() }
+        NotifierKind::Alertmanager {
+            urls: am.urls.clone(),
+        }
     } else {
         return None;
     };
@@ -718,7 +777,12 @@ fn positive(cx: &mut Ctx, at: &At, d: Option<raw::Dur>, default: Duration, what:
     }
 }
 
-fn one_of<'a, T>(cx: &mut Ctx, at: &At, what: &str, options: &[(&'a str, Option<T>)]) -> Option<(&'a str, T)>
+fn one_of<'a, T>(
+    cx: &mut Ctx,
+    at: &At,
+    what: &str,
+    options: &[(&'a str, Option<T>)],
+) -> Option<(&'a str, T)>
 where
     T: Clone,
 {
@@ -737,7 +801,11 @@ where
             let given: Vec<&str> = set.iter().map(|(n, _)| *n).collect();
             cx.error(
                 at,
-                format!("{what} needs exactly one of `{}`, found `{}`", names.join("`, `"), given.join("`, `")),
+                format!(
+                    "{what} needs exactly one of `{}`, found `{}`",
+                    names.join("`, `"),
+                    given.join("`, `")
+                ),
             );
             None
         }
@@ -747,7 +815,10 @@ where
 fn validate_action(cx: &mut Ctx, a: &Named<raw::RawAction>) -> Option<Action> {
     let mut steps = Vec::new();
     if a.raw.steps.is_empty() {
-        cx.error(&a.at.key("steps"), format!("action `{}` has no steps", a.name));
+        cx.error(
+            &a.at.key("steps"),
+            format!("action `{}` has no steps", a.name),
+        );
     }
     for (i, s) in a.raw.steps.iter().enumerate() {
         let at = a.at.key("steps").index(i);
@@ -781,14 +852,26 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
         }
         for k in e.env.keys() {
             if !is_identifier(k) {
-                cx.error_key(&at.key("env").key(k), format!("`{k}` is not a valid environment variable name"));
+                cx.error_key(
+                    &at.key("env").key(k),
+                    format!("`{k}` is not a valid environment variable name"),
+                );
             } else if k.starts_with("RIPCORD_") {
-                cx.error_key(&at.key("env").key(k), format!("`{k}`: RIPCORD_* variables are set by ripcord itself"));
+                cx.error_key(
+                    &at.key("env").key(k),
+                    format!("`{k}`: RIPCORD_* variables are set by ripcord itself"),
+                );
             }
         }
         Step::Exec(ExecStep {
             argv: e.argv.iter().map(|a| a.0.clone()).collect(),
-            timeout: positive(cx, &at.key("timeout"), e.timeout, Duration::from_secs(60), "timeout"),
+            timeout: positive(
+                cx,
+                &at.key("timeout"),
+                e.timeout,
+                Duration::from_secs(60),
+                "timeout",
+            ),
             env: e.env.clone(),
         })
     } else if let Some(k) = &s.kubectl {
@@ -798,17 +881,35 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
             &at,
             "a kubectl step",
             &[
-                ("rollout_undo", k.rollout_undo.clone().map(|r| KubectlVerb::RolloutUndo { resource: r, to_revision: k.to_revision })),
-                ("set_image", k.set_image.as_ref().map(|s| KubectlVerb::SetImage {
-                    resource: s.resource.clone(),
-                    container: s.container.clone(),
-                    image: s.image.clone(),
-                })),
-                ("scale", k.scale.as_ref().map(|s| KubectlVerb::Scale { resource: s.resource.clone(), replicas: s.replicas })),
+                (
+                    "rollout_undo",
+                    k.rollout_undo.clone().map(|r| KubectlVerb::RolloutUndo {
+                        resource: r,
+                        to_revision: k.to_revision,
+                    }),
+                ),
+                (
+                    "set_image",
+                    k.set_image.as_ref().map(|s| KubectlVerb::SetImage {
+                        resource: s.resource.clone(),
+                        container: s.container.clone(),
+                        image: s.image.clone(),
+                    }),
+                ),
+                (
+                    "scale",
+                    k.scale.as_ref().map(|s| KubectlVerb::Scale {
+                        resource: s.resource.clone(),
+                        replicas: s.replicas,
+                    }),
+                ),
             ],
         );
         if k.to_revision.is_some() && k.rollout_undo.is_none() {
-            cx.error(&at.key("to_revision"), "to_revision only applies to rollout_undo");
+            cx.error(
+                &at.key("to_revision"),
+                "to_revision only applies to rollout_undo",
+            );
         }
         let (verb_name, verb) = verb?;
         let resource = match &verb {
@@ -816,7 +917,11 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
             | KubectlVerb::SetImage { resource, .. }
             | KubectlVerb::Scale { resource, .. } => resource.clone(),
         };
-        if !resource.contains('/') || resource.starts_with('/') || resource.ends_with('/') || resource.starts_with('-') {
+        if !resource.contains('/')
+            || resource.starts_with('/')
+            || resource.ends_with('/')
+            || resource.starts_with('-')
+        {
             cx.error(
                 &at.key(verb_name),
                 format!("resource `{resource}` must be KIND/NAME, e.g. deployment/chat"),
@@ -824,7 +929,13 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
         }
         let wait = k.wait.map(|d| d.0);
         let default_timeout = wait.unwrap_or_default() + Duration::from_secs(60);
-        let timeout = positive(cx, &at.key("timeout"), k.timeout, default_timeout, "timeout");
+        let timeout = positive(
+            cx,
+            &at.key("timeout"),
+            k.timeout,
+            default_timeout,
+            "timeout",
+        );
         if wait.is_some_and(|w| w > timeout) {
             cx.error(&at.key("wait"), "wait is longer than the step's timeout");
         }
@@ -843,17 +954,39 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
             &at,
             "a systemctl step",
             &[
-                ("restart", sc.restart.clone().map(|u| (SystemctlVerb::Restart, u))),
+                (
+                    "restart",
+                    sc.restart.clone().map(|u| (SystemctlVerb::Restart, u)),
+                ),
                 ("stop", sc.stop.clone().map(|u| (SystemctlVerb::Stop, u))),
                 ("start", sc.start.clone().map(|u| (SystemctlVerb::Start, u))),
-                ("reload", sc.reload.clone().map(|u| (SystemctlVerb::Reload, u))),
+                (
+                    "reload",
+                    sc.reload.clone().map(|u| (SystemctlVerb::Reload, u)),
+                ),
             ],
         )?;
-        if unit.is_empty() || unit.starts_with('-') || unit.contains(char::is_whitespace) || unit.contains('/') {
+        if unit.is_empty()
+            || unit.starts_with('-')
+            || unit.contains(char::is_whitespace)
+            || unit.contains('/')
+        {
             cx.error(&at.key(verb_name), format!("`{unit}` is not a unit name"));
         }
-        let wait = positive(cx, &at.key("wait"), sc.wait, Duration::from_secs(60), "wait");
-        let timeout = positive(cx, &at.key("timeout"), sc.timeout, wait + Duration::from_secs(30), "timeout");
+        let wait = positive(
+            cx,
+            &at.key("wait"),
+            sc.wait,
+            Duration::from_secs(60),
+            "wait",
+        );
+        let timeout = positive(
+            cx,
+            &at.key("timeout"),
+            sc.timeout,
+            wait + Duration::from_secs(30),
+            "timeout",
+        );
         if wait > timeout {
             cx.error(&at.key("wait"), "wait is longer than the step's timeout");
         }
@@ -867,23 +1000,34 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
         let at = at.key("file");
         let path = PathBuf::from(&f.path);
         if !path.is_absolute() {
-            cx.error(&at.key("path"), format!("path `{}` must be absolute", f.path));
+            cx.error(
+                &at.key("path"),
+                format!("path `{}` must be absolute", f.path),
+            );
         }
         if f.set.is_empty() {
             cx.error(&at.key("set"), "set needs at least one KEY: value");
         }
-        let format = f.format.unwrap_or(match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => FileFormat::Yaml,
-            Some("json") => FileFormat::Json,
-            _ => FileFormat::Env,
-        });
+        let format = f
+            .format
+            .unwrap_or(match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => FileFormat::Yaml,
+                Some("json") => FileFormat::Json,
+                _ => FileFormat::Env,
+            });
         for (k, v) in &f.set {
             let kat = at.key("set").key(k);
             if format == FileFormat::Env && !is_identifier(k) {
-                cx.error_key(&kat, format!("`{k}` is not a valid variable name for an env file"));
+                cx.error_key(
+                    &kat,
+                    format!("`{k}` is not a valid variable name for an env file"),
+                );
             }
             if format != FileFormat::Env && (k.is_empty() || k.split('.').any(str::is_empty)) {
-                cx.error_key(&kat, format!("`{k}` is not a key path (e.g. flags.v2.enabled)"));
+                cx.error_key(
+                    &kat,
+                    format!("`{k}` is not a key path (e.g. flags.v2.enabled)"),
+                );
             }
             if v.0.contains(['\n', '\r']) {
                 cx.error(&kat, "a value must fit on one line");
@@ -891,14 +1035,29 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
         }
         Step::File(FileStep {
             path,
-            set: f.set.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
+            set: f
+                .set
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
             format,
-            timeout: positive(cx, &at.key("timeout"), f.timeout, Duration::from_secs(10), "timeout"),
+            timeout: positive(
+                cx,
+                &at.key("timeout"),
+                f.timeout,
+                Duration::from_secs(10),
+                "timeout",
+            ),
         })
     } else if let Some(h) = &s.http {
         let at = at.key("http");
-        let method = h.method.clone().unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
-        if !["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&method.as_str()) {
+        let method = h
+            .method
+            .clone()
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
+        if !["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&method.as_str())
+        {
             cx.error(&at.key("method"), format!("unknown HTTP method `{method}`"));
         }
         if !h.url.has_refs() && !is_http_url(h.url.as_written()) {
@@ -906,7 +1065,10 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
         }
         for (i, code) in h.expect_status.iter().enumerate() {
             if !(100..=599).contains(code) {
-                cx.error(&at.key("expect_status").index(i), format!("{code} is not an HTTP status code"));
+                cx.error(
+                    &at.key("expect_status").index(i),
+                    format!("{code} is not an HTTP status code"),
+                );
             }
         }
         Step::Http(HttpStep {
@@ -915,7 +1077,13 @@ fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
             headers: h.headers.clone(),
             body: h.body.clone(),
             expect_status: h.expect_status.clone(),
-            timeout: positive(cx, &at.key("timeout"), h.timeout, Duration::from_secs(30), "timeout"),
+            timeout: positive(
+                cx,
+                &at.key("timeout"),
+                h.timeout,
+                Duration::from_secs(30),
+                "timeout",
+            ),
             retries: h.retries,
         })
     } else {
@@ -939,7 +1107,13 @@ fn validate_rule(
     }
     let schedule = match (&r.every, &r.cron) {
         (Some(_), Some(_)) => {
-            cx.error(at, format!("rule `{}`: set either `every:` or `cron:`, not both", r.name));
+            cx.error(
+                at,
+                format!(
+                    "rule `{}`: set either `every:` or `cron:`, not both",
+                    r.name
+                ),
+            );
             Schedule::Every(DEFAULT_EVERY)
         }
         (Some(raw::Dur(d)), None) if d.is_zero() => {
@@ -952,7 +1126,12 @@ fn validate_rule(
             Err(e) => {
                 // The cron crate's message quotes the input over several lines.
                 let why = e.to_string();
-                let why = why.lines().last().unwrap_or_default().trim().trim_end_matches('.');
+                let why = why
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_end_matches('.');
                 cx.error(
                     &at.key("cron"),
                     format!("invalid cron expression `{expr}`: {why} (fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */5 * * * *\")"),
@@ -964,7 +1143,10 @@ fn validate_rule(
     };
 
     if r.queries.is_empty() {
-        cx.error(&at.key("queries"), format!("rule `{}` has no queries", r.name));
+        cx.error(
+            &at.key("queries"),
+            format!("rule `{}` has no queries", r.name),
+        );
     }
     for (name, expr) in &r.queries {
         let qat = at.key("queries").key(name);
@@ -976,7 +1158,10 @@ fn validate_rule(
             continue;
         }
         if let Err(e) = promql_parser::parser::parse(expr) {
-            cx.error(&qat, format!("invalid PromQL in query `{name}`: {}", e.trim()));
+            cx.error(
+                &qat,
+                format!("invalid PromQL in query `{name}`: {}", e.trim()),
+            );
         }
     }
     let names: Vec<&str> = r.queries.keys().map(String::as_str).collect();
@@ -990,7 +1175,10 @@ fn validate_rule(
         }
     };
     let summary_src = r.summary.clone().unwrap_or_else(|| {
-        let vals: Vec<String> = names.iter().map(|q| format!("{q}={{{{ {q} | humanize }}}}")).collect();
+        let vals: Vec<String> = names
+            .iter()
+            .map(|q| format!("{q}={{{{ {q} | humanize }}}}"))
+            .collect();
         format!("{{{{ rule }}}} breached: {}", vals.join(", "))
     });
     let summary = match Template::compile(&summary_src, &names) {
@@ -1003,22 +1191,42 @@ fn validate_rule(
     check_refs(cx, &at.key("actions"), &r.actions, actions, "action");
     check_refs(cx, &at.key("notify"), &r.notify, notifiers, "notifier");
     let approval = r.approval.as_ref().map(|a| Approval {
-        timeout: positive(cx, &at.key("approval").key("timeout"), Some(a.timeout), Duration::from_secs(300), "approval timeout"),
+        timeout: positive(
+            cx,
+            &at.key("approval").key("timeout"),
+            Some(a.timeout),
+            Duration::from_secs(300),
+            "approval timeout",
+        ),
         on_timeout: a.on_timeout,
     });
-    let verify_within = r
-        .verify
-        .as_ref()
-        .map(|v| positive(cx, &at.key("verify").key("within"), Some(v.within), Duration::from_secs(600), "verify within"));
+    let verify_within = r.verify.as_ref().map(|v| {
+        positive(
+            cx,
+            &at.key("verify").key("within"),
+            Some(v.within),
+            Duration::from_secs(600),
+            "verify within",
+        )
+    });
     for k in r.labels.keys() {
         if !is_identifier(k) {
-            cx.error_key(&at.key("labels").key(k), format!("`{k}` is not a valid label name"));
+            cx.error_key(
+                &at.key("labels").key(k),
+                format!("`{k}` is not a valid label name"),
+            );
         }
     }
-    for (key, url) in [("runbook_url", &r.runbook_url), ("dashboard_url", &r.dashboard_url)] {
+    for (key, url) in [
+        ("runbook_url", &r.runbook_url),
+        ("dashboard_url", &r.dashboard_url),
+    ] {
         if let Some(u) = url {
             if !is_http_url(u) {
-                cx.error(&at.key(key), format!("{key} `{u}` must start with http:// or https://"));
+                cx.error(
+                    &at.key(key),
+                    format!("{key} `{u}` must start with http:// or https://"),
+                );
             }
         }
     }
@@ -1033,17 +1241,35 @@ fn validate_rule(
         return None;
     }
     if r.actions.is_empty() && r.notify.is_empty() {
-        cx.warn(&rule_at, format!("rule `{}` does nothing when it fires: no actions and no notify", r.name));
+        cx.warn(
+            &rule_at,
+            format!(
+                "rule `{}` does nothing when it fires: no actions and no notify",
+                r.name
+            ),
+        );
     }
     if !r.actions.is_empty() {
         if r.notify.is_empty() {
-            cx.warn(&rule_at, format!("rule `{}` acts without paging anyone: add `notify:`", r.name));
+            cx.warn(
+                &rule_at,
+                format!(
+                    "rule `{}` acts without paging anyone: add `notify:`",
+                    r.name
+                ),
+            );
         }
         if for_.is_zero() {
             cx.warn(&rule_at, format!("rule `{}` acts on a single breaching evaluation: set `for:` so a blip does not roll back", r.name));
         }
         if no_data == NoData::Breach {
-            cx.warn(&at.key("no_data"), format!("rule `{}` acts when data is missing (`no_data: breach`)", r.name));
+            cx.warn(
+                &at.key("no_data"),
+                format!(
+                    "rule `{}` acts when data is missing (`no_data: breach`)",
+                    r.name
+                ),
+            );
         }
         if verify_within.is_none() {
             cx.warn(&rule_at, format!("rule `{}` has no `verify:`: ripcord will not page if the rollback does not restore the metrics", r.name));
@@ -1077,7 +1303,10 @@ fn check_refs(cx: &mut Ctx, at: &At, refs: &[String], known: &BTreeSet<String>, 
     let mut seen = BTreeSet::new();
     for (i, name) in refs.iter().enumerate() {
         if !known.contains(name) {
-            cx.error(&at.index(i), format!("unknown {kind} `{name}` ({})", list(known.iter())));
+            cx.error(
+                &at.index(i),
+                format!("unknown {kind} `{name}` ({})", list(known.iter())),
+            );
         } else if !seen.insert(name) {
             cx.error(&at.index(i), format!("{kind} `{name}` is listed twice"));
         }

@@ -47,6 +47,8 @@ enum Frame {
         path: Vec<Seg>,
         /// The key whose value comes next; `None` while a key is expected.
         key: Option<String>,
+        /// No key of this mapping has been seen yet.
+        first: bool,
     },
     Seq {
         path: Vec<Seg>,
@@ -77,7 +79,7 @@ impl Builder {
                 *next += 1;
                 Some(p)
             }
-            Some(Frame::Map { path, key }) => match key.take() {
+            Some(Frame::Map { path, key, first }) => match key.take() {
                 Some(k) => {
                     let mut p = path.clone();
                     p.push(Seg::Key(k));
@@ -90,6 +92,11 @@ impl Builder {
                         Event::Scalar(v, ..) => v.clone(),
                         _ => "?".to_string(),
                     };
+                    // A block mapping's start event is marked after its first
+                    // key; the first key is where a reader sees it start.
+                    if std::mem::take(first) {
+                        self.index.values.insert(path.clone(), pos(mark));
+                    }
                     let mut p = path.clone();
                     p.push(Seg::Key(name.clone()));
                     self.index.keys.entry(p).or_insert(pos(mark));
@@ -120,7 +127,11 @@ impl MarkedEventReceiver for Builder {
                     None => Vec::new(),
                 };
                 self.stack.push(if is_map {
-                    Frame::Map { path, key: None }
+                    Frame::Map {
+                        path,
+                        key: None,
+                        first: true,
+                    }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });
@@ -199,7 +210,12 @@ mod tests {
             Pos { line: 3, col: 5 }
         );
         assert_eq!(
-            p(&[Seg::key("rules"), Seg::Index(1), Seg::key("queries"), Seg::key("q")]),
+            p(&[
+                Seg::key("rules"),
+                Seg::Index(1),
+                Seg::key("queries"),
+                Seg::key("q")
+            ]),
             Pos { line: 6, col: 10 }
         );
         // A missing node falls back to its nearest ancestor.
@@ -216,6 +232,9 @@ mod tests {
             idx.locate(&[Seg::key("a"), Seg::key("b"), Seg::Index(1)]),
             Pos { line: 1, col: 12 }
         );
-        assert_eq!(idx.locate(&[Seg::key("a"), Seg::key("c")]), Pos { line: 1, col: 19 });
+        assert_eq!(
+            idx.locate(&[Seg::key("a"), Seg::key("c")]),
+            Pos { line: 1, col: 19 }
+        );
     }
 }

@@ -108,9 +108,9 @@ impl SecretString {
                 text.push('$');
                 rest = stripped;
             } else if let Some(body) = after.strip_prefix('{') {
-                let end = body
-                    .find('}')
-                    .ok_or_else(|| "malformed secret reference: `${` without a closing `}`".to_string())?;
+                let end = body.find('}').ok_or_else(|| {
+                    "malformed secret reference: `${` without a closing `}`".to_string()
+                })?;
                 if !text.is_empty() {
                     parts.push(Part::Text(std::mem::take(&mut text)));
                 }
@@ -148,9 +148,9 @@ impl SecretString {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Ref(SecretRef::Env(name)) => {
-                    out.push_str(&std::env::var(name).map_err(|_| SecretError::EnvUnset(name.clone()))?)
-                }
+                Part::Ref(SecretRef::Env(name)) => out.push_str(
+                    &std::env::var(name).map_err(|_| SecretError::EnvUnset(name.clone()))?,
+                ),
                 Part::Ref(SecretRef::File(path)) => out.push_str(read_trimmed(path)?.as_str()),
                 Part::Ref(SecretRef::Credential(name)) => {
                     let dir = std::env::var_os("CREDENTIALS_DIRECTORY")

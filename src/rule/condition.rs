@@ -52,7 +52,9 @@ impl Condition {
         if node.iter_read_variable_identifiers().next().is_none() {
             return Err(format!(
                 "condition `{source}` uses no query: it would always be {}",
-                node.eval_boolean().map(|b| b.to_string()).unwrap_or_else(|_| "the same".into())
+                node.eval_boolean()
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|_| "the same".into())
             ));
         }
         let c = Condition {
@@ -108,10 +110,17 @@ mod tests {
 
     #[test]
     fn evaluates_mixed_int_and_float() {
-        let c = Condition::compile("rate > 0.005 || rate > 5 * baseline", &["rate", "baseline"]).unwrap();
-        assert!(c.eval(&vals(&[("rate", 0.02), ("baseline", 0.001)])).unwrap());
-        assert!(!c.eval(&vals(&[("rate", 0.001), ("baseline", 0.001)])).unwrap());
-        assert!(c.eval(&vals(&[("rate", 0.004), ("baseline", 0.0001)])).unwrap());
+        let c = Condition::compile("rate > 0.005 || rate > 5 * baseline", &["rate", "baseline"])
+            .unwrap();
+        assert!(c
+            .eval(&vals(&[("rate", 0.02), ("baseline", 0.001)]))
+            .unwrap());
+        assert!(!c
+            .eval(&vals(&[("rate", 0.001), ("baseline", 0.001)]))
+            .unwrap());
+        assert!(c
+            .eval(&vals(&[("rate", 0.004), ("baseline", 0.0001)]))
+            .unwrap());
         let c = Condition::compile("stuck > 10", &["stuck"]).unwrap();
         assert!(c.eval(&vals(&[("stuck", 11.0)])).unwrap());
         assert!(!c.eval(&vals(&[("stuck", 10.0)])).unwrap());
@@ -126,6 +135,8 @@ mod tests {
         let e = Condition::compile("rate = 2", &["rate"]).unwrap_err();
         assert!(e.contains("assigns"), "{e}");
         let e = Condition::compile("rate >", &["rate"]).unwrap_err();
+        assert!(e.contains("`rate >`"), "{e}");
+        let e = Condition::compile("rate > (1", &["rate"]).unwrap_err();
         assert!(e.starts_with("invalid condition"), "{e}");
         let e = Condition::compile("1 > 0", &["rate"]).unwrap_err();
         assert!(e.contains("uses no query"), "{e}");

@@ -39,11 +39,17 @@ impl Timestamp {
     }
 
     pub fn add(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
     }
 
     pub fn sub(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_sub(d.as_millis().min(i64::MAX as u128) as i64))
+        Timestamp(
+            self.0
+                .saturating_sub(d.as_millis().min(i64::MAX as u128) as i64),
+        )
     }
 
     /// How long after `earlier` this is (zero if it is not later).
@@ -203,13 +209,20 @@ impl Shared {
 pub enum UnrecoveredReason {
     /// The condition did not clear within `verify.within`.
     VerifyTimedOut,
-    ActionFailed { action: String, error: String },
-    Interrupted { action: String },
+    ActionFailed {
+        action: String,
+        error: String,
+    },
+    Interrupted {
+        action: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HaltReason {
-    Vetoed { by: String },
+    Vetoed {
+        by: String,
+    },
     /// Nobody approved in time and the rule says `on_timeout: abort`.
     Aborted,
     BudgetExhausted,
@@ -218,11 +231,17 @@ pub enum HaltReason {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
-    AwaitingApproval { deadline: Timestamp },
+    AwaitingApproval {
+        deadline: Timestamp,
+    },
     /// Waiting for the result of `rule.actions[index]`.
-    Acting { index: usize },
+    Acting {
+        index: usize,
+    },
     /// Actions done; waiting for the condition to clear.
-    Verifying { deadline: Option<Timestamp> },
+    Verifying {
+        deadline: Option<Timestamp>,
+    },
     Unrecovered(UnrecoveredReason),
     /// No (further) action will run; waiting for the condition to clear.
     Halted(HaltReason),
@@ -417,14 +436,24 @@ impl fmt::Display for Record {
         match self {
             Record::Transition { from, to } => write!(f, "{from} → {to}"),
             Record::NoData { queries, policy } => {
-                let qs: Vec<String> = queries.iter().map(|(q, why)| format!("{q}: {why}")).collect();
+                let qs: Vec<String> = queries
+                    .iter()
+                    .map(|(q, why)| format!("{q}: {why}"))
+                    .collect();
                 write!(f, "no data ({}); no_data: {policy:?}", qs.join(", "))
             }
-            Record::EvaluationFailed { error } => write!(f, "evaluation failed, state held: {error}"),
-            Record::Suppressed { until } => write!(f, "breach suppressed by cooldown until {until}"),
+            Record::EvaluationFailed { error } => {
+                write!(f, "evaluation failed, state held: {error}")
+            }
+            Record::Suppressed { until } => {
+                write!(f, "breach suppressed by cooldown until {until}")
+            }
             Record::Rejected { reason } => write!(f, "rejected: {reason}"),
             Record::VetoPending { by } => {
-                write!(f, "veto by {by}: the running action finishes, nothing after it runs")
+                write!(
+                    f,
+                    "veto by {by}: the running action finishes, nothing after it runs"
+                )
             }
         }
     }
@@ -570,7 +599,9 @@ impl Machine<'_> {
                 }
             }
             Status::Pending { since } => match verdict {
-                Verdict::Breach if self.now.since(since) >= self.rule.for_ => self.open(None, false),
+                Verdict::Breach if self.now.since(since) >= self.rule.for_ => {
+                    self.open(None, false)
+                }
                 Verdict::Clear => self.state.status = Status::Ok,
                 _ => {}
             },
@@ -769,11 +800,13 @@ impl Machine<'_> {
             Phase::Acting { index } if i.id == id => Some((index, i.veto.clone())),
             _ => None,
         });
-        let Some((index, veto)) =
-            acting.filter(|(index, _)| self.rule.actions.get(*index).map(String::as_str) == Some(action))
+        let Some((index, veto)) = acting
+            .filter(|(index, _)| self.rule.actions.get(*index).map(String::as_str) == Some(action))
         else {
             self.record(Record::Rejected {
-                reason: format!("result of action {action} for incident {id}, which is not running it"),
+                reason: format!(
+                    "result of action {action} for incident {id}, which is not running it"
+                ),
             });
             return;
         };
@@ -839,7 +872,10 @@ impl Machine<'_> {
                 self.record(Record::VetoPending { by });
             }
             Some(_) => self.record(Record::Rejected {
-                reason: format!("{}: nothing left to veto, no action is pending", self.rule.name),
+                reason: format!(
+                    "{}: nothing left to veto, no action is pending",
+                    self.rule.name
+                ),
             }),
             None => self.record(Record::Rejected {
                 reason: format!("{} has no open incident", self.rule.name),
@@ -872,3 +908,7 @@ impl Machine<'_> {
         };
     }
 }
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

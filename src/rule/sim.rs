@@ -11,8 +11,14 @@ use crate::config::Rule;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Happened {
-    Action { name: String, dry_run: bool },
-    Page { kind: String, notifiers: Vec<String> },
+    Action {
+        name: String,
+        dry_run: bool,
+    },
+    Page {
+        kind: String,
+        notifiers: Vec<String>,
+    },
     Record(Record),
 }
 
@@ -36,7 +42,10 @@ impl Sim {
     pub fn new(rules: impl IntoIterator<Item = Arc<Rule>>, shared: Shared) -> Sim {
         let rules: BTreeMap<String, Arc<Rule>> =
             rules.into_iter().map(|r| (r.name.clone(), r)).collect();
-        let states = rules.keys().map(|n| (n.clone(), RuleState::default())).collect();
+        let states = rules
+            .keys()
+            .map(|n| (n.clone(), RuleState::default()))
+            .collect();
         Sim {
             rules,
             states,
@@ -103,7 +112,11 @@ impl Sim {
             .unwrap_or_else(|| DEFAULT.get_or_init(RuleState::default))
     }
 
-    fn entries<'a>(&'a self, rule: &'a str, upto: Timestamp) -> impl Iterator<Item = &'a Happened> + 'a {
+    fn entries<'a>(
+        &'a self,
+        rule: &'a str,
+        upto: Timestamp,
+    ) -> impl Iterator<Item = &'a Happened> + 'a {
         self.log
             .iter()
             .filter(move |e| e.rule == rule && e.at <= upto)

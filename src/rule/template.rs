@@ -108,8 +108,10 @@ impl Template {
         let t = Template {
             source: source.to_string(),
         };
-        let sample: BTreeMap<String, Option<f64>> =
-            queries.iter().map(|q| (q.to_string(), Some(0.0123))).collect();
+        let sample: BTreeMap<String, Option<f64>> = queries
+            .iter()
+            .map(|q| (q.to_string(), Some(0.0123)))
+            .collect();
         t.try_render("rule", "critical", &BTreeMap::new(), &sample)
             .map_err(|e| format!("invalid template: {e}"))?;
         Ok(t)
