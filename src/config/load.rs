@@ -163,7 +163,9 @@ impl Ctx {
     }
 
     pub fn parse(&mut self, path: &Path, text: &str) -> Option<(At, Value)> {
-        match serde_yaml::from_str::<Value>(text) {
+        // YAML merge keys (`<<: *defaults`) are applied, as Prometheus and
+        // Alertmanager users expect.
+        match serde_yaml::from_str::<Value>(text).and_then(|mut v| v.apply_merge().map(|()| v)) {
             Ok(v) => {
                 self.docs.push(Doc {
                     path: path.to_path_buf(),
@@ -504,6 +506,10 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     let paths: Vec<PathBuf> = texts.iter().map(|(p, _)| p.clone()).collect();
     let mut notifiers = Vec::new();
     let mut actions = Vec::new();
+    // Every name defined, including those whose definitions have errors:
+    // a broken action is reported once, not again where it is used.
+    let mut notifier_names = BTreeSet::new();
+    let mut action_names = BTreeSet::new();
     let mut rules: Vec<(At, RawRule, bool)> = Vec::new();
     for (path, text) in &texts {
         let Some((root, value)) = cx.parse(path, text) else {
@@ -527,8 +533,8 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
             };
             let at = root.key(key);
             match key {
-                "notifiers" => collect_named(cx, &at, v, "notifier", &mut notifiers),
-                "actions" => collect_named(cx, &at, v, "action", &mut actions),
+                "notifiers" => collect_named(cx, &at, v, "notifier", &mut notifiers, &mut notifier_names),
+                "actions" => collect_named(cx, &at, v, "action", &mut actions, &mut action_names),
                 "rules" => match v {
                     Value::Sequence(items) => {
                         for (i, item) in items.iter().enumerate() {
@@ -559,8 +565,6 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
         .collect();
     check_duplicates(cx, "rule", rule_names.iter().map(|(n, a)| (n, a)));
 
-    let notifier_names: BTreeSet<String> = notifiers.iter().map(|n| n.name.clone()).collect();
-    let action_names: BTreeSet<String> = actions.iter().map(|n| n.name.clone()).collect();
     let mut set = RuleSet {
         files: paths,
         ..RuleSet::default()
@@ -613,6 +617,7 @@ fn collect_named<T: DeserializeOwned>(
     v: &Value,
     kind: &str,
     out: &mut Vec<Named<T>>,
+    names: &mut BTreeSet<String>,
 ) {
     let map = match v {
         Value::Mapping(m) => m,
@@ -635,6 +640,7 @@ fn collect_named<T: DeserializeOwned>(
             }
         };
         let here = at.key(&name);
+        names.insert(name.clone());
         if let Err(e) = check_name(kind, &name) {
             cx.error_key(&here, e);
         }

@@ -664,6 +664,12 @@ impl Machine<'_> {
         }
         if !missing.is_empty() {
             let policy = self.rule.no_data;
+            // `rate > 0.005 || rate > 5 * baseline` with no baseline still
+            // breaches on `rate` alone: if the condition holds whatever the
+            // missing values are, the data present decides.
+            if !values.is_empty() && self.breaches_whatever(&values, &missing) {
+                return Verdict::Breach;
+            }
             self.record(Record::NoData {
                 queries: missing,
                 policy,
@@ -683,6 +689,22 @@ impl Machine<'_> {
                 Verdict::Hold
             }
         }
+    }
+
+    /// True if the condition is true for every probe value of the missing
+    /// queries (very negative, negative, zero, positive, very positive).
+    fn breaches_whatever(
+        &self,
+        present: &BTreeMap<String, f64>,
+        missing: &[(String, String)],
+    ) -> bool {
+        [-1e300, -1.0, 0.0, 1.0, 1e300].iter().all(|probe| {
+            let mut all = present.clone();
+            for (q, _) in missing {
+                all.insert(q.clone(), *probe);
+            }
+            self.rule.condition.eval(&all) == Ok(true)
+        })
     }
 
     fn expire_cooldown(&mut self) {

@@ -332,12 +332,41 @@ fn table() {
             name: "hold: one missing query of two holds",
             rule: "queries: {q: up, b: up}; condition: q > 1 || q > 5 * b",
             steps: &[
-                (0, V2(Some(2.0), None), "ok", ""),
+                (0, V2(Some(0.5), None), "ok", ""),
                 (30, V2(None, Some(0.1)), "ok", ""),
                 (60, V2(Some(2.0), Some(0.1)), "firing", ""),
             ],
             actions: &["a1"],
             pages: OPEN_ACT,
+            ..BASE
+        },
+        Case {
+            name: "a missing query that cannot change the verdict does not hold",
+            rule: "queries: {q: up, b: up}; condition: q > 1 || q > 5 * b; for: 30s",
+            steps: &[
+                (0, V2(Some(2.0), None), "pending", ""),
+                (30, V2(Some(2.0), None), "firing", ""),
+            ],
+            actions: &["a1"],
+            pages: OPEN_ACT,
+            ..BASE
+        },
+        Case {
+            name: "a missing query that could change the verdict holds",
+            rule: "queries: {q: up, b: up}; condition: q > 1 || q > 5 * b",
+            steps: &[
+                (0, V2(Some(0.5), None), "ok", ""),
+                (30, V2(Some(0.5), None), "ok", ""),
+            ],
+            ..BASE
+        },
+        Case {
+            name: "a missing query under && holds",
+            rule: "queries: {q: up, b: up}; condition: q > 1 && b > 1",
+            steps: &[
+                (0, V2(Some(2.0), None), "ok", ""),
+                (30, V2(None, Some(2.0)), "ok", ""),
+            ],
             ..BASE
         },
         Case {
