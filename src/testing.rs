@@ -202,7 +202,12 @@ pub fn load(path: &Path) -> Result<TestFile, Vec<Diagnostic>> {
             rules,
             cases,
         }),
-        _ => Err(cx.diags.into_iter().filter(Diagnostic::is_error).collect()),
+        _ => {
+            let mut d: Vec<Diagnostic> =
+                cx.diags.into_iter().filter(Diagnostic::is_error).collect();
+            crate::diag::sort(&mut d);
+            Err(d)
+        }
     }
 }
 
@@ -214,6 +219,7 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
         return None;
     }
     let mut values: IndexMap<String, IndexMap<String, Vec<Value>>> = IndexMap::new();
+    let values_before = cx.error_count();
     let mut lengths: Vec<(String, usize)> = Vec::new();
     for (key, series) in &c.values {
         let vat = at.key("values").key(key);
@@ -331,10 +337,14 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
     }
     let mut expect = Vec::new();
     for (i, e) in c.expect.into_iter().enumerate() {
+        let values_ok = cx.error_count() == values_before;
         let eat = at.key("expect").index(i);
         if rules.rule(&e.rule).is_none() {
             cx.error(&eat.key("rule"), format!("unknown rule `{}`", e.rule));
-        } else if !values.contains_key(&e.rule) && !inputs.iter().any(|(_, r, _)| *r == e.rule) {
+        } else if values_ok
+            && !values.contains_key(&e.rule)
+            && !inputs.iter().any(|(_, r, _)| *r == e.rule)
+        {
             cx.error(
                 &eat.key("rule"),
                 format!("rule `{}` gets no values in this test", e.rule),

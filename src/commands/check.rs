@@ -101,6 +101,7 @@ pub fn check_config(path: &Path, explicit: bool) -> Report {
     let loaded = load::load_config(path, explicit);
     let mut diagnostics = loaded.diagnostics;
     let Some(config) = loaded.value else {
+        diag::sort(&mut diagnostics);
         let summary = summarize(1, None, &diagnostics);
         return Report {
             diagnostics,

@@ -115,6 +115,12 @@ impl Ctx {
         self.diags.push(d);
     }
 
+    pub fn warn_key(&mut self, at: &At, msg: impl Into<String>) {
+        let pos = self.docs[at.doc].index.locate_key(&at.path);
+        let d = Diagnostic::warning(self.file(at), pos, msg);
+        self.diags.push(d);
+    }
+
     pub fn warn(&mut self, at: &At, msg: impl Into<String>) {
         let d = Diagnostic::warning(self.file(at), self.pos(at), msg);
         self.diags.push(d);
@@ -468,6 +474,12 @@ pub fn collect_files(args: &[PathBuf]) -> std::io::Result<(Vec<PathBuf>, Vec<Pat
             all.push(a.clone());
         }
     }
+    // `ripcord check .` reports `r.yaml:3:5`, not `./r.yaml:3:5`.
+    for p in &mut all {
+        if let Ok(stripped) = p.strip_prefix(".") {
+            *p = stripped.to_path_buf();
+        }
+    }
     Ok(all.into_iter().partition(|p| !is_test_file(p)))
 }
 
@@ -477,6 +489,8 @@ struct Named<T> {
     name: String,
     at: At,
     raw: T,
+    /// Reading it reported an error already (a field was dropped).
+    had_errors: bool,
 }
 
 /// Loads a set of rule files as one: names are global across them.
@@ -594,7 +608,7 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     }
     for a in &actions {
         if !used_actions.contains(&a.name) {
-            cx.warn(
+            cx.warn_key(
                 &a.at,
                 format!("action `{}` is not used by any rule", a.name),
             );
@@ -602,7 +616,7 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     }
     for n in &notifiers {
         if !used_notifiers.contains(&n.name) {
-            cx.warn(
+            cx.warn_key(
                 &n.at,
                 format!("notifier `{}` is not used by any rule", n.name),
             );
@@ -644,11 +658,14 @@ fn collect_named<T: DeserializeOwned>(
         if let Err(e) = check_name(kind, &name) {
             cx.error_key(&here, e);
         }
+        let before = cx.error_count();
         if let Some(raw) = cx.de::<T>(&here, item) {
+            let had_errors = cx.error_count() > before;
             out.push(Named {
                 name,
                 at: here,
                 raw,
+                had_errors,
             });
         }
     }
@@ -662,7 +679,10 @@ fn check_duplicates<'a>(
     let mut seen: BTreeMap<&String, &At> = BTreeMap::new();
     for (name, at) in items {
         if let Some(first) = seen.get(name) {
-            let first = cx.origin(first);
+            let first = Origin {
+                file: cx.file(first).to_path_buf(),
+                pos: cx.docs[first.doc].index.locate_key(&first.path),
+            };
             let here = cx.docs[at.doc].index.locate_key(&at.path);
             let d = Diagnostic::error(
                 cx.file(at),
@@ -693,6 +713,9 @@ fn validate_notifier(cx: &mut Ctx, n: &Named<RawNotifier>) -> Option<Notifier> {
         r.webhook.is_some(),
         r.alertmanager.is_some(),
     ];
+    if n.had_errors {
+        return None;
+    }
     if set.iter().filter(|b| **b).count() != 1 {
         cx.error(
             &n.at,
@@ -819,6 +842,9 @@ where
 }
 
 fn validate_action(cx: &mut Ctx, a: &Named<raw::RawAction>) -> Option<Action> {
+    if a.had_errors {
+        return None;
+    }
     let mut steps = Vec::new();
     if a.raw.steps.is_empty() {
         cx.error(
@@ -1130,14 +1156,28 @@ fn validate_rule(
         (None, Some(expr)) => match expr.parse::<cron::Schedule>() {
             Ok(s) => Schedule::Cron(expr.clone(), Box::new(s)),
             Err(e) => {
-                // The cron crate's message quotes the input over several lines.
-                let why = e.to_string();
-                let why = why
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .trim_end_matches('.');
+                let fields = expr.split_whitespace().count();
+                let why = if !(6..=7).contains(&fields) {
+                    format!("has {fields} fields, expected 6 or 7")
+                } else {
+                    // The cron crate's message quotes the input and a caret
+                    // over several lines; keep the words.
+                    let msg = e.to_string();
+                    let words: Vec<&str> = msg
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| {
+                            !l.is_empty()
+                                && *l != expr.trim()
+                                && !l.chars().all(|c| c == '^' || c == ' ')
+                        })
+                        .collect();
+                    if words.is_empty() {
+                        "cannot be parsed".to_string()
+                    } else {
+                        words.join(" ")
+                    }
+                };
                 cx.error(
                     &at.key("cron"),
                     format!("invalid cron expression `{expr}`: {why} (fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */5 * * * *\")"),
@@ -1183,6 +1223,7 @@ fn validate_rule(
     let summary_src = r.summary.clone().unwrap_or_else(|| {
         let vals: Vec<String> = names
             .iter()
+            .filter(|q| is_identifier(q))
             .map(|q| format!("{q}={{{{ {q} | humanize }}}}"))
             .collect();
         format!("{{{{ rule }}}} breached: {}", vals.join(", "))

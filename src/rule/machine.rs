@@ -38,14 +38,14 @@ impl Timestamp {
         }
     }
 
-    pub fn add(self, d: Duration) -> Timestamp {
+    pub fn plus(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
                 .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
         )
     }
 
-    pub fn sub(self, d: Duration) -> Timestamp {
+    pub fn minus(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
                 .saturating_sub(d.as_millis().min(i64::MAX as u128) as i64),
@@ -158,7 +158,7 @@ impl ActionBudget {
     }
 
     fn forget_old(&mut self, now: Timestamp) {
-        let horizon = now.sub(BUDGET_WINDOW);
+        let horizon = now.minus(BUDGET_WINDOW);
         while self.started.front().is_some_and(|t| *t <= horizon) {
             self.started.pop_front();
         }
@@ -552,7 +552,7 @@ impl Machine<'_> {
     }
 
     fn page(&mut self, kind: PageKind) {
-        let Some(inc) = self.state.incident().cloned().or_else(|| None) else {
+        let Some(inc) = self.state.incident().cloned() else {
             return;
         };
         self.page_for(&inc.id, inc.dry_run, inc.drill, kind);
@@ -775,7 +775,7 @@ impl Machine<'_> {
         self.page(PageKind::Opened);
         match &self.rule.approval {
             Some(a) => {
-                let deadline = self.now.add(a.timeout);
+                let deadline = self.now.plus(a.timeout);
                 self.set_phase(Phase::AwaitingApproval { deadline });
                 self.page(PageKind::ApprovalRequested { deadline });
             }
@@ -784,7 +784,7 @@ impl Machine<'_> {
     }
 
     fn verify(&mut self) {
-        let deadline = self.rule.verify_within.map(|w| self.now.add(w));
+        let deadline = self.rule.verify_within.map(|w| self.now.plus(w));
         self.set_phase(Phase::Verifying { deadline });
     }
 
@@ -923,7 +923,7 @@ impl Machine<'_> {
             Outcome::Closed => PageKind::Closed,
         });
         self.state.status = Status::Cooldown {
-            until: self.now.add(self.rule.cooldown),
+            until: self.now.plus(self.rule.cooldown),
             outcome,
             incident: inc.id,
             suppressed: false,

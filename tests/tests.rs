@@ -1,0 +1,9 @@
+//! Integration tests: one binary, shared helpers in `support`. They run the
+//! real `ripcord` binary (CARGO_BIN_EXE_ripcord) against files on disk.
+
+mod support;
+
+mod check;
+mod malformed;
+mod robustness;
+mod rule_tests;
