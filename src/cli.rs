@@ -31,6 +31,13 @@ pub enum Command {
         /// Rule files or directories (default: the config and the rules it names).
         files: Vec<PathBuf>,
     },
+    /// The daemon: evaluate rules on their schedule and act on breaches (foreground).
+    Run,
+    /// Evaluate once against live Prometheus; print values, verdicts and what would happen. Acts on nothing.
+    Eval {
+        /// Rules to evaluate (default: all).
+        rules: Vec<String>,
+    },
     /// Run rule unit tests: query values over time in, expected states, actions and pages out.
     Test {
         /// Test files (`*.test.yaml`) or directories holding them.

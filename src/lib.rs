@@ -4,8 +4,12 @@
 //! pure rule state machine in [`rule`] decides; drivers (`run`, `test`,
 //! `backtest`) feed it and carry out its effects.
 
+pub mod actions;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod diag;
+pub mod journal;
+pub mod prom;
 pub mod rule;
 pub mod testing;

@@ -25,8 +25,88 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the config (the default path may be missing: all defaults) and
+/// every rule file it names; prints problems and fails on any error.
+fn load(
+    config: Option<PathBuf>,
+) -> anyhow::Result<(ripcord::config::Config, ripcord::config::RuleSet)> {
+    use ripcord::config::load;
+    let explicit = config.is_some();
+    let path = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let loaded = load::load_config(&path, explicit);
+    for d in &loaded.diagnostics {
+        eprintln!("{d}");
+    }
+    let config = loaded
+        .value
+        .ok_or_else(|| anyhow::anyhow!("{}: the config has errors", path.display()))?;
+    let files = load::expand_globs(&config.rule_globs).map_err(anyhow::Error::msg)?;
+    let rules = load::load_rule_files(&files);
+    for d in rules.diagnostics.iter().filter(|d| d.is_error()) {
+        eprintln!("{d}");
+    }
+    let rules = rules
+        .value
+        .ok_or_else(|| anyhow::anyhow!("the rule files have errors; run `ripcord check`"))?;
+    if rules.rules.is_empty() {
+        eprintln!(
+            "ripcord: no rules loaded (rules: {})",
+            config.rule_globs.join(", ")
+        );
+    }
+    Ok((config, rules))
+}
+
+fn logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run => {
+            logging();
+            let (config, rules) = load(cli.config)?;
+            runtime()?.block_on(ripcord::daemon::run(config, rules, stop_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { rules: names } => {
+            let (config, rules) = load(cli.config)?;
+            let mut out = std::io::stdout().lock();
+            let ok = runtime()?.block_on(commands::eval::run(&config, &rules, &names, &mut out))?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Check { files } => {
             let report = if files.is_empty() {
                 let explicit = cli.config.is_some();

@@ -406,6 +406,7 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
                 url: url.trim_end_matches('/').to_string(),
                 timeout,
                 headers: raw.prometheus.headers,
+                ca_file: raw.prometheus.ca_file.map(|p| base.join(p)),
             },
             rule_globs,
             state_dir,

@@ -61,6 +61,8 @@ pub struct PrometheusConfig {
     pub url: String,
     pub timeout: Duration,
     pub headers: BTreeMap<String, SecretString>,
+    /// Extra CA certificate (PEM) to trust for an https Prometheus.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

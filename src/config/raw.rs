@@ -160,6 +160,7 @@ pub struct RawPrometheus {
     pub timeout: Option<Dur>,
     #[serde(default)]
     pub headers: BTreeMap<String, SecretString>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -440,7 +440,12 @@ impl fmt::Display for Record {
                     .iter()
                     .map(|(q, why)| format!("{q}: {why}"))
                     .collect();
-                write!(f, "no data ({}); no_data: {policy:?}", qs.join(", "))
+                let policy = match policy {
+                    NoData::Hold => "hold",
+                    NoData::Ok => "ok",
+                    NoData::Breach => "breach",
+                };
+                write!(f, "no data ({}); no_data: {policy}", qs.join(", "))
             }
             Record::EvaluationFailed { error } => {
                 write!(f, "evaluation failed, state held: {error}")

@@ -1,0 +1,269 @@
+//! The journal under `state_dir`: an append-only file of JSON lines, each
+//! synced before ripcord goes on.
+//!
+//! Before a step runs its intent is written; after, its result. Rule states
+//! and the shared budget are written whenever they change. On start the
+//! journal is replayed: states come back (open incidents, pending timers,
+//! cooldowns, the budget), and a step with an intent but no result was
+//! interrupted: it is reported, never run again. Replay ends with a
+//! compaction that rewrites the file as one snapshot.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::actions::StepOutcome;
+use crate::rule::{RuleState, Shared, Timestamp};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Entry {
+    State {
+        rule: String,
+        state: RuleState,
+    },
+    Shared {
+        shared: Shared,
+    },
+    StepIntent {
+        at: Timestamp,
+        rule: String,
+        incident: String,
+        action: String,
+        step: usize,
+        /// The step as it will run, secrets as written.
+        describe: String,
+        dry_run: bool,
+    },
+    StepResult {
+        at: Timestamp,
+        rule: String,
+        incident: String,
+        action: String,
+        step: usize,
+        outcome: StepOutcome,
+    },
+    /// Anything else worth keeping: transitions, no data, pages, blindness.
+    Event {
+        at: Timestamp,
+        rule: Option<String>,
+        kind: String,
+        text: String,
+    },
+}
+
+/// A step that had an intent and no result when the journal was replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interrupted {
+    pub rule: String,
+    pub incident: String,
+    pub action: String,
+    pub step: usize,
+    pub describe: String,
+}
+
+/// What the journal held.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub states: BTreeMap<String, RuleState>,
+    pub shared: Option<Shared>,
+    pub interrupted: Vec<Interrupted>,
+    /// Entries read, and lines that could not be read (a torn last write).
+    pub entries: usize,
+    pub skipped: usize,
+}
+
+pub const FILE_NAME: &str = "journal.jsonl";
+/// Past this many appends since the last snapshot, the owner compacts.
+pub const COMPACT_AFTER: usize = 10_000;
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    pub appended: usize,
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Journal {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(FILE_NAME)
+    }
+
+    /// Reads the journal in `dir` (a missing one is empty).
+    pub fn replay(dir: &Path) -> std::io::Result<Replayed> {
+        let mut r = Replayed::default();
+        let file = match File::open(Self::path(dir)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(r),
+            Err(e) => return Err(e),
+        };
+        let mut open: BTreeMap<(String, usize), Interrupted> = BTreeMap::new();
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+                r.skipped += 1;
+                continue;
+            };
+            r.entries += 1;
+            match entry {
+                Entry::State { rule, state } => {
+                    r.states.insert(rule, state);
+                }
+                Entry::Shared { shared } => r.shared = Some(shared),
+                Entry::StepIntent {
+                    rule,
+                    incident,
+                    action,
+                    step,
+                    describe,
+                    ..
+                } => {
+                    open.insert(
+                        (format!("{incident}/{action}"), step),
+                        Interrupted {
+                            rule,
+                            incident,
+                            action,
+                            step,
+                            describe,
+                        },
+                    );
+                }
+                Entry::StepResult {
+                    incident,
+                    action,
+                    step,
+                    ..
+                } => {
+                    open.remove(&(format!("{incident}/{action}"), step));
+                }
+                Entry::Event { .. } => {}
+            }
+        }
+        r.interrupted = open.into_values().collect();
+        Ok(r)
+    }
+
+    /// Opens `dir`'s journal for appending, after rewriting it as `snapshot`
+    /// (temp file, fsync, rename, fsync dir).
+    pub fn open_compacted(dir: &Path, snapshot: &[Entry]) -> std::io::Result<Journal> {
+        fs::create_dir_all(dir)?;
+        let path = Self::path(dir);
+        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            for e in snapshot {
+                let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+                line.push(b'\n');
+                f.write_all(&line)?;
+            }
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        sync_dir(dir)?;
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok(Journal {
+            path,
+            file,
+            appended: 0,
+        })
+    }
+
+    /// Appends one entry and syncs it to disk before returning.
+    pub fn append(&mut self, e: &Entry) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.sync_data()?;
+        self.appended += 1;
+        Ok(())
+    }
+
+    pub fn file_path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads every entry (for timelines and tests); unreadable lines are skipped.
+pub fn read_all(dir: &Path) -> std::io::Result<Vec<Entry>> {
+    let text = match fs::read_to_string(Journal::path(dir)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_intent_without_a_result_is_interrupted_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open_compacted(dir.path(), &[]).unwrap();
+        let intent = |step| Entry::StepIntent {
+            at: Timestamp(1),
+            rule: "r".into(),
+            incident: "r-1".into(),
+            action: "a".into(),
+            step,
+            describe: "exec".into(),
+            dry_run: false,
+        };
+        j.append(&intent(0)).unwrap();
+        j.append(&Entry::StepResult {
+            at: Timestamp(2),
+            rule: "r".into(),
+            incident: "r-1".into(),
+            action: "a".into(),
+            step: 0,
+            outcome: StepOutcome::failed("x"),
+        })
+        .unwrap();
+        j.append(&intent(1)).unwrap();
+        j.append(&Entry::State {
+            rule: "r".into(),
+            state: RuleState::default(),
+        })
+        .unwrap();
+        drop(j);
+        // A crash in the middle of a write leaves half a line.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(Journal::path(dir.path()))
+            .unwrap();
+        f.write_all(b"{\"type\":\"state\",\"ru").unwrap();
+        let r = Journal::replay(dir.path()).unwrap();
+        assert_eq!(r.entries, 4);
+        assert_eq!(r.skipped, 1);
+        assert_eq!(r.interrupted.len(), 1);
+        assert_eq!(r.interrupted[0].step, 1);
+        assert!(r.states.contains_key("r"));
+
+        // Compaction keeps only the snapshot.
+        let snap = vec![Entry::State {
+            rule: "r".into(),
+            state: RuleState::default(),
+        }];
+        Journal::open_compacted(dir.path(), &snap).unwrap();
+        let r = Journal::replay(dir.path()).unwrap();
+        assert_eq!((r.entries, r.skipped, r.interrupted.len()), (1, 0, 0));
+    }
+}

@@ -1,0 +1,313 @@
+//! The Prometheus HTTP API client: instant queries for `run` and `eval`.
+//!
+//! Every query of one evaluation is sent with the same `time=`, and with a
+//! `timeout=` so Prometheus gives up when ripcord does. Results are reduced
+//! to one number per query: an empty vector is no data, more than one series
+//! is an error naming the query and the count, and `"NaN"`, `"+Inf"`,
+//! `"-Inf"` come back as such (the core treats them as no data).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use crate::config::PrometheusConfig;
+use crate::rule::{Sample, Timestamp};
+
+/// Why a query has no usable result.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum PromError {
+    /// Prometheus could not be reached (connection refused, DNS, TLS).
+    #[error("Prometheus unreachable: {0}")]
+    Unreachable(String),
+    #[error("Prometheus did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Prometheus answered with an error (`errorType`, `error`).
+    #[error("Prometheus answered {status}: {error_type}: {error}")]
+    Api {
+        status: u16,
+        error_type: String,
+        error: String,
+    },
+    #[error("unexpected answer from Prometheus (HTTP {status}): {detail}")]
+    Decode { status: u16, detail: String },
+    #[error("query `{query}` returned {count} series; a rule's query must yield one number (aggregate it, e.g. with sum() or max())")]
+    TooManySeries { query: String, count: usize },
+    #[error("query `{query}` returned a {kind}, not a number")]
+    NotANumber { query: String, kind: String },
+}
+
+impl PromError {
+    /// Prometheus itself is down or overloaded, as opposed to a bad query:
+    /// these make ripcord blind.
+    pub fn is_blinding(&self) -> bool {
+        match self {
+            PromError::Unreachable(_) | PromError::Timeout(_) => true,
+            PromError::Api { status, .. } | PromError::Decode { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// One instant query's result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryResult {
+    Scalar(f64),
+    /// Label sets and values.
+    Vector(Vec<(BTreeMap<String, String>, f64)>),
+    /// A range vector: how many series.
+    Matrix(usize),
+    String(String),
+}
+
+impl QueryResult {
+    /// Reduces to the one number a rule needs.
+    pub fn to_sample(&self, query: &str) -> Result<Sample, PromError> {
+        match self {
+            QueryResult::Scalar(v) => Ok(Sample::Value(*v)),
+            QueryResult::Vector(v) if v.is_empty() => Ok(Sample::Empty),
+            QueryResult::Vector(v) if v.len() == 1 => Ok(Sample::Value(v[0].1)),
+            QueryResult::Vector(v) => Err(PromError::TooManySeries {
+                query: query.to_string(),
+                count: v.len(),
+            }),
+            QueryResult::Matrix(_) => Err(PromError::NotANumber {
+                query: query.to_string(),
+                kind: "range vector".into(),
+            }),
+            QueryResult::String(_) => Err(PromError::NotANumber {
+                query: query.to_string(),
+                kind: "string".into(),
+            }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    status: String,
+    data: Option<Data>,
+    #[serde(rename = "errorType")]
+    error_type: Option<String>,
+    error: Option<String>,
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct VectorItem {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+/// Prometheus writes special floats as `NaN`, `+Inf` and `-Inf`.
+pub fn parse_value(s: &str) -> Result<f64, String> {
+    match s {
+        "NaN" => Ok(f64::NAN),
+        "+Inf" | "Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        _ => s
+            .parse::<f64>()
+            .map_err(|_| format!("`{s}` is not a sample value")),
+    }
+}
+
+pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), PromError> {
+    let bad = |detail: String| PromError::Decode { status, detail };
+    let env: Envelope = serde_json::from_slice(body).map_err(|e| {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        bad(format!("{e}; body starts: {text:?}"))
+    })?;
+    if env.status != "success" {
+        return Err(PromError::Api {
+            status,
+            error_type: env.error_type.unwrap_or_else(|| "unknown".into()),
+            error: env.error.unwrap_or_default(),
+        });
+    }
+    let data = env
+        .data
+        .ok_or_else(|| bad("no `data` in a success answer".into()))?;
+    let result = match data.result_type.as_str() {
+        "scalar" => {
+            let (_, v): (f64, String) =
+                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+            QueryResult::Scalar(parse_value(&v).map_err(bad)?)
+        }
+        "string" => {
+            let (_, v): (f64, String) =
+                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+            QueryResult::String(v)
+        }
+        "vector" => {
+            let items: Vec<VectorItem> =
+                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+            let mut out = Vec::with_capacity(items.len());
+            for it in items {
+                out.push((it.metric, parse_value(&it.value.1).map_err(bad)?));
+            }
+            QueryResult::Vector(out)
+        }
+        "matrix" => {
+            let items: Vec<serde_json::Value> =
+                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+            QueryResult::Matrix(items.len())
+        }
+        other => return Err(bad(format!("unknown resultType `{other}`"))),
+    };
+    Ok((result, env.warnings))
+}
+
+/// A client for one Prometheus.
+#[derive(Clone)]
+pub struct Prom {
+    client: reqwest::Client,
+    base: String,
+    timeout: Duration,
+}
+
+impl Prom {
+    /// Builds the client; header secrets are resolved here, once.
+    pub fn new(cfg: &PrometheusConfig) -> Result<Prom, String> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("invalid header name `{k}`"))?;
+            let value = v
+                .resolve()
+                .map_err(|e| format!("prometheus header {k}: {e}"))?;
+            let mut value = HeaderValue::from_str(value.expose())
+                .map_err(|_| format!("prometheus header {k}: invalid value"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
+            // Prometheus is told the same timeout; the margin lets its own
+            // timeout error arrive instead of a bare client timeout.
+            .timeout(cfg.timeout + Duration::from_secs(1))
+            .user_agent(concat!("ripcord/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("prometheus ca_file {}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("prometheus ca_file {}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Prom {
+            client,
+            base: cfg.url.trim_end_matches('/').to_string(),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// `GET /api/v1/query?query=…&time=…&timeout=…`.
+    pub async fn query(&self, expr: &str, at: Timestamp) -> Result<QueryResult, PromError> {
+        let time = format!("{:.3}", at.0 as f64 / 1000.0);
+        let timeout = format!("{}ms", self.timeout.as_millis());
+        let resp = self
+            .client
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", expr), ("time", &time), ("timeout", &timeout)])
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let (result, warnings) = decode(status, &body)?;
+        for w in warnings {
+            tracing::warn!(query = expr, "Prometheus warning: {w}");
+        }
+        Ok(result)
+    }
+
+    fn transport(&self, e: reqwest::Error) -> PromError {
+        if e.is_timeout() {
+            PromError::Timeout(self.timeout)
+        } else {
+            // Without the URL: it may carry credentials.
+            let e = e.without_url();
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            PromError::Unreachable(msg)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_result_type() {
+        let v = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"job":"a"},"value":[1.5,"0.25"]}]}}"#;
+        let (r, _) = decode(200, v).unwrap();
+        assert_eq!(r.to_sample("q").unwrap(), Sample::Value(0.25));
+        let v = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(
+            decode(200, v).unwrap().0.to_sample("q").unwrap(),
+            Sample::Empty
+        );
+        let v = br#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"NaN"]}}"#;
+        assert!(
+            matches!(decode(200, v).unwrap().0.to_sample("q").unwrap(), Sample::Value(x) if x.is_nan())
+        );
+        for (s, want) in [("+Inf", f64::INFINITY), ("-Inf", f64::NEG_INFINITY)] {
+            let v = format!(
+                r#"{{"status":"success","data":{{"resultType":"scalar","result":[1,"{s}"]}}}}"#
+            );
+            assert_eq!(
+                decode(200, v.as_bytes()).unwrap().0,
+                QueryResult::Scalar(want)
+            );
+        }
+        let v = br#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}}"#;
+        assert!(matches!(
+            decode(200, v).unwrap().0.to_sample("q"),
+            Err(PromError::NotANumber { .. })
+        ));
+        let v = br#"{"status":"success","data":{"resultType":"string","result":[1,"hello"]}}"#;
+        assert!(matches!(
+            decode(200, v).unwrap().0.to_sample("q"),
+            Err(PromError::NotANumber { .. })
+        ));
+        let v = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]},"warnings":["w"]}"#;
+        let (r, warnings) = decode(200, v).unwrap();
+        assert_eq!(warnings, vec!["w".to_string()]);
+        assert_eq!(
+            r.to_sample("rate").unwrap_err().to_string(),
+            "query `rate` returned 2 series; a rule's query must yield one number (aggregate it, e.g. with sum() or max())"
+        );
+    }
+
+    #[test]
+    fn errors_keep_prometheus_words() {
+        let v = br#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#;
+        let e = decode(400, v).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Prometheus answered 400: bad_data: parse error at char 5"
+        );
+        assert!(!e.is_blinding());
+        let v = br#"{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}"#;
+        assert!(decode(503, v).unwrap_err().is_blinding());
+        let e = decode(502, b"<html>bad gateway</html>").unwrap_err();
+        assert!(e.is_blinding());
+        assert!(e.to_string().contains("HTTP 502"));
+    }
+}
