@@ -31,8 +31,6 @@ use crate::rule::{
 
 /// Evaluations running at once, across all rules.
 pub const MAX_CONCURRENT_EVALUATIONS: usize = 32;
-/// How long Prometheus may be unreachable before ripcord says it is blind.
-pub const BLIND_GRACE: Duration = Duration::from_secs(60);
 
 pub fn now() -> Timestamp {
     Timestamp::from_system(SystemTime::now())
@@ -170,6 +168,7 @@ struct Engine {
     last_reason: HashMap<String, String>,
     blind_since: Option<Timestamp>,
     blind_reported: bool,
+    blind_after: Duration,
 }
 
 fn journal_append(journal: &Mutex<Journal>, e: &Entry) -> bool {
@@ -216,6 +215,13 @@ impl Engine {
             self.journal(Entry::Shared {
                 shared: self.shared.clone(),
             });
+        }
+        // A phase change inside an open incident (acting → budget_exhausted,
+        // → action_failed, → vetoed) is said even when nobody is paged.
+        if new.phase() != old.phase() && new.incident().is_some() && new.phase() != new.name() {
+            let text = format!("phase {} → {}", old.phase(), new.phase());
+            info!(rule = name, "{text}");
+            self.event(at, Some(name), "phase", text);
         }
         let values = new.last_values.clone();
         self.states.insert(name.to_string(), new);
@@ -354,7 +360,7 @@ impl Engine {
     fn blindness(&mut self, at: Timestamp, blinding: bool, obs: &Observation) {
         if blinding {
             let since = *self.blind_since.get_or_insert(at);
-            if !self.blind_reported && at.since(since) >= BLIND_GRACE {
+            if !self.blind_reported && at.since(since) >= self.blind_after {
                 self.blind_reported = true;
                 let why = match obs {
                     Observation::Failed(e) => e.clone(),
@@ -541,6 +547,7 @@ pub async fn run(
         last_reason: HashMap::new(),
         blind_since: None,
         blind_reported: false,
+        blind_after: config.prometheus.blind_after,
     };
     // Rewrite the journal as one snapshot of what was replayed.
     let snap = engine.snapshot();

@@ -4,6 +4,7 @@
 mod support;
 
 mod check;
+mod live;
 mod malformed;
 mod robustness;
 mod rule_tests;

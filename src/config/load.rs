@@ -407,6 +407,7 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
                 timeout,
                 headers: raw.prometheus.headers,
                 ca_file: raw.prometheus.ca_file.map(|p| base.join(p)),
+                blind_after: raw.prometheus.blind_after.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
             },
             rule_globs,
             state_dir,

@@ -63,6 +63,8 @@ pub struct PrometheusConfig {
     pub headers: BTreeMap<String, SecretString>,
     /// Extra CA certificate (PEM) to trust for an https Prometheus.
     pub ca_file: Option<PathBuf>,
+    /// Unreachable this long, ripcord says (and pages, once) that it is blind.
+    pub blind_after: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -161,6 +161,7 @@ pub struct RawPrometheus {
     #[serde(default)]
     pub headers: BTreeMap<String, SecretString>,
     pub ca_file: Option<String>,
+    pub blind_after: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

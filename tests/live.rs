@@ -1,0 +1,366 @@
+//! The live loop against a real Prometheus (Debian's package) scraping an
+//! exporter the test controls every second, with the real ripcord daemon.
+
+use std::time::Duration;
+
+use ripcord::journal::Entry;
+use ripcord::rule::{Phase, Status, UnrecoveredReason};
+
+use crate::support::live::*;
+
+const SECS_30: Duration = Duration::from_secs(30);
+
+fn latest_state(rc: &Ripcord, rule: &str) -> Option<Status> {
+    rc.journal().into_iter().rev().find_map(|e| match e {
+        Entry::State { rule: r, state } if r == rule => Some(state.status),
+        _ => None,
+    })
+}
+
+fn record_action(
+    name: &str,
+    script: &std::path::Path,
+    rec: &std::path::Path,
+    sleep: &str,
+) -> String {
+    format!(
+        "  {name}:\n    steps:\n      - exec: {{argv: [\"{}\", \"{name}\", \"{sleep}\"], env: {{REC: \"{}\"}}, timeout: 60s}}\n",
+        script.display(),
+        rec.display()
+    )
+}
+
+#[test]
+fn a_sustained_breach_runs_the_steps_once_in_order_on_time_and_verifies_recovery() {
+    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.001");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let script = recorder(tmp.path());
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n  rollback:\n    steps:\n      - exec: {{argv: [\"{s}\", first], env: {{REC: \"{r}\"}}}}\n      - exec: {{argv: [\"{s}\", second], env: {{REC: \"{r}\"}}}}\nrules:\n  - name: errors\n    every: 1s\n    queries: {{ratio: max(demo_errors_ratio)}}\n    condition: ratio > 0.05\n    for: 3s\n    actions: [rollback]\n    verify: {{within: 60s}}\n    cooldown: 1h\n",
+        s = script.display(),
+        r = rec.display()
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    rc.wait_log("ripcord running", SECS_30);
+    exp.set("demo_errors_ratio 0.2\n");
+    wait_until("both steps to finish", SECS_30, || {
+        recorded(&rec).len() == 4
+    });
+    let lines = recorded(&rec);
+    let order: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(n, e, _)| (n.as_str(), e.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("first", "start"),
+            ("first", "end"),
+            ("second", "start"),
+            ("second", "end")
+        ]
+    );
+
+    // The first step starts once `for` has elapsed since the breach was
+    // first seen, and within one evaluation interval + 1 s after that.
+    let pending_at = rc
+        .event_at("errors", "ok → pending")
+        .expect("pending recorded") as f64
+        / 1000.0;
+    let started = lines[0].2;
+    let after = started - pending_at;
+    assert!(
+        (3.0..=3.0 + 1.0 + 1.0).contains(&after),
+        "first step {after:.3}s after pending (for 3s, every 1s)"
+    );
+
+    exp.set("demo_errors_ratio 0.001\n");
+    rc.wait_event("errors", "firing → recovered", SECS_30);
+    // Still exactly once, a few evaluations later.
+    let evaluations = || rc.log().matches("firing → recovered").count();
+    assert_eq!(evaluations(), 1);
+    exp.set("demo_errors_ratio 0.3\n");
+    rc.wait_event("errors", "breach suppressed by cooldown", SECS_30);
+    assert_eq!(recorded(&rec).len(), 4, "no second run during the cooldown");
+}
+
+#[test]
+fn a_blip_shorter_than_for_runs_nothing() {
+    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.001");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n{}rules:\n  - name: errors\n    every: 1s\n    queries: {{ratio: max(demo_errors_ratio)}}\n    condition: ratio > 0.05\n    for: 6s\n    actions: [a]\n    verify: {{within: 1m}}\n",
+        record_action("a", &recorder(tmp.path()), &rec, "")
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    exp.set("demo_errors_ratio 0.2\n");
+    rc.wait_event("errors", "ok → pending", SECS_30);
+    exp.set("demo_errors_ratio 0.001\n");
+    rc.wait_event("errors", "pending → ok", SECS_30);
+    assert!(rc.intents().is_empty(), "{:?}", rc.intents());
+    assert!(recorded(&rec).is_empty());
+}
+
+#[test]
+fn nan_empty_stale_and_multi_series_run_nothing_and_say_why() {
+    let a = Exporter::start("nan_metric NaN\nmulti{i=\"1\"} 1\nmulti{i=\"2\"} 2\n");
+    let b = Exporter::start("stale_metric 0.9\n");
+    let prom = Prometheus::start(&[a.port(), b.port()]);
+    prom.wait_for("nan_metric", "NaN");
+    prom.wait_for("stale_metric", "0.9");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    // `for: 0s`: any breach would act on the first evaluation.
+    let rule = |name: &str, q: &str, cond: &str| {
+        format!("  - name: {name}\n    every: 1s\n    queries: {{x: '{q}'}}\n    condition: {cond}\n    actions: [a]\n")
+    };
+    let rules = format!(
+        "actions:\n{}rules:\n{}{}{}{}",
+        record_action("a", &recorder(tmp.path()), &rec, ""),
+        rule("nan", "nan_metric", "x > 0.5 || x < 0.5"),
+        rule("empty", "no_such_metric", "x > 0.5 || x < 0.5"),
+        rule("multi", "multi", "x > 0.5"),
+        rule("stale", "stale_metric", "x < 0.5"),
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    rc.wait_event("nan", "no data (x: NaN); no_data: hold", SECS_30);
+    rc.wait_event("empty", "no data (x: empty result); no_data: hold", SECS_30);
+    rc.wait_event("multi", "query `x` returned 2 series", SECS_30);
+    // A scrape that fails makes the series stale: an empty result.
+    b.stop();
+    rc.wait_event("stale", "no data (x: empty result)", SECS_30);
+    assert!(rc.intents().is_empty(), "{:?}", rc.intents());
+    for r in ["nan", "empty", "multi", "stale"] {
+        assert!(
+            matches!(latest_state(&rc, r), None | Some(Status::Ok)),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn prometheus_down_holds_every_state_says_blind_and_resumes_without_acting() {
+    let exp = Exporter::start("demo_errors_ratio 0.2\nhealthy 0.1\n");
+    let mut prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.2");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n{}rules:\n  - name: slow-burn\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.05\n    for: 1h\n    actions: [a]\n  - name: quick\n    every: 1s\n    queries: {{x: max(healthy)}}\n    condition: x > 0.5\n    actions: [a]\n",
+        record_action("a", &recorder(tmp.path()), &rec, "")
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    rc.wait_event("slow-burn", "ok → pending", SECS_30);
+    prom.stop();
+    rc.wait_event("slow-burn", "Prometheus unreachable", SECS_30);
+    rc.wait_log("ripcord is blind since", SECS_30);
+    assert!(matches!(
+        latest_state(&rc, "slow-burn"),
+        Some(Status::Pending { .. })
+    ));
+    prom.restart();
+    rc.wait_log("ripcord sees again", Duration::from_secs(60));
+    assert!(
+        matches!(latest_state(&rc, "slow-burn"), Some(Status::Pending { .. })),
+        "pending held through the outage"
+    );
+    assert!(rc.intents().is_empty());
+    assert_eq!(
+        rc.log().matches("ripcord is blind since").count(),
+        1,
+        "blind is said once"
+    );
+}
+
+#[test]
+fn prometheus_answering_503_or_too_slowly_holds_and_acts_on_nothing() {
+    // A stand-in for an overloaded Prometheus: real Prometheus cannot be made
+    // to answer 503 or stall on demand. It answers with the HTTP API's error
+    // shape (status "error", errorType, error).
+    let fake = FakeServer::start(
+        503,
+        r#"{"status":"error","errorType":"unavailable","error":"too many queries"}"#,
+        Duration::ZERO,
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n{}rules:\n  - name: r\n    every: 1s\n    queries: {{x: up}}\n    condition: x > 0.5\n    actions: [a]\n",
+        record_action("a", &recorder(tmp.path()), &rec, "")
+    );
+    let mut rc = Ripcord::new(&format!("http://127.0.0.1:{}", fake.port), "", &rules);
+    rc.start();
+    rc.wait_event(
+        "r",
+        "Prometheus answered 503: unavailable: too many queries",
+        SECS_30,
+    );
+    rc.wait_log("ripcord is blind since", SECS_30);
+    // Prometheus comes back with a healthy value: nothing spurious runs.
+    fake.set(200, r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.1"]}]}}"#);
+    rc.wait_log("ripcord sees again", SECS_30);
+    assert!(rc.intents().is_empty());
+
+    let slow = FakeServer::start(
+        200,
+        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.9"]}]}}"#,
+        Duration::from_secs(5),
+    );
+    let mut rc = Ripcord::new(&format!("http://127.0.0.1:{}", slow.port), "", &rules);
+    rc.start();
+    rc.wait_event("r", "Prometheus did not answer within 2s", SECS_30);
+    assert!(
+        rc.intents().is_empty(),
+        "a breach that arrives too late is not acted on"
+    );
+}
+
+#[test]
+fn a_step_killed_with_ripcord_is_never_run_again_and_the_incident_survives() {
+    let exp = Exporter::start("demo_errors_ratio 0.2\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.2");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n{}rules:\n  - name: r\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.05\n    for: 1s\n    actions: [undo]\n    cooldown: 1h\n",
+        record_action("undo", &recorder(tmp.path()), &rec, "20")
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    wait_until("the step to start", SECS_30, || recorded(&rec).len() == 1);
+    rc.signal(nix::sys::signal::Signal::SIGKILL);
+
+    rc.start();
+    rc.wait_log("was interrupted by a restart: it is not run again", SECS_30);
+    rc.wait_event("r", "firing → unrecovered", SECS_30);
+    match latest_state(&rc, "r") {
+        Some(Status::Open(i)) => assert_eq!(
+            i.phase,
+            Phase::Unrecovered(UnrecoveredReason::Interrupted {
+                action: "undo".into()
+            })
+        ),
+        other => panic!("incident not restored: {other:?}"),
+    }
+    // The incident closes when the metric recovers, and its cooldown
+    // survives another restart: a new breach opens nothing.
+    exp.set("demo_errors_ratio 0.001\n");
+    rc.wait_event("r", "unrecovered → closed", SECS_30);
+    rc.signal(nix::sys::signal::Signal::SIGTERM);
+    rc.start();
+    exp.set("demo_errors_ratio 0.3\n");
+    rc.wait_event("r", "breach suppressed by cooldown", SECS_30);
+    let starts = recorded(&rec)
+        .iter()
+        .filter(|(_, e, _)| e == "start")
+        .count();
+    assert_eq!(starts, 1, "the interrupted step never ran again");
+}
+
+#[test]
+fn two_rules_sharing_an_action_never_overlap_and_the_budget_stops_the_sixth() {
+    let exp = Exporter::start("demo_errors_ratio 0.2\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.2");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let script = recorder(tmp.path());
+    let rec = tmp.path().join("rec");
+    let rule = |name: &str, action: &str| {
+        format!("  - name: {name}\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.05\n    for: 1s\n    actions: [{action}]\n")
+    };
+    let rules = format!(
+        "actions:\n{}rules:\n{}{}",
+        record_action("shared", &script, &rec, "2"),
+        rule("one", "shared"),
+        rule("two", "shared")
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    wait_until("both runs to finish", SECS_30, || recorded(&rec).len() == 4);
+    let l = recorded(&rec);
+    assert_eq!(l[0].1, "start");
+    assert_eq!(
+        l[1].1, "end",
+        "the second run started before the first ended: {l:?}"
+    );
+    assert!(l[2].2 >= l[1].2, "{l:?}");
+    drop(rc);
+
+    let rec6 = tmp.path().join("rec6");
+    let mut actions = String::new();
+    let mut rs = String::new();
+    for i in 1..=6 {
+        actions.push_str(&record_action(&format!("a{i}"), &script, &rec6, ""));
+        rs.push_str(&rule(&format!("r{i}"), &format!("a{i}")));
+    }
+    let mut rc = Ripcord::new(
+        &prom.url(),
+        "limits: {max_actions_per_hour: 5}\n",
+        &format!("actions:\n{actions}rules:\n{rs}"),
+    );
+    rc.start();
+    let refused = |rc: &Ripcord| {
+        (1..=6)
+            .filter(|i| {
+                matches!(latest_state(rc, &format!("r{i}")),
+                    Some(Status::Open(inc)) if inc.phase == Phase::Halted(ripcord::rule::HaltReason::BudgetExhausted))
+            })
+            .count()
+    };
+    wait_until("five actions and one refusal", SECS_30, || {
+        recorded(&rec6).len() == 10 && refused(&rc) == 1
+    });
+    let starts = recorded(&rec6)
+        .iter()
+        .filter(|(_, e, _)| e == "start")
+        .count();
+    assert_eq!(starts, 5);
+    rc.wait_log("phase pending → budget_exhausted", SECS_30);
+}
+
+#[test]
+fn labels_and_values_reach_commands_only_through_the_environment() {
+    let exp =
+        Exporter::start("evil_metric{note=\"; rm -rf / $(touch PWNED) `touch PWNED2`\"} 0.9\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("evil_metric", "PWNED");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n  a:\n    steps:\n      - exec: {{argv: [\"{}\", \"$(touch${{IFS}}PWNED3)\"], env: {{REC: \"{}\"}}}}\nrules:\n  - name: evil\n    every: 1s\n    queries: {{rate: 'max by (note) (evil_metric)'}}\n    condition: rate > 0.5\n    actions: [a]\n",
+        recorder(tmp.path()).display(),
+        rec.display()
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    wait_until("the step to run", SECS_30, || recorded(&rec).len() == 2);
+    assert_eq!(
+        recorded(&rec)[0].0,
+        "$(touch${IFS}PWNED3)",
+        "argv is passed as written, never interpreted"
+    );
+    let env = std::fs::read_to_string(format!("{}.env", rec.display())).expect("env recorded");
+    assert!(env.contains("RIPCORD_VALUE_RATE=0.9\n"), "{env}");
+    assert!(env.contains("RIPCORD_RULE=evil\n"), "{env}");
+    assert!(env.contains("RIPCORD_INCIDENT=evil-"), "{env}");
+    assert!(
+        !env.contains("rm -rf"),
+        "labels never reach the command: {env}"
+    );
+    for d in [tmp.path(), rc.dir.path(), std::path::Path::new(".")] {
+        for f in ["PWNED", "PWNED2", "PWNED3"] {
+            assert!(!d.join(f).exists(), "{f} created in {}", d.display());
+        }
+    }
+}
