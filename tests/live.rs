@@ -364,3 +364,78 @@ fn labels_and_values_reach_commands_only_through_the_environment() {
         }
     }
 }
+
+#[test]
+fn dry_run_records_the_resolved_steps_and_runs_nothing_and_eval_acts_on_nothing() {
+    let exp = Exporter::start("demo_errors_ratio 0.2\nhealthy 0.01\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.2");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let script = recorder(tmp.path());
+    let rule = |name: &str, q: &str, extra: &str| {
+        format!("  - name: {name}\n    every: 1s\n    queries: {{x: max({q})}}\n    condition: x > 0.05\n    actions: [a]\n{extra}")
+    };
+    let rules = format!(
+        "actions:\n{}rules:\n{}{}",
+        record_action("a", &script, &rec, ""),
+        rule("per-rule", "demo_errors_ratio", "    mode: dry-run\n"),
+        rule("quiet", "healthy", ""),
+    );
+
+    // `eval` prints values and verdicts and touches nothing.
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ripcord"))
+        .arg("-c")
+        .arg(rc.path("ripcord.yaml"))
+        .arg("eval")
+        .output()
+        .expect("eval runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("per-rule\n  x            = 0.2\n  condition    x > 0.05\n  → true → an incident opens now: would run a; pages nobody"), "{text}");
+    assert!(text.contains("quiet\n  x            = 0.01\n  condition    x > 0.05\n  → false → ok: nothing happens"), "{text}");
+    assert!(!rc.path("state").exists(), "eval wrote state");
+    assert!(!rec.exists());
+
+    // A rule in dry-run: the steps are resolved and journaled, never run.
+    rc.start();
+    rc.wait_event("per-rule", "phase acting → verifying", SECS_30);
+    let dry: Vec<(String, bool)> = rc
+        .journal()
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::StepIntent {
+                describe, dry_run, ..
+            } => Some((describe, dry_run)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dry.len(), 1);
+    assert!(dry[0].1);
+    assert!(
+        dry[0]
+            .0
+            .starts_with(&format!("exec [\"{}\", \"a\", \"\"]", script.display())),
+        "{}",
+        dry[0].0
+    );
+    assert!(!rec.exists(), "a dry-run step ran");
+    drop(rc);
+
+    // The global kill switch puts every rule without a mode in dry-run.
+    let rules = format!(
+        "actions:\n{}rules:\n{}",
+        record_action("a", &script, &rec, ""),
+        rule("global", "demo_errors_ratio", "")
+    );
+    let mut rc = Ripcord::new(&prom.url(), "mode: dry-run\n", &rules);
+    rc.start();
+    rc.wait_event("global", "phase acting → verifying", SECS_30);
+    assert!(rc.log().contains("dry-run: would run a"), "{}", rc.log());
+    assert!(!rec.exists(), "a step ran under the global dry-run");
+}

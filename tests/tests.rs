@@ -8,3 +8,4 @@ mod live;
 mod malformed;
 mod robustness;
 mod rule_tests;
+mod runners;

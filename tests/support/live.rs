@@ -217,6 +217,8 @@ impl Drop for Prometheus {
 pub struct Ripcord {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra environment for the daemon (e.g. a PATH with a recording kubectl).
+    pub env: Vec<(String, String)>,
 }
 
 impl Ripcord {
@@ -235,7 +237,11 @@ impl Ripcord {
         )
         .expect("write config");
         std::fs::write(d.join("rules.d/rules.yaml"), rules).expect("write rules");
-        Ripcord { dir, child: None }
+        Ripcord {
+            dir,
+            child: None,
+            env: Vec::new(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -263,6 +269,7 @@ impl Ripcord {
             .arg(self.path("ripcord.yaml"))
             .arg("run")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
