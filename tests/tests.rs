@@ -9,3 +9,4 @@ mod malformed;
 mod robustness;
 mod rule_tests;
 mod runners;
+mod systemd;

@@ -1,0 +1,272 @@
+//! `systemctl` steps against a real systemd (252, Debian 12) booted with
+//! systemd-nspawn in a debootstrap tree cached under `target/`. ripcord runs
+//! inside the container (same userland as the host, so the test binary runs
+//! as is) and reaches the test's Prometheus on the shared loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ripcord::journal::Entry;
+
+use crate::support::live::*;
+
+struct Container {
+    root: PathBuf,
+    nspawn: Child,
+    pid1: i32,
+}
+
+impl Container {
+    fn root() -> PathBuf {
+        crate::support::root().join("target/nspawn/root")
+    }
+
+    /// Builds the tree once (about 30 s, cached), then boots it.
+    fn boot(units: &[(&str, &str)]) -> Container {
+        let root = Self::root();
+        if !root.join("usr/lib/systemd/systemd").exists() {
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(root.parent().expect("parent")).expect("mkdir");
+            let st = Command::new("debootstrap")
+                .args([
+                    "--variant=minbase",
+                    "--include=systemd,systemd-sysv,dbus",
+                    "bookworm",
+                ])
+                .arg(&root)
+                .arg("http://deb.debian.org/debian")
+                .stdout(Stdio::null())
+                .status()
+                .expect("debootstrap runs (apt-get install debootstrap)");
+            assert!(st.success(), "debootstrap failed");
+        }
+        // Whatever an earlier run left behind goes.
+        for d in ["etc/ripcord", "var/lib/ripcord", "var/log/ripcord"] {
+            let _ = std::fs::remove_dir_all(root.join(d));
+        }
+        for (name, text) in units {
+            std::fs::write(root.join("etc/systemd/system").join(name), text).expect("unit");
+        }
+        std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
+        std::fs::copy(
+            env!("CARGO_BIN_EXE_ripcord"),
+            root.join("usr/local/bin/ripcord"),
+        )
+        .expect("copy ripcord");
+        let nspawn = Command::new("systemd-nspawn")
+            .arg("-D")
+            .arg(&root)
+            .args(["--boot", "--register=no", "--keep-unit", "--quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-nspawn runs (apt-get install systemd-container)");
+        let parent = nspawn.id();
+        let mut pid1 = 0;
+        wait_until("the container's PID 1", Duration::from_secs(30), || {
+            let kids = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+                .unwrap_or_default();
+            pid1 = kids
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            pid1 != 0
+                && std::fs::read_to_string(format!("/proc/{pid1}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+        });
+        let c = Container { root, nspawn, pid1 };
+        wait_until("systemd to reach running", Duration::from_secs(60), || {
+            c.exec(&["systemctl", "is-system-running"]).0.trim() == "running"
+        });
+        c
+    }
+
+    /// Runs a command inside; (stdout, success).
+    fn exec(&self, argv: &[&str]) -> (String, bool) {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-a"])
+            .args(argv)
+            .output()
+            .expect("nsenter runs");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.success(),
+        )
+    }
+
+    fn spawn(&self, argv: &[&str], log: &Path) -> Child {
+        let log = std::fs::File::create(log).expect("log");
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-a"])
+            .args(argv)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nsenter runs")
+    }
+
+    fn path(&self, inside: &str) -> PathBuf {
+        self.root.join(inside.trim_start_matches('/'))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.exec(&["systemctl", "poweroff"]);
+        let _ = self.nspawn.wait_timeout_or_kill(Duration::from_secs(20));
+    }
+}
+
+trait WaitOrKill {
+    fn wait_timeout_or_kill(&mut self, d: Duration) -> std::io::Result<()>;
+}
+
+impl WaitOrKill for Child {
+    fn wait_timeout_or_kill(&mut self, d: Duration) -> std::io::Result<()> {
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {
+            if self.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill()?;
+        self.wait().map(|_| ())
+    }
+}
+
+fn results(c: &Container) -> Vec<(String, bool, String)> {
+    ripcord::journal::read_all(&c.path("/var/lib/ripcord"))
+        .expect("journal")
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::StepResult { rule, outcome, .. } => Some((rule, outcome.ok, outcome.summary)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn systemctl_steps_restart_real_units_and_report_failures_and_start_limits() {
+    let exp = Exporter::start("demo_errors_ratio 0.2\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.2");
+    let c = Container::boot(&[
+        ("importer.service", "[Service]\nExecStart=/bin/sleep infinity\n"),
+        ("broken.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n"),
+        (
+            "limited.service",
+            "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=2\n[Service]\nExecStart=/bin/sleep infinity\n",
+        ),
+    ]);
+    c.exec(&["systemctl", "daemon-reload"]);
+    assert!(c.exec(&["systemctl", "start", "importer.service"]).1);
+    let before = c
+        .exec(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveEnterTimestampMonotonic",
+            "--value",
+            "importer.service",
+        ])
+        .0;
+
+    std::fs::create_dir_all(c.path("/etc/ripcord/rules.d")).expect("mkdir");
+    std::fs::write(
+        c.path("/etc/ripcord/ripcord.yaml"),
+        format!("prometheus: {{url: \"{}\", timeout: 2s}}\nstate_dir: /var/lib/ripcord\nlisten: 127.0.0.1:{}\n", prom.url(), free_port()),
+    )
+    .expect("config");
+    let rule = |name: &str, action: &str| {
+        format!("  - name: {name}\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.05\n    actions: [{action}]\n")
+    };
+    std::fs::write(
+        c.path("/etc/ripcord/rules.d/rules.yaml"),
+        format!(
+            "actions:\n  restart-importer:\n    steps: [{{systemctl: {{restart: importer.service, wait: 20s}}}}]\n  restart-broken:\n    steps: [{{systemctl: {{restart: broken.service, wait: 20s}}}}]\n  restart-limited:\n    steps:\n      - systemctl: {{restart: limited.service, wait: 10s}}\n      - systemctl: {{restart: limited.service, wait: 10s}}\n      - systemctl: {{restart: limited.service, wait: 10s}}\nrules:\n{}{}{}",
+            rule("importer", "restart-importer"),
+            rule("broken", "restart-broken"),
+            rule("limited", "restart-limited"),
+        ),
+    )
+    .expect("rules");
+    let log = c.path("/var/log/ripcord.log");
+    let mut rc = c.spawn(
+        &[
+            "/usr/local/bin/ripcord",
+            "-c",
+            "/etc/ripcord/ripcord.yaml",
+            "run",
+        ],
+        &log,
+    );
+    let done = || {
+        let r = results(&c);
+        r.iter().filter(|(n, ..)| n == "importer").count() == 1
+            && r.iter().filter(|(n, ..)| n == "broken").count() == 1
+            && r.iter().filter(|(n, ..)| n == "limited").count() == 3
+    };
+    wait_until(
+        &format!(
+            "every systemctl step to finish; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ),
+        Duration::from_secs(90),
+        done,
+    );
+    let _ = rc.kill();
+    let _ = rc.wait();
+    let r = results(&c);
+    let of = |name: &str| {
+        r.iter()
+            .filter(|(n, ..)| n == name)
+            .map(|(_, ok, s)| (*ok, s.clone()))
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        of("importer"),
+        [(true, "importer.service is active".to_string())]
+    );
+    let after = c
+        .exec(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveEnterTimestampMonotonic",
+            "--value",
+            "importer.service",
+        ])
+        .0;
+    assert_ne!(before, after, "importer.service was really restarted");
+
+    let broken = of("broken");
+    assert!(!broken[0].0, "{broken:?}");
+    assert!(
+        broken[0]
+            .1
+            .starts_with("systemctl restart broken.service: exit")
+            || broken[0].1.contains("failed"),
+        "{broken:?}"
+    );
+
+    // Start limit: two restarts pass, the third is refused by systemd and
+    // becomes a failed step (the action stops there, no loop).
+    let limited = of("limited");
+    assert_eq!(
+        (limited[0].0, limited[1].0, limited[2].0),
+        (true, true, false),
+        "{limited:?}"
+    );
+    assert!(
+        limited[2]
+            .1
+            .starts_with("systemctl restart limited.service: exit 1"),
+        "{limited:?}"
+    );
+}
