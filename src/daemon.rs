@@ -658,3 +658,24 @@ pub async fn run(
     info!(missed_evaluations = missed, "stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_tick_for_every_and_cron() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_007);
+        assert_eq!(
+            next_tick(&Schedule::Every(Duration::from_secs(30)), t),
+            t + Duration::from_secs(30)
+        );
+        let cron: cron::Schedule = "0 */5 * * * *".parse().expect("cron");
+        let next = next_tick(&Schedule::Cron("0 */5 * * * *".into(), Box::new(cron)), t);
+        // 1_795_000_007 is 11:06:47; the next 5-minute mark is 11:10:00.
+        assert_eq!(
+            next,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_200)
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::config::PrometheusConfig;
+use crate::config::{PromAuth, PrometheusConfig};
 use crate::rule::{Sample, Timestamp};
 
 /// Why a query has no usable result.
@@ -179,6 +179,33 @@ impl Prom {
     /// Builds the client; header secrets are resolved here, once.
     pub fn new(cfg: &PrometheusConfig) -> Result<Prom, String> {
         let mut headers = HeaderMap::new();
+        // Authorization from basic_auth or bearer_token, resolved once here.
+        let authorization = match &cfg.auth {
+            None => None,
+            Some(PromAuth::Bearer(t)) => {
+                let t = t
+                    .resolve()
+                    .map_err(|e| format!("prometheus bearer_token: {e}"))?;
+                Some(format!("Bearer {}", t.expose()))
+            }
+            Some(PromAuth::Basic { username, password }) => {
+                use base64::Engine;
+                let p = password
+                    .resolve()
+                    .map_err(|e| format!("prometheus basic_auth password: {e}"))?;
+                let raw = format!("{username}:{}", p.expose());
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
+            }
+        };
+        if let Some(a) = authorization {
+            let mut v = HeaderValue::from_str(&a)
+                .map_err(|_| "prometheus auth: invalid characters".to_string())?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("invalid header name `{k}`"))?;

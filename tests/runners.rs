@@ -367,3 +367,49 @@ fn kubectl_gets_the_exact_argv_and_a_real_client_failing_is_a_failed_step() {
         .expect("a step result");
     assert!(output.contains("connection refused"), "{output}");
 }
+
+#[test]
+fn prometheus_basic_and_bearer_auth_come_from_secret_references() {
+    use ripcord::config::{PromAuth, PrometheusConfig};
+    let dir = tempfile::tempdir().expect("tmp");
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "s3cret\n").expect("write");
+    for (auth, want) in [
+        (
+            PromAuth::Basic {
+                username: "ripcord".into(),
+                password: SecretString::parse(&format!("${{file:{}}}", pass.display()))
+                    .expect("ref"),
+            },
+            // base64("ripcord:s3cret")
+            "authorization: Basic cmlwY29yZDpzM2NyZXQ=",
+        ),
+        (
+            PromAuth::Bearer(
+                SecretString::parse(&format!("${{file:{}}}", pass.display())).expect("ref"),
+            ),
+            "authorization: Bearer s3cret",
+        ),
+    ] {
+        let (port, seen) = sequence_server(vec![200]);
+        let prom = ripcord::prom::Prom::new(&PrometheusConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            timeout: Duration::from_secs(5),
+            headers: BTreeMap::new(),
+            ca_file: None,
+            blind_after: Duration::from_secs(60),
+            auth: Some(auth),
+        })
+        .expect("client");
+        // The recording server does not speak the API: the answer is an error,
+        // the request is what this test checks.
+        let _ = rt().block_on(prom.query("up", ripcord::rule::Timestamp(1_795_000_000_000)));
+        let seen = seen.lock().expect("lock");
+        let req = &seen[0];
+        assert!(req.contains(want), "{req}");
+        assert!(
+            req.starts_with("GET /api/v1/query?query=up&time=1795000000.000&timeout=5000ms "),
+            "{req}"
+        );
+    }
+}

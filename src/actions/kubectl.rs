@@ -99,3 +99,44 @@ pub async fn run(step: &KubectlStep, ctx: &StepContext) -> StepOutcome {
         output: format!("{}{}", change.output, status.output),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(verb: KubectlVerb) -> KubectlStep {
+        KubectlStep {
+            verb,
+            namespace: Some("prod".into()),
+            context: None,
+            kubeconfig: Some("/etc/ripcord/kubeconfig".into()),
+            wait: Some(Duration::from_secs(300)),
+            timeout: Duration::from_secs(360),
+        }
+    }
+
+    #[test]
+    fn argv_for_each_verb() {
+        let s = step(KubectlVerb::SetImage {
+            resource: "deployment/chat".into(),
+            container: "chat".into(),
+            image: "registry/chat:node-abc".into(),
+        });
+        assert_eq!(
+            argv(&s).join(" "),
+            "kubectl --kubeconfig=/etc/ripcord/kubeconfig --namespace=prod set image deployment/chat chat=registry/chat:node-abc"
+        );
+        assert_eq!(
+            status_argv(&s, Duration::from_secs(300)).join(" "),
+            "kubectl --kubeconfig=/etc/ripcord/kubeconfig --namespace=prod rollout status deployment/chat --timeout=300s"
+        );
+        let s = step(KubectlVerb::Scale {
+            resource: "deployment/chat-go".into(),
+            replicas: 0,
+        });
+        assert_eq!(
+            argv(&s).join(" "),
+            "kubectl --kubeconfig=/etc/ripcord/kubeconfig --namespace=prod scale deployment/chat-go --replicas=0"
+        );
+    }
+}

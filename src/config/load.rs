@@ -349,6 +349,18 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
         if timeout.is_zero() {
             err(&mut cx, "timeout", "prometheus timeout must be greater than 0".into());
         }
+        let auth = match (raw.prometheus.basic_auth, raw.prometheus.bearer_token) {
+            (Some(_), Some(_)) => {
+                err(&mut cx, "bearer_token", "set either basic_auth or bearer_token, not both".into());
+                None
+            }
+            (Some(b), None) => Some(PromAuth::Basic {
+                username: b.username,
+                password: b.password,
+            }),
+            (None, Some(t)) => Some(PromAuth::Bearer(t)),
+            (None, None) => None,
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let globs = raw
             .rules
@@ -408,6 +420,7 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
                 headers: raw.prometheus.headers,
                 ca_file: raw.prometheus.ca_file.map(|p| base.join(p)),
                 blind_after: raw.prometheus.blind_after.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+                auth,
             },
             rule_globs,
             state_dir,

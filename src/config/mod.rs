@@ -65,6 +65,16 @@ pub struct PrometheusConfig {
     pub ca_file: Option<PathBuf>,
     /// Unreachable this long, ripcord says (and pages, once) that it is blind.
     pub blind_after: Duration,
+    pub auth: Option<PromAuth>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PromAuth {
+    Basic {
+        username: String,
+        password: SecretString,
+    },
+    Bearer(SecretString),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

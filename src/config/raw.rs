@@ -162,6 +162,15 @@ pub struct RawPrometheus {
     pub headers: BTreeMap<String, SecretString>,
     pub ca_file: Option<String>,
     pub blind_after: Option<Dur>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub bearer_token: Option<SecretString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub username: String,
+    pub password: SecretString,
 }
 
 #[derive(Debug, Default, Deserialize)]
