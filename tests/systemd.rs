@@ -139,6 +139,19 @@ impl WaitOrKill for Child {
     }
 }
 
+/// When importer.service last became active (monotonic µs).
+fn active_since(c: &Container) -> String {
+    let argv = [
+        "systemctl",
+        "show",
+        "-p",
+        "ActiveEnterTimestampMonotonic",
+        "--value",
+        "importer.service",
+    ];
+    c.exec(&argv).0
+}
+
 fn results(c: &Container) -> Vec<(String, bool, String)> {
     ripcord::journal::read_all(&c.path("/var/lib/ripcord"))
         .expect("journal")
@@ -165,16 +178,7 @@ fn systemctl_steps_restart_real_units_and_report_failures_and_start_limits() {
     ]);
     c.exec(&["systemctl", "daemon-reload"]);
     assert!(c.exec(&["systemctl", "start", "importer.service"]).1);
-    let before = c
-        .exec(&[
-            "systemctl",
-            "show",
-            "-p",
-            "ActiveEnterTimestampMonotonic",
-            "--value",
-            "importer.service",
-        ])
-        .0;
+    let before = active_since(&c);
 
     std::fs::create_dir_all(c.path("/etc/ripcord/rules.d")).expect("mkdir");
     std::fs::write(
@@ -233,16 +237,7 @@ fn systemctl_steps_restart_real_units_and_report_failures_and_start_limits() {
         of("importer"),
         [(true, "importer.service is active".to_string())]
     );
-    let after = c
-        .exec(&[
-            "systemctl",
-            "show",
-            "-p",
-            "ActiveEnterTimestampMonotonic",
-            "--value",
-            "importer.service",
-        ])
-        .0;
+    let after = active_since(&c);
     assert_ne!(before, after, "importer.service was really restarted");
 
     let broken = of("broken");
