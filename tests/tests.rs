@@ -10,3 +10,4 @@ mod robustness;
 mod rule_tests;
 mod runners;
 mod systemd;
+mod unit_file;
