@@ -23,10 +23,12 @@ use tracing::{error, info, warn};
 use crate::actions::{self, StepContext, StepOutcome};
 use crate::config::{Action, Config, Rule, RuleSet, Schedule};
 use crate::journal::{Entry, Journal};
+use crate::notify::outbox::Outbox;
+use crate::notify::{self, Notification};
 use crate::prom::Prom;
 use crate::rule::{
-    self, ActionResult, Effect, Input, Observation, Phase, Record, RuleState, Shared, Status,
-    Timestamp,
+    self, ActionResult, Effect, Input, Observation, Page, PageKind, Phase, Record, RuleState,
+    Shared, Status, Timestamp,
 };
 
 /// Evaluations running at once, across all rules.
@@ -63,6 +65,15 @@ pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> (Observation, 
 }
 
 enum Msg {
+    /// A step is about to run (`outcome: None`) or has run.
+    Step {
+        rule: String,
+        incident: String,
+        action: String,
+        step: usize,
+        describe: String,
+        outcome: Option<StepOutcome>,
+    },
     Evaluated {
         rule: String,
         at: Timestamp,
@@ -169,6 +180,9 @@ struct Engine {
     blind_since: Option<Timestamp>,
     blind_reported: bool,
     blind_after: Duration,
+    notifiers: BTreeMap<String, Arc<crate::config::Notifier>>,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn journal_append(journal: &Mutex<Journal>, e: &Entry) -> bool {
@@ -241,6 +255,13 @@ impl Engine {
                             p.summary
                         ),
                     );
+                    let started = self
+                        .states
+                        .get(name)
+                        .and_then(|s| s.incident().map(|i| i.opened_at))
+                        .unwrap_or(at);
+                    let n = page_notification(&rule, &p, started);
+                    self.notify(&p.notifiers, n);
                 }
                 Effect::RunAction {
                     incident,
@@ -249,6 +270,75 @@ impl Engine {
                 } => self.start_action(&rule, incident, action, dry_run, values.clone()),
             }
         }
+    }
+
+    /// Queues `n` for each named notifier that wants it (synced to the
+    /// outbox before any delivery attempt).
+    fn notify(&self, targets: &[String], n: Notification) {
+        let Ok(mut outbox) = self.outbox.lock() else {
+            return;
+        };
+        let at = n.at;
+        for t in targets {
+            let Some(notifier) = self.notifiers.get(t) else {
+                continue;
+            };
+            if !notify::wants(notifier, &n) {
+                continue;
+            }
+            if let Err(e) = outbox.push(t, n.clone(), at) {
+                error!(notifier = %t, "cannot write the page to the outbox: {e}");
+            }
+        }
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    fn step_page(
+        &self,
+        rule: &str,
+        incident: &str,
+        action: &str,
+        step: usize,
+        describe: &str,
+        outcome: Option<&StepOutcome>,
+    ) {
+        let Some(r) = self.rules.get(rule) else {
+            return;
+        };
+        let inc = self.states.get(rule).and_then(|s| s.incident().cloned());
+        let (event, summary) = match outcome {
+            None => (
+                "step_started",
+                format!("{action} step {} started", step + 1),
+            ),
+            Some(o) if o.ok => (
+                "step_succeeded",
+                format!("{action} step {} succeeded: {}", step + 1, o.summary),
+            ),
+            Some(o) => (
+                "step_failed",
+                format!("{action} step {} FAILED: {}", step + 1, o.summary),
+            ),
+        };
+        let mut details = vec![describe.to_string()];
+        if let Some(o) = outcome.filter(|o| !o.output.is_empty()) {
+            let lines: Vec<&str> = o.output.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            details.push(format!("output (tail):\n{tail}"));
+        }
+        let now = now();
+        let mut n = rule_notification(
+            r,
+            event,
+            summary,
+            now,
+            inc.as_ref().map_or(now, |i| i.opened_at),
+        );
+        n.incident = Some(incident.to_string());
+        n.details = details;
+        n.values = inc.map(|i| i.values).unwrap_or_default();
+        self.notify(&r.notify, n);
     }
 
     fn record(
@@ -317,7 +407,7 @@ impl Engine {
             values,
         };
         self.running.spawn(async move {
-            let result = run_action(&action, &ctx, dry_run, &journal, &lock).await;
+            let result = run_action(&action, &ctx, dry_run, &journal, &lock, &tx).await;
             let _ = tx
                 .send(Msg::ActionDone {
                     rule: rule_name,
@@ -331,6 +421,14 @@ impl Engine {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Step {
+                rule,
+                incident,
+                action,
+                step,
+                describe,
+                outcome,
+            } => self.step_page(&rule, &incident, &action, step, &describe, outcome.as_ref()),
             Msg::Evaluated {
                 rule,
                 at,
@@ -368,6 +466,17 @@ impl Engine {
                 };
                 error!("ripcord is blind since {since}: every rule holds its state ({why})");
                 self.event(at, None, "blind", format!("blind since {since}: {why}"));
+                let n = global_notification(
+                    "blind",
+                    format!(
+                        "ripcord cannot query Prometheus since {since}: every rule holds its state"
+                    ),
+                    vec![why],
+                    since,
+                    at,
+                );
+                let all: Vec<String> = self.notifiers.keys().cloned().collect();
+                self.notify(&all, n);
             }
         } else if let Some(since) = self.blind_since.take() {
             if std::mem::take(&mut self.blind_reported) {
@@ -378,6 +487,15 @@ impl Engine {
                     "seeing",
                     format!("sees again; was blind since {since}"),
                 );
+                let n = global_notification(
+                    "seeing",
+                    format!("ripcord can query Prometheus again (blind since {since})"),
+                    vec![],
+                    since,
+                    at,
+                );
+                let all: Vec<String> = self.notifiers.keys().cloned().collect();
+                self.notify(&all, n);
             }
         }
     }
@@ -427,6 +545,7 @@ async fn run_action(
     dry_run: bool,
     journal: &Mutex<Journal>,
     lock: &tokio::sync::Mutex<()>,
+    tx: &mpsc::Sender<Msg>,
 ) -> ActionResult {
     let _guard = lock.lock().await;
     for (i, step) in action.steps.iter().enumerate() {
@@ -455,7 +574,18 @@ async fn run_action(
             }
         } else {
             info!(rule = %ctx.rule, incident = %ctx.incident, "running {} step {}: {describe}", action.name, i + 1);
-            actions::run_step(step, ctx).await
+            let msg = |outcome| Msg::Step {
+                rule: ctx.rule.clone(),
+                incident: ctx.incident.clone(),
+                action: action.name.clone(),
+                step: i,
+                describe: describe.clone(),
+                outcome,
+            };
+            let _ = tx.send(msg(None)).await;
+            let outcome = actions::run_step(step, ctx).await;
+            let _ = tx.send(msg(Some(outcome.clone()))).await;
+            outcome
         };
         journal_append(
             journal,
@@ -480,6 +610,131 @@ async fn run_action(
         info!(rule = %ctx.rule, incident = %ctx.incident, "{} step {} ok: {}", action.name, i + 1, outcome.summary);
     }
     ActionResult::Succeeded
+}
+
+/// A notification about `rule` with its queries, condition and links.
+fn rule_notification(
+    r: &Rule,
+    event: &str,
+    summary: String,
+    at: Timestamp,
+    started: Timestamp,
+) -> Notification {
+    Notification {
+        event: event.to_string(),
+        rule: Some(r.name.clone()),
+        incident: None,
+        severity: r.severity,
+        summary,
+        details: Vec::new(),
+        values: BTreeMap::new(),
+        condition: Some(r.condition.source().to_string()),
+        queries: r
+            .queries
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        labels: r.labels.clone(),
+        runbook_url: r.runbook_url.clone(),
+        dashboard_url: r.dashboard_url.clone(),
+        resolve: false,
+        dry_run: false,
+        drill: false,
+        started,
+        at,
+    }
+}
+
+/// The core's page, as a notification with what it is about.
+fn page_notification(r: &Rule, p: &Page, started: Timestamp) -> Notification {
+    let mut n = rule_notification(r, p.kind.name(), p.summary.clone(), p.at, started);
+    n.incident = Some(p.incident.clone());
+    n.values = p.values.clone();
+    n.resolve = p.kind.resolves();
+    n.dry_run = p.dry_run;
+    n.drill = p.drill;
+    let id = &p.incident;
+    let acts = if r.actions.is_empty() {
+        "no actions".to_string()
+    } else {
+        r.actions.join(", ")
+    };
+    n.details = match &p.kind {
+        PageKind::Opened => vec![format!("incident {id} opened; ripcord will run: {acts}")],
+        PageKind::ApprovalRequested { deadline } => vec![
+            format!("waiting for approval to run {acts}"),
+            format!("approve: ripcord approve {id}    veto: ripcord veto {id}"),
+            format!(
+                "{} at {deadline} if nobody answers",
+                match r.approval.as_ref().map(|a| a.on_timeout) {
+                    Some(crate::config::OnTimeout::Abort) => "aborts",
+                    _ => "proceeds",
+                }
+            ),
+        ],
+        PageKind::Approved { by } => vec![format!("approved by {by}: running {acts}")],
+        PageKind::Vetoed { by } => vec![format!("vetoed by {by}: nothing (more) runs")],
+        PageKind::ApprovalTimedOut { proceeding: true } => vec![format!("nobody answered: running {acts}")],
+        PageKind::ApprovalTimedOut { proceeding: false } => vec!["nobody answered: aborted, nothing runs".into()],
+        PageKind::ActionsSucceeded => vec![
+            format!("{} {acts}", if p.dry_run { "would have run (dry-run):" } else { "ran:" }),
+            match r.verify_within {
+                Some(w) => format!("verifying: the condition must clear within {}", actions::fmt_d(w)),
+                None => "waiting for the condition to clear".into(),
+            },
+        ],
+        PageKind::ActionFailed { action, error } => {
+            vec![format!("{action} failed: {error}"), "later actions were not run".into()]
+        }
+        PageKind::ActionInterrupted { action } => vec![format!(
+            "ripcord stopped while {action} ran; the step is not run again: check its effect by hand"
+        )],
+        PageKind::BudgetExhausted => vec!["max_actions_per_hour reached: paging instead of acting".into()],
+        PageKind::Paused => vec!["ripcord is paused: nothing runs".into()],
+        PageKind::Recovered => vec!["the condition cleared: recovered".into()],
+        PageKind::Unrecovered => vec!["the condition did not clear after the rollback".into()],
+        PageKind::Closed => vec!["the condition cleared; incident closed".into()],
+    };
+    n
+}
+
+fn global_notification(
+    event: &str,
+    summary: String,
+    details: Vec<String>,
+    started: Timestamp,
+    at: Timestamp,
+) -> Notification {
+    Notification {
+        event: event.into(),
+        rule: None,
+        incident: None,
+        severity: if event == "blind" {
+            crate::config::Severity::Critical
+        } else {
+            crate::config::Severity::Info
+        },
+        summary,
+        details,
+        values: BTreeMap::new(),
+        condition: None,
+        queries: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        runbook_url: None,
+        dashboard_url: None,
+        resolve: event == "seeing",
+        dry_run: false,
+        drill: false,
+        started,
+        at,
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -548,6 +803,11 @@ pub async fn run(
         blind_since: None,
         blind_reported: false,
         blind_after: config.prometheus.blind_after,
+        notifiers: rules.notifiers.clone(),
+        outbox: Arc::new(Mutex::new(
+            Outbox::open(&dir.join("outbox")).map_err(state_err)?,
+        )),
+        wake: Arc::new(tokio::sync::Notify::new()),
     };
     // Rewrite the journal as one snapshot of what was replayed.
     let snap = engine.snapshot();
@@ -613,6 +873,17 @@ pub async fn run(
         ));
     }
     drop(tx);
+    let (deliver_stop_tx, deliver_stop_rx) = watch::channel(false);
+    let delivery = tokio::spawn(crate::notify::outbox::deliver(
+        engine.outbox.clone(),
+        engine.notifiers.clone(),
+        crate::notify::RenderContext {
+            prometheus_url: config.prometheus.url.clone(),
+            host: hostname(),
+        },
+        engine.wake.clone(),
+        deliver_stop_rx,
+    ));
     info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %config.prometheus.url, mode = ?config.mode, "ripcord running");
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -653,6 +924,29 @@ pub async fn run(
         if let Msg::ActionDone { .. } = msg {
             engine.handle(msg);
         }
+    }
+    // Pages stay in the outbox on disk; what is due gets a short chance to
+    // go out now, the rest is delivered after the next start.
+    let flush_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < flush_until {
+        let due = engine
+            .outbox
+            .lock()
+            .map(|o| o.next_due(now(), &Default::default()).is_some())
+            .unwrap_or(false);
+        if !due {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = deliver_stop_tx.send(true);
+    let _ = delivery.await;
+    if let Ok(o) = engine.outbox.lock() {
+        info!(
+            undelivered = o.len(),
+            delivered = o.stats.delivered,
+            "outbox"
+        );
     }
     let missed = misses.load(Ordering::Relaxed);
     info!(missed_evaluations = missed, "stopped");

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod diag;
 pub mod journal;
+pub mod notify;
 pub mod prom;
 pub mod rule;
 pub mod testing;

@@ -6,6 +6,7 @@ mod support;
 mod check;
 mod live;
 mod malformed;
+mod notify;
 mod robustness;
 mod rule_tests;
 mod runners;

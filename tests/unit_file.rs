@@ -13,7 +13,12 @@ fn the_unit_scores_at_most_2_0_on_systemd_analyze_security() {
     let line = text
         .lines()
         .find(|l| l.contains("Overall exposure level for ripcord.service:"))
-        .unwrap_or_else(|| panic!("no verdict in:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no verdict in:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     let score: f64 = line
         .rsplit(':')
         .next()

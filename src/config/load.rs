@@ -803,10 +803,25 @@ fn validate_notifier(cx: &mut Ctx, n: &Named<RawNotifier>) -> Option<Notifier> {
     } else {
         return None;
     };
+    if let Some(events) = &r.events {
+        for (i, e) in events.iter().enumerate() {
+            if !crate::notify::EVENTS.contains(&e.as_str()) {
+                cx.error(
+                    &n.at.key("events").index(i),
+                    format!(
+                        "unknown event `{e}` (events: {})",
+                        crate::notify::EVENTS.join(", ")
+                    ),
+                );
+            }
+        }
+    }
     Some(Notifier {
         name: n.name.clone(),
         origin: cx.origin(&n.at),
         kind,
+        events: r.events.as_ref().map(|e| e.iter().cloned().collect()),
+        min_severity: r.min_severity.unwrap_or(Severity::Info),
     })
 }
 

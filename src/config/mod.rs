@@ -279,6 +279,9 @@ pub struct Notifier {
     pub name: String,
     pub origin: Origin,
     pub kind: NotifierKind,
+    /// `None`: every event.
+    pub events: Option<std::collections::BTreeSet<String>>,
+    pub min_severity: Severity,
 }
 
 #[derive(Clone, Debug)]

@@ -189,6 +189,10 @@ pub struct RawNotifier {
     pub slack: Option<RawSlack>,
     pub webhook: Option<RawWebhook>,
     pub alertmanager: Option<RawAlertmanager>,
+    /// Only these events (default: all).
+    pub events: Option<Vec<String>>,
+    /// Only pages of at least this severity (default: info, i.e. all).
+    pub min_severity: Option<Severity>,
 }
 
 #[derive(Debug, Deserialize)]

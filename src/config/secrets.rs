@@ -37,6 +37,11 @@ pub struct SecretString {
 pub struct Secret(String);
 
 impl Secret {
+    /// A value that is not secret but goes where secrets go (a URL).
+    pub fn plain(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
     /// The value, for its one destination (a header, a URL, a request body).
     pub fn expose(&self) -> &str {
         &self.0

@@ -1,0 +1,181 @@
+//! Pages: what on-call learns from ripcord. A [`Notification`] is built from
+//! the core's page effects and the daemon's own events (steps, blindness),
+//! kept in the durable [`outbox::Outbox`] and delivered by one small module
+//! per kind of receiver, each turning it into HTTP requests.
+
+pub mod alertmanager;
+pub mod outbox;
+pub mod pagerduty;
+pub mod slack;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Notifier, NotifierKind, Secret, Severity};
+use crate::rule::Timestamp;
+
+/// Every event a notifier can be told about (its `events:` filter).
+pub const EVENTS: &[&str] = &[
+    "opened",
+    "approval_requested",
+    "approved",
+    "vetoed",
+    "approval_timed_out",
+    "actions_succeeded",
+    "action_failed",
+    "action_interrupted",
+    "budget_exhausted",
+    "paused",
+    "recovered",
+    "unrecovered",
+    "closed",
+    "step_started",
+    "step_succeeded",
+    "step_failed",
+    "blind",
+    "seeing",
+];
+
+/// One page, as stored in the outbox and rendered for each receiver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub event: String,
+    pub rule: Option<String>,
+    pub incident: Option<String>,
+    pub severity: Severity,
+    /// One line.
+    pub summary: String,
+    /// What ripcord did and what came of it, a line each.
+    pub details: Vec<String>,
+    pub values: BTreeMap<String, Option<f64>>,
+    pub condition: Option<String>,
+    /// Query name → PromQL, for graph links.
+    pub queries: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub runbook_url: Option<String>,
+    pub dashboard_url: Option<String>,
+    /// The incident is over: resolve it where the receiver can.
+    pub resolve: bool,
+    pub dry_run: bool,
+    pub drill: bool,
+    /// When the incident opened (or the event happened).
+    pub started: Timestamp,
+    pub at: Timestamp,
+}
+
+/// What rendering needs besides the notification.
+#[derive(Clone, Debug, Default)]
+pub struct RenderContext {
+    /// Prometheus's URL, for graph links.
+    pub prometheus_url: String,
+    /// This host, as PagerDuty's `source`.
+    pub host: String,
+}
+
+/// One HTTP request to deliver.
+pub struct Request {
+    pub url: Secret,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Notification {
+    /// `[CRITICAL] chat-5xx opened: chat 5xx at 2%` (with drill/dry-run marks).
+    pub fn title(&self) -> String {
+        let mut t = format!("[{}] ", self.severity.as_str().to_ascii_uppercase());
+        if self.drill {
+            t.push_str("[DRILL] ");
+        }
+        if self.dry_run {
+            t.push_str("[DRY-RUN] ");
+        }
+        if let Some(r) = &self.rule {
+            t.push_str(r);
+            t.push(' ');
+        }
+        t.push_str(&self.event.replace('_', " "));
+        t.push_str(": ");
+        t.push_str(&self.summary);
+        t
+    }
+
+    /// A Prometheus graph link per query.
+    pub fn graph_links(&self, prometheus_url: &str) -> Vec<(String, String)> {
+        self.queries
+            .iter()
+            .map(|(name, q)| {
+                let enc: String = q
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                (
+                    name.clone(),
+                    format!("{prometheus_url}/graph?g0.expr={enc}&g0.tab=0"),
+                )
+            })
+            .collect()
+    }
+
+    /// How to stop ripcord, for the page.
+    pub fn stop_commands(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let (Some(id), false) = (&self.incident, self.resolve) {
+            v.push(format!("ripcord veto {id}"));
+        }
+        v.push("ripcord pause --for 1h --reason \"...\"".into());
+        v
+    }
+}
+
+/// Does `notifier` want this notification?
+pub fn wants(notifier: &Notifier, n: &Notification) -> bool {
+    // A resolve goes wherever the page it ends could have gone.
+    (n.resolve || n.severity >= notifier.min_severity)
+        && notifier
+            .events
+            .as_ref()
+            .is_none_or(|e| e.contains(&n.event))
+}
+
+/// Renders for one receiver; `Err` only when a secret cannot be resolved.
+pub fn render(
+    kind: &NotifierKind,
+    n: &Notification,
+    ctx: &RenderContext,
+) -> Result<Vec<Request>, String> {
+    match kind {
+        NotifierKind::Pagerduty { routing_key, url } => pagerduty::render(routing_key, url, n, ctx),
+        NotifierKind::Slack { webhook_url } => slack::render(webhook_url, n, ctx),
+        NotifierKind::Webhook { url, secret } => webhook::render(url, secret.as_ref(), n, ctx),
+        NotifierKind::Alertmanager { urls } => alertmanager::render(urls, n, ctx),
+    }
+}
+
+/// The smallest gap between two requests to one receiver.
+pub fn min_interval(kind: &NotifierKind) -> std::time::Duration {
+    match kind {
+        // Slack: about one message per second per webhook.
+        NotifierKind::Slack { .. } => std::time::Duration::from_secs(1),
+        _ => std::time::Duration::ZERO,
+    }
+}
+
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+pub fn fmt_value(v: Option<f64>) -> String {
+    v.map(|f| f.to_string()).unwrap_or_else(|| "no data".into())
+}

@@ -1,0 +1,359 @@
+//! The durable outbox: pages are at-least-once.
+//!
+//! A page to each notifier is a file in `state_dir/outbox/`, written and
+//! synced before the first delivery attempt and removed after a 2xx. The
+//! delivery task retries with exponential backoff and jitter, honouring
+//! `Retry-After`; keeps order per incident and receiver; spaces requests to
+//! one receiver (Slack: one a second); gives up after `max_age`; and the
+//! outbox is bounded: past `max_items` the oldest page is dropped, and that
+//! is said. Pages survive a restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+use super::{render, Notification, RenderContext};
+use crate::config::Notifier;
+use crate::rule::Timestamp;
+
+pub const DEFAULT_MAX_ITEMS: usize = 10_000;
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub seq: u64,
+    pub notifier: String,
+    pub notification: Notification,
+    pub created: Timestamp,
+    pub attempts: u32,
+    pub next_at: Timestamp,
+    pub last_error: Option<String>,
+}
+
+impl Delivery {
+    /// Pages of one incident to one receiver go out in order.
+    fn order_key(&self) -> (String, String) {
+        (
+            self.notifier.clone(),
+            self.notification.incident.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// Counters for logs and /metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub delivered: u64,
+    pub retried: u64,
+    pub rejected: u64,
+    pub given_up: u64,
+    pub dropped: u64,
+}
+
+pub struct Outbox {
+    dir: PathBuf,
+    items: BTreeMap<u64, Delivery>,
+    next_seq: u64,
+    pub max_items: usize,
+    pub max_age: Duration,
+    pub stats: Stats,
+}
+
+impl Outbox {
+    /// Opens `dir`, loading what an earlier run left undelivered.
+    pub fn open(dir: &Path) -> std::io::Result<Outbox> {
+        std::fs::create_dir_all(dir)?;
+        let mut items = BTreeMap::new();
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            match std::fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Delivery>(&b).ok())
+            {
+                Some(d) => {
+                    items.insert(d.seq, d);
+                }
+                None => warn!("outbox: unreadable page {} left aside", p.display()),
+            }
+        }
+        let next_seq = items.keys().next_back().map_or(1, |s| s + 1);
+        if !items.is_empty() {
+            info!(pages = items.len(), "outbox: resuming undelivered pages");
+        }
+        Ok(Outbox {
+            dir: dir.to_path_buf(),
+            items,
+            next_seq,
+            max_items: DEFAULT_MAX_ITEMS,
+            max_age: DEFAULT_MAX_AGE,
+            stats: Stats::default(),
+        })
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.json"))
+    }
+
+    fn write(&self, d: &Delivery) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(d).map_err(std::io::Error::other)?;
+        crate::actions::file::write_atomic(&self.path(d.seq), &bytes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Stores a page for `notifier`, synced, before any attempt.
+    pub fn push(&mut self, notifier: &str, n: Notification, now: Timestamp) -> std::io::Result<()> {
+        while self.items.len() >= self.max_items {
+            let Some((&seq, old)) = self.items.iter().next() else {
+                break;
+            };
+            error!(notifier = %old.notifier, event = %old.notification.event, "outbox full ({} pages): dropping the oldest page", self.max_items);
+            self.remove(seq);
+            self.stats.dropped += 1;
+        }
+        let d = Delivery {
+            seq: self.next_seq,
+            notifier: notifier.to_string(),
+            notification: n,
+            created: now,
+            attempts: 0,
+            next_at: now,
+            last_error: None,
+        };
+        self.next_seq += 1;
+        self.write(&d)?;
+        self.items.insert(d.seq, d);
+        Ok(())
+    }
+
+    fn remove(&mut self, seq: u64) {
+        self.items.remove(&seq);
+        let _ = std::fs::remove_file(self.path(seq));
+    }
+
+    /// The next page to try now: due, its receiver not busy, and the oldest
+    /// pending one of its incident for that receiver.
+    pub fn next_due(&self, now: Timestamp, busy: &HashSet<String>) -> Option<Delivery> {
+        let mut blocked: HashSet<(String, String)> = HashSet::new();
+        for d in self.items.values() {
+            let key = d.order_key();
+            if blocked.contains(&key) {
+                continue;
+            }
+            if d.next_at <= now && !busy.contains(&d.notifier) {
+                return Some(d.clone());
+            }
+            blocked.insert(key);
+        }
+        None
+    }
+
+    /// When the next page falls due.
+    pub fn next_time(&self) -> Option<Timestamp> {
+        self.items.values().map(|d| d.next_at).min()
+    }
+
+    fn delivered(&mut self, seq: u64) {
+        self.remove(seq);
+        self.stats.delivered += 1;
+    }
+
+    fn failed(&mut self, seq: u64, now: Timestamp, error: String, retry_after: Option<Duration>) {
+        let Some(mut d) = self.items.get(&seq).cloned() else {
+            return;
+        };
+        if now.since(d.created) >= self.max_age {
+            error!(notifier = %d.notifier, event = %d.notification.event, attempts = d.attempts + 1, "giving up on a page older than {:?}: {error}", self.max_age);
+            self.remove(seq);
+            self.stats.given_up += 1;
+            return;
+        }
+        d.attempts += 1;
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << d.attempts.min(16))
+            .min(MAX_BACKOFF);
+        // Jitter: up to a quarter of the backoff, so receivers coming back
+        // are not hit by every ripcord at once.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = backoff.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        let wait = retry_after.map_or(backoff + jitter, |r| r.max(Duration::from_millis(100)));
+        d.next_at = now.plus(wait);
+        d.last_error = Some(error.clone());
+        warn!(notifier = %d.notifier, event = %d.notification.event, attempt = d.attempts, "page not delivered, retrying in {wait:?}: {error}");
+        if let Err(e) = self.write(&d) {
+            error!("outbox write failed: {e}");
+        }
+        self.items.insert(seq, d);
+        self.stats.retried += 1;
+    }
+
+    fn rejected(&mut self, seq: u64, error: String) {
+        if let Some(d) = self.items.get(&seq) {
+            error!(notifier = %d.notifier, event = %d.notification.event, "page rejected by the receiver, not retried: {error}");
+        }
+        self.remove(seq);
+        self.stats.rejected += 1;
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Delivered,
+    /// Worth another try (429, 5xx, 408, a network error).
+    Retry(String, Option<Duration>),
+    /// The receiver refused the page itself (another 4xx).
+    Rejected(String),
+}
+
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = humantime::parse_rfc3339_weak(v.trim())
+        .ok()
+        .or_else(|| httpdate(v.trim()))?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
+fn httpdate(v: &str) -> Option<std::time::SystemTime> {
+    let t = chrono::DateTime::parse_from_rfc2822(&v.replace("GMT", "+0000")).ok()?;
+    Some(t.with_timezone(&chrono::Utc).into())
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    d: &Delivery,
+    notifier: &Notifier,
+    ctx: &RenderContext,
+) -> Attempt {
+    let requests = match render(&notifier.kind, &d.notification, ctx) {
+        Ok(r) => r,
+        Err(e) => return Attempt::Retry(e, None),
+    };
+    let mut last = Attempt::Delivered;
+    let mut any_ok = false;
+    for r in requests {
+        let mut req = client.post(r.url.expose()).body(r.body);
+        for (k, v) in r.headers {
+            req = req.header(k, v);
+        }
+        last = match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let after = retry_after(resp.headers());
+                let text = resp.text().await.unwrap_or_default();
+                let text = super::truncate(text.trim(), 200);
+                match status {
+                    200..=299 => {
+                        any_ok = true;
+                        Attempt::Delivered
+                    }
+                    408 | 429 | 500..=599 => {
+                        Attempt::Retry(format!("HTTP {status}: {text}"), after)
+                    }
+                    _ => Attempt::Rejected(format!("HTTP {status}: {text}")),
+                }
+            }
+            // Never with the URL: a Slack webhook URL is a secret.
+            Err(e) => Attempt::Retry(e.without_url().to_string(), None),
+        };
+    }
+    // Several Alertmanagers: delivered when one of them took it.
+    if any_ok {
+        Attempt::Delivered
+    } else {
+        last
+    }
+}
+
+/// Delivers pages until `stop`; `wake` is notified when a page is pushed.
+pub async fn deliver(
+    outbox: Arc<Mutex<Outbox>>,
+    notifiers: BTreeMap<String, Arc<Notifier>>,
+    ctx: RenderContext,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("notifier HTTP client: {e}");
+            return;
+        }
+    };
+    let mut last_sent: HashMap<String, std::time::Instant> = HashMap::new();
+    loop {
+        let now = crate::daemon::now();
+        let busy: HashSet<String> = last_sent
+            .iter()
+            .filter(|(n, t)| {
+                notifiers
+                    .get(*n)
+                    .is_some_and(|nf| t.elapsed() < super::min_interval(&nf.kind))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let next = outbox.lock().ok().and_then(|o| o.next_due(now, &busy));
+        let Some(d) = next else {
+            let wait = outbox
+                .lock()
+                .ok()
+                .and_then(|o| o.next_time())
+                .map(|t| Duration::from_millis(t.0.saturating_sub(now.0).clamp(50, 1000) as u64))
+                .unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        };
+        let Some(notifier) = notifiers.get(&d.notifier).cloned() else {
+            if let Ok(mut o) = outbox.lock() {
+                o.rejected(
+                    d.seq,
+                    format!("notifier {} is no longer configured", d.notifier),
+                );
+            }
+            continue;
+        };
+        last_sent.insert(d.notifier.clone(), std::time::Instant::now());
+        let result = attempt(&client, &d, &notifier, &ctx).await;
+        let now = crate::daemon::now();
+        if let Ok(mut o) = outbox.lock() {
+            match result {
+                Attempt::Delivered => {
+                    info!(notifier = %d.notifier, event = %d.notification.event, incident = ?d.notification.incident, "page delivered");
+                    o.delivered(d.seq)
+                }
+                Attempt::Retry(e, after) => o.failed(d.seq, now, e, after),
+                Attempt::Rejected(e) => o.rejected(d.seq, e),
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! PagerDuty Events API v2: `trigger` with a `dedup_key` stable for the
+//! incident (so a retry or an update never pages twice), `resolve` with the
+//! same key when the incident is over.
+
+use serde_json::json;
+
+use super::{fmt_value, truncate, Notification, RenderContext, Request};
+use crate::config::SecretString;
+
+/// The key for an event that belongs to no incident (blind, seeing).
+pub fn dedup_key(n: &Notification) -> String {
+    n.incident.clone().unwrap_or_else(|| {
+        format!(
+            "ripcord-{}",
+            if n.event == "seeing" {
+                "blind"
+            } else {
+                &n.event
+            }
+        )
+    })
+}
+
+pub fn render(
+    routing_key: &SecretString,
+    url: &str,
+    n: &Notification,
+    ctx: &RenderContext,
+) -> Result<Vec<Request>, String> {
+    let key = routing_key.resolve().map_err(|e| e.to_string())?;
+    let dedup = dedup_key(n);
+    let resolve = n.resolve || n.event == "seeing";
+    let body = if resolve {
+        json!({"routing_key": key.expose(), "event_action": "resolve", "dedup_key": dedup})
+    } else {
+        let values: serde_json::Map<String, serde_json::Value> = n
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(fmt_value(*v))))
+            .collect();
+        let mut links: Vec<serde_json::Value> = n
+            .graph_links(&ctx.prometheus_url)
+            .into_iter()
+            .map(|(name, href)| json!({"href": href, "text": format!("Prometheus: {name}")}))
+            .collect();
+        for (text, u) in [("Runbook", &n.runbook_url), ("Dashboard", &n.dashboard_url)] {
+            if let Some(u) = u {
+                links.push(json!({"href": u, "text": text}));
+            }
+        }
+        json!({
+            "routing_key": key.expose(),
+            "event_action": "trigger",
+            "dedup_key": dedup,
+            "client": "ripcord",
+            "payload": {
+                "summary": truncate(&n.title(), 1024),
+                "source": if ctx.host.is_empty() { "ripcord" } else { &ctx.host },
+                "severity": n.severity.as_str(),
+                "timestamp": n.at.rfc3339(),
+                "component": n.rule.clone().unwrap_or_else(|| "ripcord".into()),
+                "group": n.labels.get("service").cloned().or_else(|| n.rule.clone()).unwrap_or_else(|| "ripcord".into()),
+                "class": n.event,
+                "custom_details": {
+                    "event": n.event,
+                    "incident": n.incident,
+                    "values": values,
+                    "condition": n.condition,
+                    "details": n.details,
+                    "dry_run": n.dry_run,
+                    "drill": n.drill,
+                    "stop": n.stop_commands(),
+                },
+            },
+            "links": links,
+        })
+    };
+    Ok(vec![Request {
+        url: crate::config::Secret::plain(url),
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }])
+}

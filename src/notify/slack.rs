@@ -1,0 +1,73 @@
+//! Slack incoming webhooks: a `text` fallback and Block Kit blocks. Every
+//! message of one incident starts with the same incident line, so a channel
+//! reads as a compact sequence per incident.
+
+use serde_json::json;
+
+use super::{fmt_value, truncate, Notification, RenderContext, Request};
+use crate::config::SecretString;
+
+fn emoji(n: &Notification) -> &'static str {
+    match n.event.as_str() {
+        "recovered" | "seeing" | "actions_succeeded" | "step_succeeded" | "approved" => {
+            ":white_check_mark:"
+        }
+        "closed" => ":ballot_box_with_check:",
+        "step_started" => ":arrow_forward:",
+        "approval_requested" => ":raised_hand:",
+        _ => ":rotating_light:",
+    }
+}
+
+pub fn render(
+    webhook_url: &SecretString,
+    n: &Notification,
+    ctx: &RenderContext,
+) -> Result<Vec<Request>, String> {
+    let url = webhook_url.resolve().map_err(|e| e.to_string())?;
+    let mut blocks = vec![json!({
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": truncate(&format!("{} *{}*", emoji(n), n.title()), 3000)},
+    })];
+    if let Some(id) = &n.incident {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("incident `{id}` · {}", n.at.rfc3339())}]}));
+    }
+    if !n.values.is_empty() {
+        let fields: Vec<serde_json::Value> = n
+            .values
+            .iter()
+            .take(10)
+            .map(|(k, v)| json!({"type": "mrkdwn", "text": format!("*{k}*\n{}", fmt_value(*v))}))
+            .collect();
+        blocks.push(json!({"type": "section", "fields": fields}));
+    }
+    if let Some(c) = &n.condition {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("condition: `{c}`"), 3000)}}));
+    }
+    if !n.details.is_empty() {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("```{}```", n.details.join("\n")), 3000)}}));
+    }
+    let mut links: Vec<String> = n
+        .graph_links(&ctx.prometheus_url)
+        .into_iter()
+        .map(|(name, href)| format!("<{href}|{name} in Prometheus>"))
+        .collect();
+    for (text, u) in [("runbook", &n.runbook_url), ("dashboard", &n.dashboard_url)] {
+        if let Some(u) = u {
+            links.push(format!("<{u}|{text}>"));
+        }
+    }
+    if !links.is_empty() {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(&links.join(" · "), 3000)}]}));
+    }
+    if !n.resolve {
+        let stop: Vec<String> = n.stop_commands().iter().map(|c| format!("`{c}`")).collect();
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("stop it: {}", stop.join(" · "))}]}));
+    }
+    let body = json!({"text": truncate(&n.title(), 3000), "blocks": blocks});
+    Ok(vec![Request {
+        url,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }])
+}
