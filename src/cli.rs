@@ -38,10 +38,52 @@ pub enum Command {
         /// Rules to evaluate (default: all).
         rules: Vec<String>,
     },
+    /// Show every rule's state, open incidents and the daemon's health.
+    Status {
+        /// Print the raw JSON snapshot.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Approve an incident that awaits approval: its actions run now.
+    Approve {
+        incident: String,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Veto an incident: nothing (more) runs for it.
+    Veto {
+        incident: String,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Stop all actions: incidents still open and page.
+    Pause {
+        /// For how long, e.g. 1h (default: until `ripcord resume`).
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Let actions run again after `ripcord pause`.
+    Resume {
+        #[command(flatten)]
+        api: Api,
+    },
     /// Run rule unit tests: query values over time in, expected states, actions and pages out.
     Test {
         /// Test files (`*.test.yaml`) or directories holding them.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Api {
+    /// The daemon's API (default: http:// + `listen:` from the config).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
 }

@@ -21,8 +21,10 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::actions::{self, StepContext, StepOutcome};
+use crate::api::{Control, ControlMsg, RuleStatus, Snapshot};
 use crate::config::{Action, Config, Rule, RuleSet, Schedule};
 use crate::journal::{Entry, Journal};
+use crate::metrics::{ActionLabels, Metrics, RuleLabel};
 use crate::notify::outbox::Outbox;
 use crate::notify::{self, Notification};
 use crate::prom::Prom;
@@ -123,6 +125,7 @@ async fn rule_loop(
     tx: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
     misses: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 ) {
     // `every:` rules evaluate at once, then on their interval; cron rules
     // wait for their first time.
@@ -140,7 +143,11 @@ async fn rule_loop(
             return;
         };
         let at = now();
+        let started = std::time::Instant::now();
         let (obs, blinding) = evaluate(&prom, &rule, at).await;
+        metrics
+            .evaluation_duration
+            .observe(started.elapsed().as_secs_f64());
         drop(permit);
         if tx
             .send(Msg::Evaluated {
@@ -159,6 +166,7 @@ async fn rule_loop(
         due = next_tick(&rule.schedule, due);
         while due <= finished {
             misses.fetch_add(1, Ordering::Relaxed);
+            metrics.missed_evaluations.inc();
             due = next_tick(&rule.schedule, due);
         }
     }
@@ -183,6 +191,10 @@ struct Engine {
     notifiers: BTreeMap<String, Arc<crate::config::Notifier>>,
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
+    snapshot: Arc<std::sync::RwLock<Snapshot>>,
+    /// Something changed since the snapshot was last published.
+    dirty: bool,
 }
 
 fn journal_append(journal: &Mutex<Journal>, e: &Entry) -> bool {
@@ -219,6 +231,10 @@ impl Engine {
         let old = self.states.get(name).cloned().unwrap_or_default();
         let old_shared = self.shared.clone();
         let (new, effects) = rule::step(&rule, &old, &mut self.shared, input, at);
+        self.dirty = true;
+        if new.name() != old.name() {
+            self.metrics.set_state(name, new.name());
+        }
         if new.status != old.status || new.last_incident != old.last_incident {
             self.journal(Entry::State {
                 rule: name.to_string(),
@@ -436,6 +452,12 @@ impl Engine {
                 blinding,
             } => {
                 self.blindness(at, blinding, &obs);
+                let label = RuleLabel { rule: rule.clone() };
+                self.metrics.evaluations.get_or_create(&label).inc();
+                if matches!(obs, Observation::Failed(_)) {
+                    self.metrics.evaluation_failures.get_or_create(&label).inc();
+                }
+                self.metrics.prometheus_up.set(i64::from(!blinding));
                 self.apply(&rule, Input::Evaluate(obs), at);
             }
             Msg::ActionDone {
@@ -443,15 +465,156 @@ impl Engine {
                 incident,
                 action,
                 result,
-            } => self.apply(
-                &rule,
-                Input::ActionFinished {
-                    incident,
-                    action,
-                    result,
-                },
-                now(),
-            ),
+            } => {
+                let r = match &result {
+                    ActionResult::Succeeded => "succeeded",
+                    ActionResult::Failed(_) => "failed",
+                    ActionResult::Interrupted => "interrupted",
+                };
+                self.metrics
+                    .actions
+                    .get_or_create(&ActionLabels {
+                        action: action.clone(),
+                        result: r.into(),
+                    })
+                    .inc();
+                self.apply(
+                    &rule,
+                    Input::ActionFinished {
+                        incident,
+                        action,
+                        result,
+                    },
+                    now(),
+                );
+            }
+        }
+    }
+
+    /// A control request from the API; the answer says what happened.
+    fn control(&mut self, c: Control) -> Result<String, String> {
+        let at = now();
+        match c {
+            Control::Approve { incident, by } => {
+                let rule = self.rule_of(&incident)?;
+                let phase = self.states.get(&rule).map(|s| s.phase()).unwrap_or("ok");
+                if phase != "awaiting_approval" {
+                    return Err(format!(
+                        "incident {incident} is not awaiting approval (it is {phase})"
+                    ));
+                }
+                info!(rule = %rule, incident = %incident, by = %by, "approved");
+                self.apply(&rule, Input::Approve { by }, at);
+                Ok(format!("approved {incident}"))
+            }
+            Control::Veto { incident, by } => {
+                let rule = self.rule_of(&incident)?;
+                let phase = self.states.get(&rule).map(|s| s.phase()).unwrap_or("ok");
+                if phase != "awaiting_approval" && phase != "acting" {
+                    return Err(format!(
+                        "incident {incident}: nothing left to veto (it is {phase})"
+                    ));
+                }
+                info!(rule = %rule, incident = %incident, by = %by, "vetoed");
+                self.apply(&rule, Input::Veto { by }, at);
+                Ok(if phase == "acting" {
+                    format!("vetoed {incident}: the running action finishes, nothing after it runs")
+                } else {
+                    format!("vetoed {incident}: nothing runs")
+                })
+            }
+            Control::Pause { for_, reason } => {
+                let until = for_.map(|d| at.plus(d));
+                self.shared.pause = Some(rule::Pause {
+                    until,
+                    reason: reason.clone(),
+                });
+                self.journal(Entry::Shared {
+                    shared: self.shared.clone(),
+                });
+                self.event(at, None, "pause", format!("paused: {reason}"));
+                self.dirty = true;
+                warn!(until = ?until.map(|u| u.rfc3339()), "paused: {reason}");
+                Ok(match until {
+                    Some(u) => {
+                        format!("paused until {u}: incidents open and page, actions do not run")
+                    }
+                    None => {
+                        "paused until resumed: incidents open and page, actions do not run".into()
+                    }
+                })
+            }
+            Control::Resume => {
+                if self.shared.pause.take().is_none() {
+                    return Err("ripcord is not paused".into());
+                }
+                self.journal(Entry::Shared {
+                    shared: self.shared.clone(),
+                });
+                self.event(at, None, "resume", "resumed".into());
+                self.dirty = true;
+                info!("resumed");
+                Ok("resumed".into())
+            }
+        }
+    }
+
+    fn rule_of(&self, incident: &str) -> Result<String, String> {
+        self.states
+            .iter()
+            .find(|(_, s)| s.incident().is_some_and(|i| i.id == incident))
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| format!("no open incident {incident}"))
+    }
+
+    /// Publishes the snapshot `status` reads (at most once a second).
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let at = now();
+        let outbox_pages = self.outbox.lock().map(|o| o.len()).unwrap_or(0);
+        self.metrics.outbox_pages.set(outbox_pages as i64);
+        let snap = Snapshot {
+            version: env!("CARGO_PKG_VERSION").into(),
+            rules: self
+                .rules
+                .keys()
+                .map(|name| {
+                    let s = self.states.get(name).cloned().unwrap_or_default();
+                    RuleStatus {
+                        name: name.clone(),
+                        state: s.name().into(),
+                        phase: s.phase().into(),
+                        incident: s.incident().map(|i| i.id.clone()),
+                        opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
+                        last_evaluation: s.last_eval.map(|t| t.rfc3339()),
+                        values: s.last_values.clone(),
+                        last_error: s.last_error.clone(),
+                    }
+                })
+                .collect(),
+            paused: self
+                .shared
+                .pause
+                .as_ref()
+                .filter(|_| self.shared.paused(at))
+                .map(|p| crate::api::PauseStatus {
+                    until: p.until.map(|u| u.rfc3339()),
+                    reason: p.reason.clone(),
+                }),
+            mode: match self.shared.mode {
+                crate::config::Mode::Enforce => "enforce".into(),
+                crate::config::Mode::DryRun => "dry-run".into(),
+            },
+            actions_left_this_hour: self.shared.budget.clone().remaining(at),
+            outbox_pages,
+            prometheus_up: self.blind_since.is_none(),
+            blind_since: self.blind_since.map(|t| t.rfc3339()),
+        };
+        if let Ok(mut w) = self.snapshot.write() {
+            *w = snap;
         }
     }
 
@@ -502,6 +665,7 @@ impl Engine {
 
     /// Time-based transitions: approval and verify deadlines, cooldowns.
     fn tick(&mut self) {
+        self.publish();
         let at = now();
         let due: Vec<String> = self
             .states
@@ -746,6 +910,13 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Prometheus(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("api.token: {0}")]
+    Token(String),
 }
 
 /// Runs until `shutdown` resolves, then lets running steps finish.
@@ -788,6 +959,23 @@ pub async fn run(
     shared.mode = config.mode;
 
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let metrics = Arc::new(Metrics::new());
+    metrics.rules.set(rule_map.len() as i64);
+    metrics.last_reload_successful.set(1);
+    let snapshot = Arc::new(std::sync::RwLock::new(Snapshot::default()));
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(16);
+    let token = config
+        .api_token
+        .as_ref()
+        .map(|t| t.resolve())
+        .transpose()
+        .map_err(|e| DaemonError::Token(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let mut engine = Engine {
         rules: rule_map.clone(),
         actions: rules.actions.clone(),
@@ -804,10 +992,16 @@ pub async fn run(
         blind_reported: false,
         blind_after: config.prometheus.blind_after,
         notifiers: rules.notifiers.clone(),
-        outbox: Arc::new(Mutex::new(
-            Outbox::open(&dir.join("outbox")).map_err(state_err)?,
-        )),
+        outbox: Arc::new(Mutex::new({
+            let mut o = Outbox::open(&dir.join("outbox")).map_err(state_err)?;
+            o.max_age = config.outbox.max_age;
+            o.max_items = config.outbox.max_pages;
+            o
+        })),
         wake: Arc::new(tokio::sync::Notify::new()),
+        metrics: metrics.clone(),
+        snapshot: snapshot.clone(),
+        dirty: true,
     };
     // Rewrite the journal as one snapshot of what was replayed.
     let snap = engine.snapshot();
@@ -870,9 +1064,28 @@ pub async fn run(
             tx.clone(),
             stop_rx.clone(),
             misses.clone(),
+            metrics.clone(),
         ));
     }
     drop(tx);
+    for name in rule_map.keys() {
+        let state = engine.states.get(name).map(|s| s.name()).unwrap_or("ok");
+        metrics.set_state(name, state);
+    }
+    engine.publish();
+    let app = crate::api::router(snapshot.clone(), metrics.clone(), token, control_tx);
+    let mut api_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = api_stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            error!("API listener failed: {e}");
+        }
+    });
     let (deliver_stop_tx, deliver_stop_rx) = watch::channel(false);
     let delivery = tokio::spawn(crate::notify::outbox::deliver(
         engine.outbox.clone(),
@@ -883,6 +1096,7 @@ pub async fn run(
         },
         engine.wake.clone(),
         deliver_stop_rx,
+        metrics.clone(),
     ));
     info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %config.prometheus.url, mode = ?config.mode, "ripcord running");
 
@@ -905,6 +1119,9 @@ pub async fn run(
                 }
             }
             Some(_) = engine.running.join_next(), if !engine.running.is_empty() => {}
+            Some((c, reply)) = control_rx.recv() => {
+                let _ = reply.send(engine.control(c));
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -941,6 +1158,7 @@ pub async fn run(
     }
     let _ = deliver_stop_tx.send(true);
     let _ = delivery.await;
+    let _ = server.await;
     if let Ok(o) = engine.outbox.lock() {
         info!(
             undelivered = o.len(),

@@ -5,11 +5,13 @@
 //! `backtest`) feed it and carry out its effects.
 
 pub mod actions;
+pub mod api;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod diag;
 pub mod journal;
+pub mod metrics;
 pub mod notify;
 pub mod prom;
 pub mod rule;

@@ -57,6 +57,27 @@ fn load(
     Ok((config, rules))
 }
 
+/// Runs a control command against the daemon named by the config.
+fn control<F, Fut>(config: Option<PathBuf>, api: Option<String>, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(commands::control::Target) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use ripcord::config::load;
+    let explicit = config.is_some();
+    let path = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let loaded = load::load_config(&path, explicit);
+    let config = loaded.value.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the config has errors; run `ripcord check`",
+            path.display()
+        )
+    })?;
+    let target = commands::control::Target::new(&config, api)?;
+    runtime()?.block_on(f(target))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -98,6 +119,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(ripcord::daemon::run(config, rules, stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { json, api } => control(cli.config, api.api, |t| async move {
+            let out = &mut std::io::stdout();
+            commands::control::status(&t, json, out).await
+        }),
+        Command::Approve { incident, api } => control(cli.config, api.api, |t| async move {
+            let out = &mut std::io::stdout();
+            let body = serde_json::json!({"by": commands::control::who()});
+            commands::control::post(
+                &t,
+                &format!("/api/v1/incidents/{incident}/approve"),
+                body,
+                out,
+            )
+            .await
+        }),
+        Command::Veto { incident, api } => control(cli.config, api.api, |t| async move {
+            let out = &mut std::io::stdout();
+            let body = serde_json::json!({"by": commands::control::who()});
+            commands::control::post(&t, &format!("/api/v1/incidents/{incident}/veto"), body, out)
+                .await
+        }),
+        Command::Pause { for_, reason, api } => control(cli.config, api.api, |t| async move {
+            let out = &mut std::io::stdout();
+            let body =
+                serde_json::json!({"for": for_, "reason": reason, "by": commands::control::who()});
+            commands::control::post(&t, "/api/v1/pause", body, out).await
+        }),
+        Command::Resume { api } => control(cli.config, api.api, |t| async move {
+            let out = &mut std::io::stdout();
+            commands::control::post(&t, "/api/v1/resume", serde_json::json!({}), out).await
+        }),
         Command::Eval { rules: names } => {
             let (config, rules) = load(cli.config)?;
             let mut out = std::io::stdout().lock();

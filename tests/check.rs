@@ -94,7 +94,7 @@ fn a_bad_config_is_reported_at_its_line() {
         [
             "ripcord.yaml:2:8: prometheus url `localhost:9090` must start with http:// or https://",
             "ripcord.yaml:3:9: invalid listen address `everywhere`: expected IP:PORT, e.g. 127.0.0.1:9733",
-            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`",
+            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`, `outbox`, `api`",
         ]
     );
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod api;
 mod check;
 mod live;
 mod malformed;

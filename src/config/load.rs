@@ -427,6 +427,11 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
             listen,
             mode: raw.mode.unwrap_or_default(),
             limits,
+            api_token: raw.api.token,
+            outbox: OutboxConfig {
+                max_age: raw.outbox.max_age.map(|d| d.0).unwrap_or(crate::notify::outbox::DEFAULT_MAX_AGE),
+                max_pages: raw.outbox.max_pages.unwrap_or(crate::notify::outbox::DEFAULT_MAX_ITEMS).max(1),
+            },
         })
     });
     let ok = !cx.has_errors();

@@ -54,6 +54,17 @@ pub struct Config {
     pub listen: SocketAddr,
     pub mode: Mode,
     pub limits: Limits,
+    pub outbox: OutboxConfig,
+    /// The control API's bearer token; without it, control is refused.
+    pub api_token: Option<SecretString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// A page not delivered by then is given up (logged and counted).
+    pub max_age: Duration,
+    /// Past this many undelivered pages, the oldest is dropped (and said).
+    pub max_pages: usize,
 }
 
 #[derive(Clone, Debug)]

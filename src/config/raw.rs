@@ -151,6 +151,24 @@ pub struct RawConfig {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub outbox: RawOutbox,
+    #[serde(default)]
+    pub api: RawApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// Bearer token for the control API (approve, veto, pause, resume).
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    pub max_age: Option<Dur>,
+    pub max_pages: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -298,6 +298,7 @@ pub async fn deliver(
     ctx: RenderContext,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
         Ok(c) => c,
@@ -345,7 +346,12 @@ pub async fn deliver(
         last_sent.insert(d.notifier.clone(), std::time::Instant::now());
         let result = attempt(&client, &d, &notifier, &ctx).await;
         let now = crate::daemon::now();
+        let label = |r: &str| crate::metrics::NotifierLabels {
+            notifier: d.notifier.clone(),
+            result: r.into(),
+        };
         if let Ok(mut o) = outbox.lock() {
+            let before = o.stats.clone();
             match result {
                 Attempt::Delivered => {
                     info!(notifier = %d.notifier, event = %d.notification.event, incident = ?d.notification.incident, "page delivered");
@@ -354,6 +360,22 @@ pub async fn deliver(
                 Attempt::Retry(e, after) => o.failed(d.seq, now, e, after),
                 Attempt::Rejected(e) => o.rejected(d.seq, e),
             }
+            let after = &o.stats;
+            for (name, b, a) in [
+                ("delivered", before.delivered, after.delivered),
+                ("retried", before.retried, after.retried),
+                ("rejected", before.rejected, after.rejected),
+                ("given_up", before.given_up, after.given_up),
+                ("dropped", before.dropped, after.dropped),
+            ] {
+                if a > b {
+                    metrics
+                        .notifications
+                        .get_or_create(&label(name))
+                        .inc_by(a - b);
+                }
+            }
+            metrics.outbox_pages.set(o.len() as i64);
         }
     }
 }

@@ -219,6 +219,8 @@ pub struct Ripcord {
     child: Option<Child>,
     /// Extra environment for the daemon (e.g. a PATH with a recording kubectl).
     pub env: Vec<(String, String)>,
+    /// The API's port (`listen:`).
+    pub listen: u16,
 }
 
 impl Ripcord {
@@ -226,13 +228,14 @@ impl Ripcord {
     pub fn new(prom_url: &str, config_extra: &str, rules: &str) -> Ripcord {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
+        let listen = free_port();
         std::fs::create_dir_all(d.join("rules.d")).expect("mkdir");
         std::fs::write(
             d.join("ripcord.yaml"),
             format!(
                 "prometheus: {{url: \"{prom_url}\", timeout: 2s, blind_after: 2s}}\nrules: rules.d/*.yaml\nstate_dir: {}\nlisten: 127.0.0.1:{}\n{config_extra}",
                 d.join("state").display(),
-                free_port()
+                listen
             ),
         )
         .expect("write config");
@@ -241,6 +244,7 @@ impl Ripcord {
             dir,
             child: None,
             env: Vec::new(),
+            listen,
         }
     }
 
@@ -388,4 +392,23 @@ pub fn recorded(rec: &Path) -> Vec<(String, String, f64)> {
             ))
         })
         .collect()
+}
+
+impl Ripcord {
+    /// Runs a ripcord CLI command against this daemon's config.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> crate::support::Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_ripcord"))
+            .arg("-c")
+            .arg(self.path("ripcord.yaml"))
+            .args(args)
+            .env_remove("RIPCORD_API_TOKEN")
+            .envs(env.iter().copied())
+            .output()
+            .expect("ripcord runs");
+        crate::support::Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
 }

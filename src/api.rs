@@ -1,0 +1,235 @@
+//! The HTTP listener on `listen:`: `/metrics`, `/healthz`, and the API the
+//! `status`, `approve`, `veto`, `pause` and `resume` commands call.
+//!
+//! Reads serve the snapshot the engine publishes after each change; they
+//! never reach into live state. Control requests need
+//! `Authorization: Bearer <api.token>` and go to the engine as messages.
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Secret;
+use crate::metrics::Metrics;
+
+/// What `status` shows: one entry per rule, and the daemon's own state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub version: String,
+    pub rules: Vec<RuleStatus>,
+    pub paused: Option<PauseStatus>,
+    pub mode: String,
+    pub actions_left_this_hour: u32,
+    pub outbox_pages: usize,
+    pub prometheus_up: bool,
+    pub blind_since: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RuleStatus {
+    pub name: String,
+    pub state: String,
+    pub phase: String,
+    pub incident: Option<String>,
+    pub opened_at: Option<String>,
+    pub last_evaluation: Option<String>,
+    pub values: std::collections::BTreeMap<String, Option<f64>>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PauseStatus {
+    pub until: Option<String>,
+    pub reason: String,
+}
+
+/// A control request, answered by the engine.
+#[derive(Debug)]
+pub enum Control {
+    Approve {
+        incident: String,
+        by: String,
+    },
+    Veto {
+        incident: String,
+        by: String,
+    },
+    Pause {
+        for_: Option<std::time::Duration>,
+        reason: String,
+    },
+    Resume,
+}
+
+pub type ControlMsg = (Control, oneshot::Sender<Result<String, String>>);
+
+#[derive(Clone)]
+struct AppState {
+    snapshot: Arc<RwLock<Snapshot>>,
+    metrics: Arc<Metrics>,
+    token: Option<Arc<Secret>>,
+    control: mpsc::Sender<ControlMsg>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct PauseBody {
+    /// A duration like `1h`; none: until resumed.
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    pub reason: Option<String>,
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ByBody {
+    pub by: Option<String>,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({"error": msg.into()}))).into_response()
+}
+
+/// The refusal, unless the request carries the API token.
+fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &state.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "control API disabled: set api.token in ripcord.yaml",
+        ));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare in constant time: the token is a secret.
+    let ok = given.is_some_and(|g| {
+        let (a, b) = (g.as_bytes(), token.expose().as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    });
+    (!ok).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong API token"))
+}
+
+async fn ask(state: &AppState, c: Control) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if state.control.send((c, tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "ripcord is stopping");
+    }
+    match rx.await {
+        Ok(Ok(msg)) => (StatusCode::OK, Json(serde_json::json!({"ok": msg}))).into_response(),
+        Ok(Err(msg)) => error(StatusCode::CONFLICT, msg),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "ripcord is stopping"),
+    }
+}
+
+async fn serve_metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.read().map(|g| g.clone()).unwrap_or_default();
+    Json(snap).into_response()
+}
+
+async fn incidents(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.read().map(|g| g.clone()).unwrap_or_default();
+    let open: Vec<RuleStatus> = snap
+        .rules
+        .into_iter()
+        .filter(|r| r.incident.is_some())
+        .collect();
+    Json(open).into_response()
+}
+
+async fn approve(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<ByBody>>,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    ask(&s, Control::Approve { incident: id, by }).await
+}
+
+async fn veto(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<ByBody>>,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    ask(&s, Control::Veto { incident: id, by }).await
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Option<Json<PauseBody>>,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let b = body.map(|b| b.0).unwrap_or_default();
+    let for_ = match b
+        .for_
+        .as_deref()
+        .map(crate::config::raw::parse_duration)
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let reason = b
+        .reason
+        .unwrap_or_else(|| format!("paused by {}", b.by.unwrap_or_else(|| "api".into())));
+    ask(&s, Control::Pause { for_, reason }).await
+}
+
+async fn resume(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    ask(&s, Control::Resume).await
+}
+
+pub fn router(
+    snapshot: Arc<RwLock<Snapshot>>,
+    metrics: Arc<Metrics>,
+    token: Option<Secret>,
+    control: mpsc::Sender<ControlMsg>,
+) -> Router {
+    let state = AppState {
+        snapshot,
+        metrics,
+        token: token.map(Arc::new),
+        control,
+    };
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}/approve", post(approve))
+        .route("/api/v1/incidents/{id}/veto", post(veto))
+        .route("/api/v1/pause", post(pause))
+        .route("/api/v1/resume", post(resume))
+        .with_state(state)
+}

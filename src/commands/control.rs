@@ -1,0 +1,173 @@
+//! `ripcord status | approve | veto | pause | resume`: talk to the running
+//! daemon's API and print what it says.
+
+use std::io::Write;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::api::Snapshot;
+use crate::config::Config;
+
+/// Where the daemon listens, and the token to use.
+pub struct Target {
+    pub base: String,
+    /// Resolved only when a control request needs it: `status` works
+    /// without access to the token.
+    token: Result<Option<String>, String>,
+}
+
+impl Target {
+    /// `--api` wins over `listen:`; `$RIPCORD_API_TOKEN` over `api.token`.
+    pub fn new(config: &Config, api: Option<String>) -> anyhow::Result<Target> {
+        let base = api
+            .unwrap_or_else(|| format!("http://{}", config.listen))
+            .trim_end_matches('/')
+            .to_string();
+        let token = match std::env::var("RIPCORD_API_TOKEN") {
+            Ok(t) => Ok(Some(t)),
+            Err(_) => config
+                .api_token
+                .as_ref()
+                .map(|t| t.resolve().map(|s| s.expose().to_string()))
+                .transpose()
+                .map_err(|e| format!("api.token: {e} (or set RIPCORD_API_TOKEN)")),
+        };
+        Ok(Target { base, token })
+    }
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?)
+}
+
+pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let resp = client()?
+        .get(format!("{}/api/v1/status", t.base))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach ripcord at {} (is `ripcord run` running?)",
+                t.base
+            )
+        })?;
+    if !resp.status().is_success() {
+        bail!("ripcord answered {}", resp.status());
+    }
+    let snap: Snapshot = resp.json().await.context("unexpected status answer")?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&snap)?)?;
+        return Ok(());
+    }
+    let paused = match &snap.paused {
+        Some(p) => format!(
+            "PAUSED ({}{})",
+            p.reason,
+            p.until
+                .as_ref()
+                .map(|u| format!(", until {u}"))
+                .unwrap_or_default()
+        ),
+        None => "running".into(),
+    };
+    writeln!(
+        out,
+        "ripcord {}: {paused}, mode {}, {} action(s) left this hour, {} page(s) in the outbox, Prometheus {}",
+        snap.version,
+        snap.mode,
+        snap.actions_left_this_hour,
+        snap.outbox_pages,
+        match &snap.blind_since {
+            Some(s) => format!("UNREACHABLE since {s}"),
+            None => "up".into(),
+        }
+    )?;
+    if snap.rules.is_empty() {
+        writeln!(out, "no rules loaded")?;
+        return Ok(());
+    }
+    let w = snap
+        .rules
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<w$}  {:<11}  {:<17}  {:<36}  VALUES",
+        "RULE", "STATE", "PHASE", "INCIDENT"
+    )?;
+    for r in &snap.rules {
+        let mut values: Vec<String> = r
+            .values
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.map(|f| f.to_string()).unwrap_or_else(|| "_".into())
+                )
+            })
+            .collect();
+        if let Some(e) = &r.last_error {
+            values.push(format!("error: {e}"));
+        }
+        let phase = if r.phase == r.state {
+            ""
+        } else {
+            r.phase.as_str()
+        };
+        writeln!(
+            out,
+            "{:<w$}  {:<11}  {:<17}  {:<36}  {}",
+            r.name,
+            r.state,
+            phase,
+            r.incident.as_deref().unwrap_or("-"),
+            values.join(" ")
+        )?;
+    }
+    Ok(())
+}
+
+/// POSTs a control request; prints the daemon's answer.
+pub async fn post(
+    t: &Target,
+    path: &str,
+    body: serde_json::Value,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut req = client()?.post(format!("{}{path}", t.base)).json(&body);
+    if let Some(tok) = t.token.as_ref().map_err(|e| anyhow!("{e}"))? {
+        req = req.bearer_auth(tok);
+    }
+    let resp = req.send().await.with_context(|| {
+        format!(
+            "cannot reach ripcord at {} (is `ripcord run` running?)",
+            t.base
+        )
+    })?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status.is_success() {
+        writeln!(out, "{}", v["ok"].as_str().unwrap_or("ok"))?;
+        Ok(())
+    } else {
+        bail!(
+            "{}",
+            v["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| status.to_string())
+        )
+    }
+}
+
+/// Who is acting, for the record.
+pub fn who() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "cli".into())
+}

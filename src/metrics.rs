@@ -1,0 +1,155 @@
+//! ripcord's own metrics, in the Prometheus exposition format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleStateLabels {
+    pub rule: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifierLabels {
+    pub notifier: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+pub const STATES: &[&str] = &[
+    "ok",
+    "pending",
+    "firing",
+    "unrecovered",
+    "recovered",
+    "closed",
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub evaluations: Family<RuleLabel, Counter>,
+    pub evaluation_failures: Family<RuleLabel, Counter>,
+    pub evaluation_duration: Histogram,
+    pub missed_evaluations: Counter,
+    pub rule_state: Family<RuleStateLabels, Gauge>,
+    pub actions: Family<ActionLabels, Counter>,
+    pub notifications: Family<NotifierLabels, Counter>,
+    pub outbox_pages: Gauge,
+    pub prometheus_up: Gauge,
+    pub last_reload_successful: Gauge,
+    pub rules: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ripcord");
+        let m = Metrics {
+            evaluations: Family::default(),
+            evaluation_failures: Family::default(),
+            evaluation_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            missed_evaluations: Counter::default(),
+            rule_state: Family::default(),
+            actions: Family::default(),
+            notifications: Family::default(),
+            outbox_pages: Gauge::default(),
+            prometheus_up: Gauge::default(),
+            last_reload_successful: Gauge::default(),
+            rules: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("evaluations", "Rule evaluations", m.evaluations.clone());
+        registry.register(
+            "evaluation_failures",
+            "Evaluations that could not decide (Prometheus errors, bad results)",
+            m.evaluation_failures.clone(),
+        );
+        registry.register(
+            "evaluation_duration_seconds",
+            "Time to query one rule's values",
+            m.evaluation_duration.clone(),
+        );
+        registry.register(
+            "missed_evaluations",
+            "Evaluations skipped because the previous one of the rule still ran",
+            m.missed_evaluations.clone(),
+        );
+        registry.register(
+            "rule_state",
+            "1 for each rule's current state",
+            m.rule_state.clone(),
+        );
+        registry.register("actions", "Actions run, by result", m.actions.clone());
+        registry.register(
+            "notifications",
+            "Page deliveries, by notifier and result",
+            m.notifications.clone(),
+        );
+        registry.register(
+            "outbox_pages",
+            "Pages waiting in the outbox",
+            m.outbox_pages.clone(),
+        );
+        registry.register(
+            "prometheus_up",
+            "1 if the last evaluation reached Prometheus",
+            m.prometheus_up.clone(),
+        );
+        registry.register(
+            "last_reload_successful",
+            "1 if the last (re)load of the rules succeeded",
+            m.last_reload_successful.clone(),
+        );
+        registry.register("rules", "Rules loaded", m.rules.clone());
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "ripcord's version", build);
+        Metrics { registry, ..m }
+    }
+
+    /// Sets the state gauges of `rule`: 1 for `state`, 0 for the others.
+    pub fn set_state(&self, rule: &str, state: &str) {
+        for s in STATES {
+            self.rule_state
+                .get_or_create(&RuleStateLabels {
+                    rule: rule.to_string(),
+                    state: s.to_string(),
+                })
+                .set(i64::from(*s == state));
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
