@@ -172,6 +172,91 @@ async fn rule_loop(
     }
 }
 
+/// The per-rule evaluation tasks; each rule can be stopped and started on
+/// its own, so a reload leaves unchanged rules' schedules alone.
+struct Scheduler {
+    prom: Prom,
+    sem: Arc<Semaphore>,
+    tx: mpsc::Sender<Msg>,
+    misses: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    tasks: JoinSet<()>,
+    running: HashMap<String, (watch::Sender<bool>, String)>,
+}
+
+impl Scheduler {
+    fn start(&mut self, r: &Arc<Rule>) {
+        let (stop, stop_rx) = watch::channel(false);
+        self.tasks.spawn(rule_loop(
+            r.clone(),
+            self.prom.clone(),
+            self.sem.clone(),
+            self.tx.clone(),
+            stop_rx,
+            self.misses.clone(),
+            self.metrics.clone(),
+        ));
+        self.running
+            .insert(r.name.clone(), (stop, r.fingerprint.clone()));
+    }
+
+    /// Stops the loops of removed or changed rules, starts new ones.
+    fn sync(&mut self, rules: &BTreeMap<String, Arc<Rule>>) {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(n, (_, fp))| rules.get(*n).is_none_or(|r| &r.fingerprint != fp))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in stale {
+            if let Some((stop, _)) = self.running.remove(&n) {
+                let _ = stop.send(true);
+            }
+        }
+        for r in rules.values() {
+            if !self.running.contains_key(&r.name) {
+                self.start(r);
+            }
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for (_, (stop, _)) in self.running.drain() {
+            let _ = stop.send(true);
+        }
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Directories to watch for rule edits: the fixed part of each glob.
+fn watch_dirs(globs: &[String]) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = globs
+        .iter()
+        .map(|g| {
+            let mut p = std::path::PathBuf::new();
+            for c in std::path::Path::new(g).components() {
+                if c.as_os_str().to_string_lossy().contains(['*', '?', '[']) {
+                    break;
+                }
+                p.push(c);
+            }
+            if p.is_file() {
+                p.pop();
+            }
+            p
+        })
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+fn sd_notify(states: &[sd_notify::NotifyState]) {
+    // Not under systemd (NOTIFY_SOCKET unset) this does nothing.
+    let _ = sd_notify::notify(states);
+}
+
 struct Engine {
     rules: BTreeMap<String, Arc<Rule>>,
     actions: BTreeMap<String, Arc<Action>>,
@@ -189,6 +274,10 @@ struct Engine {
     blind_reported: bool,
     blind_after: Duration,
     notifiers: BTreeMap<String, Arc<crate::config::Notifier>>,
+    /// The same map, shared with the delivery task (swapped on reload).
+    shared_notifiers: Arc<std::sync::RwLock<BTreeMap<String, Arc<crate::config::Notifier>>>>,
+    /// When an evaluation last reported back (the watchdog's evidence).
+    last_progress: std::time::Instant,
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
@@ -451,6 +540,7 @@ impl Engine {
                 obs,
                 blinding,
             } => {
+                self.last_progress = std::time::Instant::now();
                 self.blindness(at, blinding, &obs);
                 let label = RuleLabel { rule: rule.clone() };
                 self.metrics.evaluations.get_or_create(&label).inc();
@@ -557,6 +647,143 @@ impl Engine {
                 Ok("resumed".into())
             }
         }
+    }
+
+    /// Loads every rule file again and swaps the whole set in at once; on
+    /// any error the running rules stay, and the failure is logged, paged and
+    /// exposed as `ripcord_last_reload_successful 0`. Returns whether the
+    /// new set is in force.
+    fn reload(&mut self, globs: &[String]) -> bool {
+        let at = now();
+        let files = match crate::config::load::expand_globs(globs) {
+            Ok(f) => f,
+            Err(e) => return self.reload_failed(at, vec![e]),
+        };
+        let loaded = crate::config::load::load_rule_files(&files);
+        let errors: Vec<String> = loaded.errors().map(|d| d.to_string()).collect();
+        let Some(set) = loaded.value else {
+            return self.reload_failed(at, errors);
+        };
+        let new_rules: BTreeMap<String, Arc<Rule>> = set
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.clone()))
+            .collect();
+        let (mut added, mut changed, mut removed) = (0, 0, 0);
+        for name in self.rules.keys() {
+            if !new_rules.contains_key(name) {
+                removed += 1;
+                if let Some(i) = self.states.get(name).and_then(|s| s.incident()) {
+                    warn!(rule = %name, incident = %i.id, "rule removed while its incident is open: the incident is dropped");
+                }
+                self.states.remove(name);
+                self.metrics.set_state(name, "");
+            }
+        }
+        for (name, r) in &new_rules {
+            match self.rules.get(name) {
+                None => added += 1,
+                Some(old) if old.fingerprint != r.fingerprint => {
+                    changed += 1;
+                    // A changed condition makes a pending timer meaningless;
+                    // open incidents, cooldowns and the rest are kept.
+                    if let Some(st) = self.states.get_mut(name) {
+                        if matches!(st.status, Status::Pending { .. }) {
+                            st.status = Status::Ok;
+                            let state = st.clone();
+                            self.journal(Entry::State {
+                                rule: name.clone(),
+                                state,
+                            });
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        self.rules = new_rules;
+        self.actions = set.actions;
+        self.notifiers = set.notifiers;
+        if let Ok(mut n) = self.shared_notifiers.write() {
+            *n = self.notifiers.clone();
+        }
+        self.metrics.rules.set(self.rules.len() as i64);
+        self.metrics.last_reload_successful.set(1);
+        for name in self.rules.keys() {
+            let state = self.states.get(name).map(|s| s.name()).unwrap_or("ok");
+            self.metrics.set_state(name, state);
+        }
+        self.dirty = true;
+        let text = format!(
+            "reloaded: {} rules ({added} added, {changed} changed, {removed} removed)",
+            self.rules.len()
+        );
+        info!("{text}");
+        self.event(at, None, "reload", text);
+        true
+    }
+
+    fn reload_failed(&mut self, at: Timestamp, errors: Vec<String>) -> bool {
+        self.metrics.last_reload_successful.set(0);
+        for e in &errors {
+            error!("reload: {e}");
+        }
+        let summary = format!(
+            "rule reload failed with {} problem(s): the previous {} rules keep running",
+            errors.len(),
+            self.rules.len()
+        );
+        error!("{summary}");
+        self.event(
+            at,
+            None,
+            "reload_failed",
+            format!("{summary}: {}", errors.join("; ")),
+        );
+        let details: Vec<String> = errors.into_iter().take(10).collect();
+        let n = global_notification("reload_failed", summary, details, at, at);
+        let all: Vec<String> = self.notifiers.keys().cloned().collect();
+        self.notify(&all, n);
+        false
+    }
+
+    /// The watchdog is fed only while evaluations keep reporting back, so a
+    /// wedged evaluator gets the service restarted.
+    fn progressing(&self, timeout: Duration) -> bool {
+        let shortest = self
+            .rules
+            .values()
+            .filter_map(|r| match r.schedule {
+                Schedule::Every(d) => Some(d),
+                Schedule::Cron(..) => None,
+            })
+            .min();
+        match shortest {
+            None => true,
+            Some(d) => self.last_progress.elapsed() <= d * 2 + timeout + Duration::from_secs(10),
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let firing = self
+            .states
+            .values()
+            .filter(|s| s.incident().is_some())
+            .count();
+        let paused = if self.shared.paused(now()) {
+            ", PAUSED"
+        } else {
+            ""
+        };
+        let blind = if self.blind_since.is_some() {
+            ", Prometheus unreachable"
+        } else {
+            ""
+        };
+        format!(
+            "{} rules, {firing} open incident(s){paused}{blind}",
+            self.rules.len()
+        )
     }
 
     fn rule_of(&self, incident: &str) -> Result<String, String> {
@@ -873,10 +1100,10 @@ fn global_notification(
         event: event.into(),
         rule: None,
         incident: None,
-        severity: if event == "blind" {
-            crate::config::Severity::Critical
-        } else {
-            crate::config::Severity::Info
+        severity: match event {
+            "blind" => crate::config::Severity::Critical,
+            "reload_failed" => crate::config::Severity::Error,
+            _ => crate::config::Severity::Info,
         },
         summary,
         details,
@@ -992,10 +1219,13 @@ pub async fn run(
         blind_reported: false,
         blind_after: config.prometheus.blind_after,
         notifiers: rules.notifiers.clone(),
+        shared_notifiers: Arc::new(std::sync::RwLock::new(rules.notifiers.clone())),
+        last_progress: std::time::Instant::now(),
         outbox: Arc::new(Mutex::new({
             let mut o = Outbox::open(&dir.join("outbox")).map_err(state_err)?;
             o.max_age = config.outbox.max_age;
             o.max_items = config.outbox.max_pages;
+            o.metrics = Some(metrics.clone());
             o
         })),
         wake: Arc::new(tokio::sync::Notify::new()),
@@ -1053,20 +1283,17 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sem = Arc::new(Semaphore::new(MAX_CONCURRENT_EVALUATIONS));
     let misses = Arc::new(AtomicU64::new(0));
-    let mut loops = JoinSet::new();
-    for r in rule_map.values() {
-        loops.spawn(rule_loop(
-            r.clone(),
-            prom.clone(),
-            sem.clone(),
-            tx.clone(),
-            stop_rx.clone(),
-            misses.clone(),
-            metrics.clone(),
-        ));
-    }
+    let mut sched = Scheduler {
+        prom: prom.clone(),
+        sem: Arc::new(Semaphore::new(MAX_CONCURRENT_EVALUATIONS)),
+        tx: tx.clone(),
+        misses: misses.clone(),
+        metrics: metrics.clone(),
+        tasks: JoinSet::new(),
+        running: HashMap::new(),
+    };
+    sched.sync(&engine.rules);
     drop(tx);
     for name in rule_map.keys() {
         let state = engine.states.get(name).map(|s| s.name()).unwrap_or("ok");
@@ -1089,7 +1316,7 @@ pub async fn run(
     let (deliver_stop_tx, deliver_stop_rx) = watch::channel(false);
     let delivery = tokio::spawn(crate::notify::outbox::deliver(
         engine.outbox.clone(),
-        engine.notifiers.clone(),
+        engine.shared_notifiers.clone(),
         crate::notify::RenderContext {
             prometheus_url: config.prometheus.url.clone(),
             host: hostname(),
@@ -1098,7 +1325,45 @@ pub async fn run(
         deliver_stop_rx,
         metrics.clone(),
     ));
+    // Reload on SIGHUP, and on edits in the rule directories (debounced:
+    // editors write, rename and touch in bursts).
+    let mut hup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| {
+            DaemonError::Listen {
+                addr: config.listen,
+                source: e,
+            }
+        })?;
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = {
+        use ::notify::Watcher;
+        let mut w = ::notify::recommended_watcher(move |ev: ::notify::Result<::notify::Event>| {
+            if ev.is_ok_and(|e| !matches!(e.kind, ::notify::EventKind::Access(_))) {
+                let _ = watch_tx.send(());
+            }
+        });
+        if let Ok(w) = &mut w {
+            for d in watch_dirs(&config.rule_globs) {
+                if let Err(e) = w.watch(&d, ::notify::RecursiveMode::NonRecursive) {
+                    warn!(
+                        "cannot watch {} for rule changes (SIGHUP still reloads): {e}",
+                        d.display()
+                    );
+                }
+            }
+        }
+        w.ok()
+    };
+    let mut reload_at: Option<tokio::time::Instant> = None;
+
     info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %config.prometheus.url, mode = ?config.mode, "ripcord running");
+    // Ready means ready: config and rules loaded, every task running.
+    sd_notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&engine.status_line()),
+    ]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut last_status = String::new();
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -1106,8 +1371,40 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(msg) = rx.recv() => engine.handle(msg),
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the rules");
+                reload_at = Some(tokio::time::Instant::now());
+            }
+            Some(()) = watch_rx.recv() => {
+                reload_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+            }
+            _ = async { tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if reload_at.is_some() => {
+                reload_at = None;
+                let mut states = vec![sd_notify::NotifyState::Reloading];
+                if let Ok(m) = sd_notify::NotifyState::monotonic_usec_now() {
+                    states.push(m);
+                }
+                sd_notify(&states);
+                if engine.reload(&config.rule_globs) {
+                    sched.sync(&engine.rules);
+                }
+                sd_notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&engine.status_line())]);
+            }
+            Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
             _ = tick.tick() => {
                 engine.tick();
+                let status = engine.status_line();
+                if status != last_status {
+                    sd_notify(&[sd_notify::NotifyState::Status(&status)]);
+                    last_status = status;
+                }
+                if watchdog.is_some() {
+                    if engine.progressing(config.prometheus.timeout) {
+                        sd_notify(&[sd_notify::NotifyState::Watchdog]);
+                    } else {
+                        error!("no evaluation has reported back for too long: not feeding the watchdog");
+                    }
+                }
                 if engine.journal.lock().map(|j| j.appended > crate::journal::COMPACT_AFTER).unwrap_or(false) {
                     let snap = engine.snapshot();
                     if let Ok(mut j) = engine.journal.lock() {
@@ -1127,16 +1424,19 @@ pub async fn run(
     }
 
     info!("stopping: no new evaluations; waiting for running steps to finish");
-    let _ = stop_tx.send(true);
-    loops.shutdown().await;
+    sd_notify(&[sd_notify::NotifyState::Stopping]);
+    sched.stop_all().await;
     // Running actions finish (each step has its own timeout); their results
-    // are still applied and journaled.
+    // are still applied and journaled. systemd is told to wait for them.
+    let mut extend = tokio::time::interval(Duration::from_secs(1));
     while !engine.running.is_empty() {
         tokio::select! {
             Some(msg) = rx.recv() => engine.handle(msg),
             Some(_) = engine.running.join_next() => {}
+            _ = extend.tick() => sd_notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(5_000_000)]),
         }
     }
+    let _ = stop_tx.send(true);
     while let Ok(msg) = rx.try_recv() {
         if let Msg::ActionDone { .. } = msg {
             engine.handle(msg);

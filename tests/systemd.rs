@@ -11,6 +11,9 @@ use ripcord::journal::Entry;
 
 use crate::support::live::*;
 
+/// One container tree: the tests that boot it take turns.
+static CONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Container {
     root: PathBuf,
     nspawn: Child,
@@ -25,13 +28,15 @@ impl Container {
     /// Builds the tree once (about 30 s, cached), then boots it.
     fn boot(units: &[(&str, &str)]) -> Container {
         let root = Self::root();
-        if !root.join("usr/lib/systemd/systemd").exists() {
+        // procps brings /bin/kill, which the unit's ExecReload uses (every
+        // standard Debian install has it; debootstrap's minbase does not).
+        if !root.join("usr/lib/systemd/systemd").exists() || !root.join("bin/kill").exists() {
             let _ = std::fs::remove_dir_all(&root);
             std::fs::create_dir_all(root.parent().expect("parent")).expect("mkdir");
             let st = Command::new("debootstrap")
                 .args([
                     "--variant=minbase",
-                    "--include=systemd,systemd-sysv,dbus",
+                    "--include=systemd,systemd-sysv,dbus,procps",
                     "bookworm",
                 ])
                 .arg(&root)
@@ -165,6 +170,7 @@ fn results(c: &Container) -> Vec<(String, bool, String)> {
 
 #[test]
 fn systemctl_steps_restart_real_units_and_report_failures_and_start_limits() {
+    let _turn = CONTAINER.lock().unwrap_or_else(|e| e.into_inner());
     let exp = Exporter::start("demo_errors_ratio 0.2\n");
     let prom = Prometheus::start(&[exp.port()]);
     prom.wait_for("demo_errors_ratio", "0.2");
@@ -264,4 +270,125 @@ fn systemctl_steps_restart_real_units_and_report_failures_and_start_limits() {
             .starts_with("systemctl restart limited.service: exit 1"),
         "{limited:?}"
     );
+}
+
+#[test]
+fn the_packaged_unit_is_ready_only_when_running_reloads_and_stops_cleanly() {
+    let _turn = CONTAINER.lock().unwrap_or_else(|e| e.into_inner());
+    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.001");
+    let unit = std::fs::read_to_string(crate::support::root().join("systemd/ripcord.service"))
+        .expect("unit");
+    let c = Container::boot(&[("ripcord.service", unit.as_str())]);
+    std::fs::copy(env!("CARGO_BIN_EXE_ripcord"), c.path("/usr/bin/ripcord")).expect("copy");
+    if !c.exec(&["id", "ripcord"]).1 {
+        assert!(
+            c.exec(&[
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "ripcord"
+            ])
+            .1
+        );
+    }
+    std::fs::create_dir_all(c.path("/etc/ripcord/rules.d")).expect("mkdir");
+    let api = free_port();
+    std::fs::write(
+        c.path("/etc/ripcord/ripcord.yaml"),
+        format!("prometheus: {{url: \"{}\", timeout: 2s}}\nrules: rules.d/*.yaml\nlisten: 127.0.0.1:{api}\n", prom.url()),
+    )
+    .expect("config");
+    let rule = |name: &str| {
+        format!("rules:\n  - name: {name}\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.5\n    notify: []\n    actions: []\n")
+    };
+    std::fs::write(c.path("/etc/ripcord/rules.d/a.yaml"), rule("a")).expect("rules");
+    for f in [
+        "/etc/ripcord",
+        "/etc/ripcord/rules.d",
+        "/etc/ripcord/ripcord.yaml",
+        "/etc/ripcord/rules.d/a.yaml",
+    ] {
+        c.exec(&["chmod", "a+rX", f]);
+    }
+    assert!(c.exec(&["systemctl", "daemon-reload"]).1);
+    let show = |p: &str| {
+        c.exec(&["systemctl", "show", "-p", p, "--value", "ripcord.service"])
+            .0
+            .trim()
+            .to_string()
+    };
+    let journal = || {
+        c.exec(&[
+            "journalctl",
+            "-u",
+            "ripcord.service",
+            "--no-pager",
+            "-o",
+            "cat",
+        ])
+        .0
+    };
+
+    // `systemctl start` returns once READY=1 arrived: active at once.
+    let (_, ok) = c.exec(&["systemctl", "start", "ripcord.service"]);
+    assert!(ok, "start failed:\n{}", journal());
+    assert_eq!(show("ActiveState"), "active", "{}", journal());
+    assert_eq!(show("Type"), "notify");
+    wait_until("STATUS= from ripcord", Duration::from_secs(20), || {
+        show("StatusText").starts_with("1 rules, 0 open incident(s)")
+    });
+    assert_eq!(show("User"), "ripcord");
+    assert!(
+        c.path("/var/lib/ripcord/journal.jsonl").exists(),
+        "state in StateDirectory"
+    );
+
+    // A reload adds a rule; a broken one changes nothing and says so.
+    std::fs::write(c.path("/etc/ripcord/rules.d/b.yaml"), rule("b")).expect("rules");
+    c.exec(&["chmod", "a+r", "/etc/ripcord/rules.d/b.yaml"]);
+    let (out, ok) = c.exec(&["systemctl", "reload", "ripcord.service"]);
+    assert!(
+        ok,
+        "{out}\n{}\n{}",
+        c.exec(&["systemctl", "status", "--no-pager", "ripcord.service"])
+            .0,
+        journal()
+    );
+    wait_until("2 rules after the reload", Duration::from_secs(20), || {
+        show("StatusText").starts_with("2 rules")
+    });
+    std::fs::write(
+        c.path("/etc/ripcord/rules.d/b.yaml"),
+        "rules:\n  - name: b\n    condition: x >\n",
+    )
+    .expect("rules");
+    let (out, ok) = c.exec(&["systemctl", "reload", "ripcord.service"]);
+    assert!(
+        ok,
+        "{out}\n{}\n{}",
+        c.exec(&["systemctl", "status", "--no-pager", "ripcord.service"])
+            .0,
+        journal()
+    );
+    wait_until(
+        "the failed reload in the journal",
+        Duration::from_secs(20),
+        || journal().contains("rule reload failed with"),
+    );
+    assert_eq!(show("ActiveState"), "active");
+    assert!(
+        show("StatusText").starts_with("2 rules"),
+        "{}",
+        show("StatusText")
+    );
+
+    // A clean stop: SIGTERM, exit 0, not failed.
+    assert!(c.exec(&["systemctl", "stop", "ripcord.service"]).1);
+    assert_eq!(show("ActiveState"), "inactive");
+    assert_eq!(show("Result"), "success", "{}", journal());
+    assert!(journal().contains("stopped"), "{}", journal());
 }

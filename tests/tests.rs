@@ -8,6 +8,7 @@ mod check;
 mod live;
 mod malformed;
 mod notify;
+mod reload;
 mod robustness;
 mod rule_tests;
 mod runners;

@@ -544,7 +544,7 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     // a broken action is reported once, not again where it is used.
     let mut notifier_names = BTreeSet::new();
     let mut action_names = BTreeSet::new();
-    let mut rules: Vec<(At, RawRule, bool)> = Vec::new();
+    let mut rules: Vec<(At, RawRule, bool, String)> = Vec::new();
     for (path, text) in &texts {
         let Some((root, value)) = cx.parse(path, text) else {
             continue;
@@ -575,7 +575,8 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
                             let at = at.index(i);
                             let before = cx.error_count();
                             if let Some(r) = cx.de::<RawRule>(&at, item) {
-                                rules.push((at, r, cx.error_count() > before));
+                                let fp = serde_json::to_string(item).unwrap_or_default();
+                                rules.push((at, r, cx.error_count() > before, fp));
                             }
                         }
                     }
@@ -595,7 +596,7 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
     check_duplicates(cx, "action", actions.iter().map(|n| (&n.name, &n.at)));
     let rule_names: Vec<(String, At)> = rules
         .iter()
-        .map(|(at, r, _)| (r.name.clone(), at.key("name")))
+        .map(|(at, r, _, _)| (r.name.clone(), at.key("name")))
         .collect();
     check_duplicates(cx, "rule", rule_names.iter().map(|(n, a)| (n, a)));
 
@@ -619,10 +620,12 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
                 .or_insert_with(|| Arc::new(v));
         }
     }
-    for (at, raw, had_errors) in rules {
+    for (at, raw, had_errors, fingerprint) in rules {
         used_actions.extend(raw.actions.iter().cloned());
         used_notifiers.extend(raw.notify.iter().cloned());
-        if let Some(r) = validate_rule(cx, &at, raw, had_errors, &action_names, &notifier_names) {
+        if let Some(mut r) = validate_rule(cx, &at, raw, had_errors, &action_names, &notifier_names)
+        {
+            r.fingerprint = fingerprint;
             set.rules.push(Arc::new(r));
         }
     }
@@ -1359,6 +1362,7 @@ fn validate_rule(
     }
 
     Some(Rule {
+        fingerprint: String::new(),
         origin: cx.origin(at),
         name: r.name,
         schedule,

@@ -136,6 +136,9 @@ pub struct Approval {
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub name: String,
+    /// The rule's definition as written (canonical JSON): a reload keeps
+    /// the scheduler and state of a rule whose fingerprint is unchanged.
+    pub fingerprint: String,
     pub origin: Origin,
     pub schedule: Schedule,
     /// Query name → PromQL, in the order written.

@@ -65,6 +65,8 @@ pub struct Outbox {
     pub max_items: usize,
     pub max_age: Duration,
     pub stats: Stats,
+    /// Where drops are counted (deliveries are counted by `deliver`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Outbox {
@@ -98,6 +100,7 @@ impl Outbox {
             max_items: DEFAULT_MAX_ITEMS,
             max_age: DEFAULT_MAX_AGE,
             stats: Stats::default(),
+            metrics: None,
         })
     }
 
@@ -125,8 +128,17 @@ impl Outbox {
                 break;
             };
             error!(notifier = %old.notifier, event = %old.notification.event, "outbox full ({} pages): dropping the oldest page", self.max_items);
+            let notifier = old.notifier.clone();
             self.remove(seq);
             self.stats.dropped += 1;
+            if let Some(m) = &self.metrics {
+                m.notifications
+                    .get_or_create(&crate::metrics::NotifierLabels {
+                        notifier,
+                        result: "dropped".into(),
+                    })
+                    .inc();
+            }
         }
         let d = Delivery {
             seq: self.next_seq,
@@ -294,7 +306,7 @@ async fn attempt(
 /// Delivers pages until `stop`; `wake` is notified when a page is pushed.
 pub async fn deliver(
     outbox: Arc<Mutex<Outbox>>,
-    notifiers: BTreeMap<String, Arc<Notifier>>,
+    notifiers: Arc<std::sync::RwLock<BTreeMap<String, Arc<Notifier>>>>,
     ctx: RenderContext,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
@@ -314,7 +326,9 @@ pub async fn deliver(
             .iter()
             .filter(|(n, t)| {
                 notifiers
-                    .get(*n)
+                    .read()
+                    .ok()
+                    .and_then(|m| m.get(*n).cloned())
                     .is_some_and(|nf| t.elapsed() < super::min_interval(&nf.kind))
             })
             .map(|(n, _)| n.clone())
@@ -334,7 +348,11 @@ pub async fn deliver(
             }
             continue;
         };
-        let Some(notifier) = notifiers.get(&d.notifier).cloned() else {
+        let notifier = notifiers
+            .read()
+            .ok()
+            .and_then(|m| m.get(&d.notifier).cloned());
+        let Some(notifier) = notifier else {
             if let Ok(mut o) = outbox.lock() {
                 o.rejected(
                     d.seq,
@@ -366,7 +384,6 @@ pub async fn deliver(
                 ("retried", before.retried, after.retried),
                 ("rejected", before.rejected, after.rejected),
                 ("given_up", before.given_up, after.given_up),
-                ("dropped", before.dropped, after.dropped),
             ] {
                 if a > b {
                     metrics

@@ -348,6 +348,10 @@ impl Ripcord {
             .collect()
     }
 
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     pub fn signal(&mut self, sig: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
