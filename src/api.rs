@@ -131,7 +131,7 @@ async fn serve_metrics(State(s): State<AppState>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         s.metrics.encode(),
     )

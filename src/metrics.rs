@@ -147,9 +147,44 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text format (0.0.4), which Prometheus scrapes and
+    /// `promtool check metrics` checks. prometheus-client writes OpenMetrics,
+    /// where a counter's HELP and TYPE name the family (`x`) rather than the
+    /// sample (`x_total`) and the text ends with `# EOF`.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let mut om = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut om, &self.registry);
+        let counters: std::collections::HashSet<String> = om
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .map(str::to_string)
+            .collect();
+        let mut out = String::with_capacity(om.len());
+        for line in om.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let header = line
+                .strip_prefix("# HELP ")
+                .map(|r| ("# HELP ", r))
+                .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+            match header {
+                Some((kind, rest)) => {
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    if counters.contains(name) {
+                        out.push_str(&format!("{kind}{name}_total {tail}\n"));
+                    } else {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
         out
     }
 }

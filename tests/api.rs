@@ -183,6 +183,36 @@ fn metrics_status_approve_veto_pause_and_resume() {
         metrics.contains("ripcord_actions_total{action=\"undo-a\",result=\"succeeded\"} 1"),
         "{metrics}"
     );
+    // The exposition is valid for Prometheus's own checker.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write as _;
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Mutating calls without the token: 401.
+    for path in [
+        "/api/v1/resume".to_string(),
+        "/api/v1/pause".to_string(),
+        format!("/api/v1/incidents/{b}/veto"),
+    ] {
+        assert_eq!(http_post(port, &path).map(|(s, _)| s), Some(401), "{path}");
+    }
 }
 
 #[test]

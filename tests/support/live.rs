@@ -51,6 +51,25 @@ pub fn http_get(port: u16, path_and_query: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A bodiless HTTP POST on loopback: (status, body).
+pub fn http_post(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
 /// Percent-encodes a query string value.
 pub fn enc(s: &str) -> String {
     s.bytes()
