@@ -133,7 +133,18 @@ async fn rule_loop(
         Schedule::Every(_) => SystemTime::now(),
         Schedule::Cron(..) => next_tick(&rule.schedule, SystemTime::now()),
     };
+    // Test-only switch: evaluations hang after this many seconds, as a
+    // wedged evaluator would, so tests can show the watchdog restarts ripcord.
+    let wedge_after = std::env::var("RIPCORD_TEST_WEDGE_EVALUATIONS_AFTER")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let started = std::time::Instant::now();
     loop {
+        if wedge_after.is_some_and(|w| started.elapsed() >= w) {
+            warn!(rule = %rule.name, "RIPCORD_TEST_WEDGE_EVALUATIONS_AFTER: this evaluation loop now hangs");
+            std::future::pending::<()>().await;
+        }
         let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

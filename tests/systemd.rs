@@ -392,3 +392,120 @@ fn the_packaged_unit_is_ready_only_when_running_reloads_and_stops_cleanly() {
     assert_eq!(show("Result"), "success", "{}", journal());
     assert!(journal().contains("stopped"), "{}", journal());
 }
+
+/// Installs the shipped unit and a config inside `c`; returns the API port.
+fn install(c: &Container, prom_url: &str, rules: &str) -> u16 {
+    std::fs::copy(env!("CARGO_BIN_EXE_ripcord"), c.path("/usr/bin/ripcord")).expect("copy");
+    if !c.exec(&["id", "ripcord"]).1 {
+        assert!(
+            c.exec(&[
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "ripcord"
+            ])
+            .1
+        );
+    }
+    std::fs::create_dir_all(c.path("/etc/ripcord/rules.d")).expect("mkdir");
+    let api = free_port();
+    std::fs::write(
+        c.path("/etc/ripcord/ripcord.yaml"),
+        format!("prometheus: {{url: \"{prom_url}\", timeout: 2s}}\nrules: rules.d/*.yaml\nlisten: 127.0.0.1:{api}\n"),
+    )
+    .expect("config");
+    std::fs::write(c.path("/etc/ripcord/rules.d/rules.yaml"), rules).expect("rules");
+    c.exec(&["chmod", "-R", "a+rX", "/etc/ripcord"]);
+    assert!(c.exec(&["systemctl", "daemon-reload"]).1);
+    api
+}
+
+#[test]
+fn stop_waits_for_a_running_step_and_the_watchdog_restarts_a_wedged_ripcord() {
+    let _turn = CONTAINER.lock().unwrap_or_else(|e| e.into_inner());
+    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.001");
+    let unit = std::fs::read_to_string(crate::support::root().join("systemd/ripcord.service"))
+        .expect("unit");
+    let c = Container::boot(&[("ripcord.service", unit.as_str())]);
+    let _ = std::fs::remove_dir_all(c.path("/etc/systemd/system/ripcord.service.d"));
+    install(
+        &c,
+        &prom.url(),
+        "actions:\n  slow:\n    steps: [{exec: {argv: [/bin/sleep, \"10\"], timeout: 60s}}]\nrules:\n  - name: r\n    every: 1s\n    queries: {x: max(demo_errors_ratio)}\n    condition: x > 0.5\n    actions: [slow]\n",
+    );
+    let show = |p: &str| {
+        c.exec(&["systemctl", "show", "-p", p, "--value", "ripcord.service"])
+            .0
+            .trim()
+            .to_string()
+    };
+    let journal = || {
+        c.exec(&[
+            "journalctl",
+            "-u",
+            "ripcord.service",
+            "--no-pager",
+            "-o",
+            "cat",
+        ])
+        .0
+    };
+    assert!(
+        c.exec(&["systemctl", "start", "ripcord.service"]).1,
+        "{}",
+        journal()
+    );
+
+    // `systemctl stop` while a 10 s step runs: it waits, the step finishes.
+    exp.set("demo_errors_ratio 0.9\n");
+    wait_until("the step to start", Duration::from_secs(30), || {
+        journal().contains("running slow step 1")
+    });
+    let t = std::time::Instant::now();
+    assert!(c.exec(&["systemctl", "stop", "ripcord.service"]).1);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5),
+        "stop did not wait for the step: {waited:?}"
+    );
+    assert_eq!(show("Result"), "success", "{}", journal());
+    let j = journal();
+    assert!(j.contains("slow step 1 ok: exit 0"), "{j}");
+    assert!(
+        j.find("stopping: no new evaluations").unwrap_or(usize::MAX)
+            < j.find("slow step 1 ok").unwrap_or(0),
+        "{j}"
+    );
+
+    // A wedged evaluation loop stops the watchdog pings; systemd restarts it.
+    exp.set("demo_errors_ratio 0.001\n");
+    std::fs::create_dir_all(c.path("/etc/systemd/system/ripcord.service.d")).expect("mkdir");
+    std::fs::write(
+        c.path("/etc/systemd/system/ripcord.service.d/wedge.conf"),
+        "[Service]\nWatchdogSec=4s\nRestartSec=1s\nEnvironment=RIPCORD_TEST_WEDGE_EVALUATIONS_AFTER=3\n",
+    )
+    .expect("drop-in");
+    assert!(c.exec(&["systemctl", "daemon-reload"]).1);
+    assert!(
+        c.exec(&["systemctl", "start", "ripcord.service"]).1,
+        "{}",
+        journal()
+    );
+    assert_eq!(show("NRestarts"), "0");
+    wait_until(
+        &format!("the watchdog to restart ripcord; journal:\n{}", journal()),
+        Duration::from_secs(90),
+        || show("NRestarts").parse::<u32>().unwrap_or(0) >= 1,
+    );
+    assert!(
+        journal().contains("not feeding the watchdog"),
+        "{}",
+        journal()
+    );
+    let _ = std::fs::remove_dir_all(c.path("/etc/systemd/system/ripcord.service.d"));
+    c.exec(&["systemctl", "stop", "ripcord.service"]);
+}
