@@ -29,6 +29,16 @@ pub struct Snapshot {
     pub outbox_pages: usize,
     pub prometheus_up: bool,
     pub blind_since: Option<String>,
+    /// The last reload, if there was one since start.
+    pub last_reload: Option<ReloadStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    pub at: String,
+    /// `file:line:col: message` for each problem of a failed reload.
+    pub problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

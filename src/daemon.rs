@@ -295,6 +295,7 @@ struct Engine {
     snapshot: Arc<std::sync::RwLock<Snapshot>>,
     /// Something changed since the snapshot was last published.
     dirty: bool,
+    last_reload: Option<crate::api::ReloadStatus>,
 }
 
 fn journal_append(journal: &Mutex<Journal>, e: &Entry) -> bool {
@@ -725,6 +726,11 @@ impl Engine {
             self.metrics.set_state(name, state);
         }
         self.dirty = true;
+        self.last_reload = Some(crate::api::ReloadStatus {
+            ok: true,
+            at: at.rfc3339(),
+            problems: Vec::new(),
+        });
         let text = format!(
             "reloaded: {} rules ({added} added, {changed} changed, {removed} removed)",
             self.rules.len()
@@ -736,6 +742,12 @@ impl Engine {
 
     fn reload_failed(&mut self, at: Timestamp, errors: Vec<String>) -> bool {
         self.metrics.last_reload_successful.set(0);
+        self.dirty = true;
+        self.last_reload = Some(crate::api::ReloadStatus {
+            ok: false,
+            at: at.rfc3339(),
+            problems: errors.clone(),
+        });
         for e in &errors {
             error!("reload: {e}");
         }
@@ -850,6 +862,7 @@ impl Engine {
             outbox_pages,
             prometheus_up: self.blind_since.is_none(),
             blind_since: self.blind_since.map(|t| t.rfc3339()),
+            last_reload: self.last_reload.clone(),
         };
         if let Ok(mut w) = self.snapshot.write() {
             *w = snap;
@@ -1243,6 +1256,7 @@ pub async fn run(
         metrics: metrics.clone(),
         snapshot: snapshot.clone(),
         dirty: true,
+        last_reload: None,
     };
     // Rewrite the journal as one snapshot of what was replayed.
     let snap = engine.snapshot();

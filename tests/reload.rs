@@ -79,6 +79,30 @@ fn edits_reload_all_or_nothing_and_unchanged_rules_keep_their_state() {
         "{metrics}"
     );
     assert!(metrics.contains("ripcord_rules 2"), "{metrics}");
+    wait_until("status to show the failed reload", LONG, || {
+        rc.cli(&["status"], &[])
+            .stdout
+            .contains("last reload FAILED at ")
+    });
+    let status = rc.cli(&["status"], &[]);
+    assert!(
+        status.stdout.contains("broken.yaml:4:16: "),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("slow ") && l.contains("pending")),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.lines().any(|l| l.starts_with("added ")),
+        "{}",
+        status.stdout
+    );
 
     // Fixed, and reloaded by SIGHUP.
     std::fs::remove_file(rc.path("rules.d/broken.yaml")).expect("rm");
@@ -93,6 +117,9 @@ fn edits_reload_all_or_nothing_and_unchanged_rules_keep_their_state() {
     wait_until("ripcord_last_reload_successful 1", LONG, || {
         http_get(port, "/metrics")
             .is_some_and(|(_, b)| b.contains("ripcord_last_reload_successful 1"))
+    });
+    wait_until("status to drop the failure", LONG, || {
+        !rc.cli(&["status"], &[]).stdout.contains("FAILED")
     });
     // Through all of it the unchanged rule kept its pending timer.
     assert_eq!(pending_since(), Some(since));

@@ -30,13 +30,16 @@ impl Container {
         let root = Self::root();
         // procps brings /bin/kill, which the unit's ExecReload uses (every
         // standard Debian install has it; debootstrap's minbase does not).
-        if !root.join("usr/lib/systemd/systemd").exists() || !root.join("bin/kill").exists() {
+        if !root.join("usr/lib/systemd/systemd").exists()
+            || !root.join("bin/kill").exists()
+            || !root.join("usr/lib/polkit-1/polkitd").exists()
+        {
             let _ = std::fs::remove_dir_all(&root);
             std::fs::create_dir_all(root.parent().expect("parent")).expect("mkdir");
             let st = Command::new("debootstrap")
                 .args([
                     "--variant=minbase",
-                    "--include=systemd,systemd-sysv,dbus,procps",
+                    "--include=systemd,systemd-sysv,dbus,procps,libpam-systemd,polkitd",
                     "bookworm",
                 ])
                 .arg(&root)
@@ -47,7 +50,12 @@ impl Container {
             assert!(st.success(), "debootstrap failed");
         }
         // Whatever an earlier run left behind goes.
-        for d in ["etc/ripcord", "var/lib/ripcord", "var/log/ripcord"] {
+        for d in [
+            "etc/ripcord",
+            "var/lib/ripcord",
+            "var/log/ripcord",
+            "var/log/journal",
+        ] {
             let _ = std::fs::remove_dir_all(root.join(d));
         }
         for (name, text) in units {
@@ -324,6 +332,7 @@ fn the_packaged_unit_is_ready_only_when_running_reloads_and_stops_cleanly() {
     let journal = || {
         c.exec(&[
             "journalctl",
+            "-b",
             "-u",
             "ripcord.service",
             "--no-pager",
@@ -446,6 +455,7 @@ fn stop_waits_for_a_running_step_and_the_watchdog_restarts_a_wedged_ripcord() {
     let journal = || {
         c.exec(&[
             "journalctl",
+            "-b",
             "-u",
             "ripcord.service",
             "--no-pager",
@@ -507,5 +517,108 @@ fn stop_waits_for_a_running_step_and_the_watchdog_restarts_a_wedged_ripcord() {
         journal()
     );
     let _ = std::fs::remove_dir_all(c.path("/etc/systemd/system/ripcord.service.d"));
+    c.exec(&["systemctl", "stop", "ripcord.service"]);
+}
+
+#[test]
+fn an_unprivileged_hardened_ripcord_restarts_exactly_the_units_polkit_allows() {
+    let _turn = CONTAINER.lock().unwrap_or_else(|e| e.into_inner());
+    let exp = Exporter::start("demo_errors_ratio 0.9\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.9");
+    let unit = std::fs::read_to_string(crate::support::root().join("systemd/ripcord.service"))
+        .expect("unit");
+    let c = Container::boot(&[
+        ("ripcord.service", unit.as_str()),
+        (
+            "importer.service",
+            "[Service]\nExecStart=/bin/sleep infinity\n",
+        ),
+        (
+            "other.service",
+            "[Service]\nExecStart=/bin/sleep infinity\n",
+        ),
+    ]);
+    let _ = std::fs::remove_dir_all(c.path("/etc/systemd/system/ripcord.service.d"));
+    // The shipped rule, as installed (it names importer.service).
+    std::fs::create_dir_all(c.path("/etc/polkit-1/rules.d")).expect("mkdir");
+    std::fs::copy(
+        crate::support::root().join("packaging/polkit/50-ripcord.rules"),
+        c.path("/etc/polkit-1/rules.d/50-ripcord.rules"),
+    )
+    .expect("polkit rule");
+    c.exec(&["systemctl", "restart", "polkit.service"]);
+    for u in ["importer.service", "other.service"] {
+        assert!(c.exec(&["systemctl", "start", u]).1);
+    }
+    let pid = |u: &str| {
+        c.exec(&["systemctl", "show", "-p", "ExecMainPID", "--value", u])
+            .0
+            .trim()
+            .to_string()
+    };
+    let (importer_before, other_before) = (pid("importer.service"), pid("other.service"));
+    install(
+        &c,
+        &prom.url(),
+        "actions:\n  importer: {steps: [{systemctl: {restart: importer.service, wait: 20s}}]}\n  other: {steps: [{systemctl: {restart: other.service, wait: 20s}}]}\nrules:\n  - name: allowed\n    every: 1s\n    queries: {x: max(demo_errors_ratio)}\n    condition: x > 0.5\n    actions: [importer]\n  - name: not-allowed\n    every: 1s\n    queries: {x: max(demo_errors_ratio)}\n    condition: x > 0.5\n    actions: [other]\n",
+    );
+    let journal = || {
+        c.exec(&[
+            "journalctl",
+            "-b",
+            "-u",
+            "ripcord.service",
+            "--no-pager",
+            "-o",
+            "cat",
+        ])
+        .0
+    };
+    assert!(
+        c.exec(&["systemctl", "start", "ripcord.service"]).1,
+        "{}",
+        journal()
+    );
+    wait_until(
+        &format!("both steps to finish; journal:\n{}", journal()),
+        Duration::from_secs(60),
+        || {
+            let j = journal();
+            j.contains("importer step 1 ") && j.contains("other step 1 ")
+        },
+    );
+    let j = journal();
+    assert!(
+        j.contains("importer step 1 ok: importer.service is active"),
+        "{j}"
+    );
+    assert_ne!(
+        pid("importer.service"),
+        importer_before,
+        "importer.service was restarted"
+    );
+    assert!(
+        j.contains("other step 1 failed: systemctl restart other.service: exit"),
+        "{j}"
+    );
+    assert_eq!(
+        pid("other.service"),
+        other_before,
+        "other.service was not touched"
+    );
+    assert_eq!(
+        c.exec(&[
+            "systemctl",
+            "show",
+            "-p",
+            "User",
+            "--value",
+            "ripcord.service"
+        ])
+        .0
+        .trim(),
+        "ripcord"
+    );
     c.exec(&["systemctl", "stop", "ripcord.service"]);
 }

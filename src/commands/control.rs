@@ -84,6 +84,17 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Resu
             None => "up".into(),
         }
     )?;
+    if let Some(r) = snap.last_reload.as_ref().filter(|r| !r.ok) {
+        writeln!(
+            out,
+            "last reload FAILED at {} ({} problem(s)); the rules below are the previous ones:",
+            r.at,
+            r.problems.len()
+        )?;
+        for p in &r.problems {
+            writeln!(out, "  {p}")?;
+        }
+    }
     if snap.rules.is_empty() {
         writeln!(out, "no rules loaded")?;
         return Ok(());
