@@ -163,17 +163,32 @@ async fn incidents(State(s): State<AppState>) -> Response {
     Json(open).into_response()
 }
 
+/// Approve or veto: the incident id from the path, `by` from the body.
+async fn decide(
+    s: AppState,
+    headers: HeaderMap,
+    id: String,
+    body: Option<Json<ByBody>>,
+    control: fn(String, String) -> Control,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    ask(&s, control(id, by)).await
+}
+
 async fn approve(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Option<Json<ByBody>>,
 ) -> Response {
-    if let Some(r) = refused(&s, &headers) {
-        return r;
-    }
-    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
-    ask(&s, Control::Approve { incident: id, by }).await
+    decide(s, headers, id, body, |incident, by| Control::Approve {
+        incident,
+        by,
+    })
+    .await
 }
 
 async fn veto(
@@ -182,11 +197,11 @@ async fn veto(
     Path(id): Path<String>,
     body: Option<Json<ByBody>>,
 ) -> Response {
-    if let Some(r) = refused(&s, &headers) {
-        return r;
-    }
-    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
-    ask(&s, Control::Veto { incident: id, by }).await
+    decide(s, headers, id, body, |incident, by| Control::Veto {
+        incident,
+        by,
+    })
+    .await
 }
 
 async fn pause(

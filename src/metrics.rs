@@ -35,14 +35,7 @@ pub struct BuildLabels {
     pub version: String,
 }
 
-pub const STATES: &[&str] = &[
-    "ok",
-    "pending",
-    "firing",
-    "unrecovered",
-    "recovered",
-    "closed",
-];
+pub const STATES: &[&str] = crate::rule::machine::STATE_NAMES;
 
 pub struct Metrics {
     pub registry: Registry,

@@ -289,40 +289,11 @@ fn the_packaged_unit_is_ready_only_when_running_reloads_and_stops_cleanly() {
     let unit = std::fs::read_to_string(crate::support::root().join("systemd/ripcord.service"))
         .expect("unit");
     let c = Container::boot(&[("ripcord.service", unit.as_str())]);
-    std::fs::copy(env!("CARGO_BIN_EXE_ripcord"), c.path("/usr/bin/ripcord")).expect("copy");
-    if !c.exec(&["id", "ripcord"]).1 {
-        assert!(
-            c.exec(&[
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "ripcord"
-            ])
-            .1
-        );
-    }
-    std::fs::create_dir_all(c.path("/etc/ripcord/rules.d")).expect("mkdir");
-    let api = free_port();
-    std::fs::write(
-        c.path("/etc/ripcord/ripcord.yaml"),
-        format!("prometheus: {{url: \"{}\", timeout: 2s}}\nrules: rules.d/*.yaml\nlisten: 127.0.0.1:{api}\n", prom.url()),
-    )
-    .expect("config");
+    let _ = std::fs::remove_dir_all(c.path("/etc/systemd/system/ripcord.service.d"));
     let rule = |name: &str| {
         format!("rules:\n  - name: {name}\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.5\n    notify: []\n    actions: []\n")
     };
-    std::fs::write(c.path("/etc/ripcord/rules.d/a.yaml"), rule("a")).expect("rules");
-    for f in [
-        "/etc/ripcord",
-        "/etc/ripcord/rules.d",
-        "/etc/ripcord/ripcord.yaml",
-        "/etc/ripcord/rules.d/a.yaml",
-    ] {
-        c.exec(&["chmod", "a+rX", f]);
-    }
-    assert!(c.exec(&["systemctl", "daemon-reload"]).1);
+    install(&c, &prom.url(), &rule("a"));
     let show = |p: &str| {
         c.exec(&["systemctl", "show", "-p", p, "--value", "ripcord.service"])
             .0

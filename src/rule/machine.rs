@@ -301,6 +301,16 @@ pub struct RuleState {
     pub last_incident: Option<String>,
 }
 
+/// Every name [`RuleState::name`] can return.
+pub const STATE_NAMES: &[&str] = &[
+    "ok",
+    "pending",
+    "firing",
+    "unrecovered",
+    "recovered",
+    "closed",
+];
+
 impl RuleState {
     /// The state's name as users see it in `status`, tests and pages.
     pub fn name(&self) -> &'static str {

@@ -32,13 +32,13 @@ pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool
     panic!("timed out after {deadline:?} waiting for {what}");
 }
 
-/// A plain HTTP GET on loopback: (status, body).
-pub fn http_get(port: u16, path_and_query: &str) -> Option<(u16, String)> {
+/// One HTTP/1.0 request on loopback without a body: (status, body).
+fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
     )
     .ok()?;
     let mut buf = String::new();
@@ -51,23 +51,12 @@ pub fn http_get(port: u16, path_and_query: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// A bodiless HTTP POST on loopback: (status, body).
+pub fn http_get(port: u16, path_and_query: &str) -> Option<(u16, String)> {
+    http("GET", port, path_and_query)
+}
+
 pub fn http_post(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    http("POST", port, path)
 }
 
 /// Percent-encodes a query string value.
