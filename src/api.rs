@@ -75,6 +75,12 @@ pub enum Control {
         reason: String,
     },
     Resume,
+    /// `ripcord fire`: open an incident by hand (a drill).
+    Fire {
+        rule: String,
+        dry_run: bool,
+        by: String,
+    },
 }
 
 pub type ControlMsg = (Control, oneshot::Sender<Result<String, String>>);
@@ -98,6 +104,13 @@ pub struct PauseBody {
 
 #[derive(Debug, Deserialize, Default)]
 pub struct ByBody {
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct FireBody {
+    #[serde(default)]
+    pub dry_run: bool,
     pub by: Option<String>,
 }
 
@@ -204,6 +217,28 @@ async fn veto(
     .await
 }
 
+async fn fire(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(rule): Path<String>,
+    body: Option<Json<FireBody>>,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let b = body.map(|b| b.0).unwrap_or_default();
+    let by = b.by.unwrap_or_else(|| "api".into());
+    ask(
+        &s,
+        Control::Fire {
+            rule,
+            dry_run: b.dry_run,
+            by,
+        },
+    )
+    .await
+}
+
 async fn pause(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -254,6 +289,7 @@ pub fn router(
         .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/incidents/{id}/approve", post(approve))
         .route("/api/v1/incidents/{id}/veto", post(veto))
+        .route("/api/v1/rules/{rule}/fire", post(fire))
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
         .with_state(state)

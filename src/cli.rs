@@ -68,6 +68,15 @@ pub enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// Open an incident by hand on the running daemon: a rollback drill.
+    Fire {
+        rule: String,
+        /// Resolve and record every step, send pages marked as a drill, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: Api,
+    },
     /// Let actions run again after `ripcord pause`.
     Resume {
         #[command(flatten)]

@@ -646,6 +646,29 @@ impl Engine {
                     }
                 })
             }
+            Control::Fire { rule, dry_run, by } => {
+                if !self.rules.contains_key(&rule) {
+                    return Err(format!("unknown rule `{rule}`"));
+                }
+                if let Some(i) = self.states.get(&rule).and_then(|s| s.incident()) {
+                    return Err(format!(
+                        "rule {rule} already has an open incident: {}",
+                        i.id
+                    ));
+                }
+                warn!(rule = %rule, by = %by, dry_run, "drill: opening an incident by hand");
+                self.apply(&rule, Input::Fire { by, dry_run }, at);
+                let id = self
+                    .states
+                    .get(&rule)
+                    .and_then(|s| s.incident().map(|i| i.id.clone()))
+                    .unwrap_or_default();
+                Ok(if dry_run {
+                    format!("drill {id} opened (dry-run): steps are resolved and recorded, nothing runs")
+                } else {
+                    format!("drill {id} opened: the rule's actions run now")
+                })
+            }
             Control::Resume => {
                 if self.shared.pause.take().is_none() {
                     return Err("ripcord is not paused".into());

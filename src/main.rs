@@ -146,6 +146,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"for": for_, "reason": reason, "by": commands::control::who()});
             commands::control::post(&t, "/api/v1/pause", body, out).await
         }),
+        Command::Fire { rule, dry_run, api } => control(cli.config, api.api, |t| async move {
+            let out = &mut std::io::stdout();
+            let body = serde_json::json!({"dry_run": dry_run, "by": commands::control::who()});
+            commands::control::post(&t, &format!("/api/v1/rules/{rule}/fire"), body, out).await
+        }),
         Command::Resume { api } => control(cli.config, api.api, |t| async move {
             let out = &mut std::io::stdout();
             commands::control::post(&t, "/api/v1/resume", serde_json::json!({}), out).await

@@ -232,3 +232,69 @@ fn status_without_a_daemon_is_a_clear_error() {
         out.stderr
     );
 }
+
+#[test]
+fn fire_drills_the_rollback_dry_run_first_then_for_real() {
+    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.001");
+    let hook = crate::support::receivers::recorder();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "notifiers:\n  bot: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}}}\nactions:\n  undo:\n    steps: [{{exec: {{argv: [\"{}\", undo], env: {{REC: \"{}\"}}}}}}]\nrules:\n  - name: r\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.5\n    actions: [undo]\n    notify: [bot]\n    cooldown: 1h\n",
+        hook.port,
+        recorder(tmp.path()).display(),
+        rec.display()
+    );
+    let mut rc = Ripcord::new(&prom.url(), "api: {token: \"${env:API_TOKEN}\"}\n", &rules);
+    rc.env.push(("API_TOKEN".into(), TOKEN.into()));
+    rc.start();
+    let tok = [("RIPCORD_API_TOKEN", TOKEN)];
+
+    let out = rc.cli(&["fire", "r", "--dry-run"], &tok);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("opened (dry-run): steps are resolved and recorded, nothing runs"),
+        "{}",
+        out.stdout
+    );
+    wait_until("the drill's page", LONG, || {
+        hook.requests().iter().any(|r| {
+            r.body.contains("\"event\":\"opened\"")
+                && r.body.contains("\"drill\":true")
+                && r.body.contains("\"dry_run\":true")
+        })
+    });
+    let intents: Vec<bool> = rc
+        .journal()
+        .into_iter()
+        .filter_map(|e| match e {
+            ripcord::journal::Entry::StepIntent { dry_run, .. } => Some(dry_run),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(intents, [true]);
+    assert!(!rec.exists(), "a dry-run drill ran a step");
+    // The metric is fine, so the drill recovers at once; it cost no budget.
+    wait_until("the drill to recover", LONG, || {
+        rc.log().contains("firing → recovered")
+    });
+    let status = rc.cli(&["status", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(v["actions_left_this_hour"], 5);
+
+    // A real drill runs the steps, even during the cooldown.
+    let out = rc.cli(&["fire", "r"], &tok);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("opened: the rule's actions run now"),
+        "{}",
+        out.stdout
+    );
+    wait_until("the step to run", LONG, || recorded(&rec).len() == 2);
+    let out = rc.cli(&["fire", "nope"], &tok);
+    assert!(out.stderr.contains("unknown rule `nope`"), "{}", out.stderr);
+    assert_eq!(recorded(&rec).len(), 2, "ran once");
+}
