@@ -82,6 +82,23 @@ pub enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// Replay history from Prometheus through the rules: would-be incidents and when.
+    Backtest {
+        /// Start: RFC 3339, `now`, or relative like `-7d`.
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// End (default: now).
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+        /// Evaluation step (default: the shortest `every:` of the rules).
+        #[arg(long)]
+        step: Option<String>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Rules to replay (default: all).
+        rules: Vec<String>,
+    },
     /// Run rule unit tests: query values over time in, expected states, actions and pages out.
     Test {
         /// Test files (`*.test.yaml`) or directories holding them.

@@ -155,6 +155,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let out = &mut std::io::stdout();
             commands::control::post(&t, "/api/v1/resume", serde_json::json!({}), out).await
         }),
+        Command::Backtest {
+            from,
+            to,
+            step,
+            json,
+            rules: names,
+        } => {
+            let (config, rules) = load(cli.config)?;
+            let now = ripcord::daemon::now();
+            let from = commands::backtest::parse_time(&from, now).map_err(anyhow::Error::msg)?;
+            let to = commands::backtest::parse_time(&to, now).map_err(anyhow::Error::msg)?;
+            let step = step
+                .map(|s| ripcord::config::raw::parse_duration(&s))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let report = runtime()?.block_on(commands::backtest::run(
+                &config, &rules, &names, from, to, step,
+            ))?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                commands::backtest::print(&report, &mut out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Eval { rules: names } => {
             let (config, rules) = load(cli.config)?;
             let mut out = std::io::stdout().lock();

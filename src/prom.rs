@@ -167,6 +167,48 @@ pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), Pr
     Ok((result, env.warnings))
 }
 
+#[derive(Deserialize)]
+struct MatrixItem {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    values: Vec<(f64, String)>,
+}
+
+/// Series of a range query: labels and (ms, value) points.
+pub type Matrix = Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>;
+
+/// Decodes a `query_range` answer.
+pub fn decode_matrix(status: u16, body: &[u8]) -> Result<Matrix, PromError> {
+    let bad = |detail: String| PromError::Decode { status, detail };
+    let env: Envelope = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if env.status != "success" {
+        return Err(PromError::Api {
+            status,
+            error_type: env.error_type.unwrap_or_else(|| "unknown".into()),
+            error: env.error.unwrap_or_default(),
+        });
+    }
+    let data = env
+        .data
+        .ok_or_else(|| bad("no `data` in a success answer".into()))?;
+    if data.result_type != "matrix" {
+        return Err(bad(format!("expected a matrix, got {}", data.result_type)));
+    }
+    let items: Vec<MatrixItem> =
+        serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+    items
+        .into_iter()
+        .map(|it| {
+            let points = it
+                .values
+                .iter()
+                .map(|(t, v)| Ok(((t * 1000.0).round() as i64, parse_value(v).map_err(&bad)?)))
+                .collect::<Result<Vec<_>, PromError>>()?;
+            Ok((it.metric, points))
+        })
+        .collect()
+}
+
 /// A client for one Prometheus.
 #[derive(Clone)]
 pub struct Prom {
@@ -257,6 +299,33 @@ impl Prom {
             tracing::warn!(query = expr, "Prometheus warning: {w}");
         }
         Ok(result)
+    }
+
+    /// `GET /api/v1/query_range`: every series with its (ms, value) points.
+    pub async fn query_range(
+        &self,
+        expr: &str,
+        start: Timestamp,
+        end: Timestamp,
+        step: Duration,
+    ) -> Result<Matrix, PromError> {
+        let secs = |t: Timestamp| format!("{:.3}", t.0 as f64 / 1000.0);
+        let resp = self
+            .client
+            .get(format!("{}/api/v1/query_range", self.base))
+            .query(&[
+                ("query", expr),
+                ("start", &secs(start)),
+                ("end", &secs(end)),
+                ("step", &format!("{:.3}", step.as_secs_f64())),
+                ("timeout", &format!("{}ms", self.timeout.as_millis())),
+            ])
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        decode_matrix(status, &body)
     }
 
     fn transport(&self, e: reqwest::Error) -> PromError {

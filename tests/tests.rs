@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod backtest;
 mod check;
 mod live;
 mod malformed;

@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code.
 
+pub mod backtest;
 pub mod check;
 pub mod control;
 pub mod eval;

@@ -165,6 +165,36 @@ impl Prometheus {
         p
     }
 
+    /// A Prometheus with no targets whose TSDB holds `openmetrics` history,
+    /// written with `promtool tsdb create-blocks-from openmetrics`.
+    pub fn with_history(openmetrics: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            "global: {scrape_interval: 15s}\n",
+        )
+        .expect("config");
+        std::fs::write(dir.path().join("history.om"), openmetrics).expect("history");
+        let out = Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(dir.path().join("history.om"))
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut p = Prometheus {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
     /// (Re)starts it on the same port and data.
     pub fn restart(&mut self) {
         let d = self.dir.path();
