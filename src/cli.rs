@@ -96,6 +96,9 @@ pub enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Draw each rule's values, thresholds and incident windows into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
         /// Rules to replay (default: all).
         rules: Vec<String>,
     },

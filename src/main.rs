@@ -160,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             step,
             json,
+            plot,
             rules: names,
         } => {
             let (config, rules) = load(cli.config)?;
@@ -173,11 +174,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = runtime()?.block_on(commands::backtest::run(
                 &config, &rules, &names, from, to, step,
             ))?;
+            if let Some(p) = &plot {
+                commands::backtest::plot(&report, p).map_err(anyhow::Error::msg)?;
+            }
             let mut out = std::io::stdout().lock();
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
                 commands::backtest::print(&report, &mut out)?;
+                if let Some(p) = &plot {
+                    writeln!(out, "plot: {}", p.display())?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

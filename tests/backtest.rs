@@ -16,7 +16,7 @@ fn value_at(minute: f64) -> Option<f64> {
     }
 }
 
-const RULES: &str = "actions:\n  undo: {steps: [{exec: {argv: [/bin/false]}}]}\nrules:\n  - name: errors\n    every: 30s\n    queries: {ratio: max(demo_errors_ratio)}\n    condition: ratio > 0.05\n    for: 2m\n    actions: [undo]\n    cooldown: 10m\n";
+const RULES: &str = "actions:\n  undo: {steps: [{exec: {argv: [/bin/false]}}]}\nrules:\n  - name: errors\n    every: 30s\n    queries: {ratio: max(demo_errors_ratio)}\n    condition: ratio > 0.05\n    for: 2m\n    actions: [undo]\n    cooldown: 10m\n  - name: quiet\n    every: 30s\n    queries: {ratio: max(demo_errors_ratio)}\n    condition: ratio > 0.5\n    for: 1m\n    actions: [undo]\n";
 
 #[test]
 fn backtest_reports_the_incidents_the_core_predicts_and_matches_ripcord_test() {
@@ -111,11 +111,65 @@ fn backtest_reports_the_incidents_the_core_predicts_and_matches_ripcord_test() {
         .count();
     assert_eq!(suppressed, 1, "{v:#}");
     let s = &v["summaries"][0];
+    assert_eq!(s["rule"], "errors");
+    assert_eq!(v["summaries"][1]["incidents"], 0);
     assert_eq!(s["incidents"], 1);
     assert_eq!(s["would_run"], serde_json::json!(["undo"]));
     // 45:00 to 49:30: past the 5-minute lookback, no data.
     assert_eq!(s["no_data_steps"], 10, "{s:#}");
     assert_eq!(s["ranges"]["ratio"], serde_json::json!([0.001, 0.3]));
+
+    // The plot: one panel per rule, readable text.
+    let svg = rc.path("backtest.svg");
+    let out = rc.cli(
+        &[
+            "backtest",
+            "--from",
+            &rfc(start),
+            "--to",
+            &rfc(start + 3600),
+            "--step",
+            "30s",
+            "--plot",
+            &svg.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("errors: 1 incident(s), 240s with an incident open, would run: undo"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("quiet: never fired; the condition held at most 0s in a row (for: 60s)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("closest: ratio came to 0.3 (threshold 0.5)"),
+        "{}",
+        out.stdout
+    );
+    let text = std::fs::read_to_string(&svg).expect("plot written");
+    // To look at it: RIPCORD_KEEP_PLOT=/tmp/plot.svg cargo test backtest
+    if let Some(keep) = std::env::var_os("RIPCORD_KEEP_PLOT") {
+        std::fs::write(keep, &text).expect("keep the plot");
+    }
+    assert!(
+        text.starts_with("<svg") && text.trim_end().ends_with("</svg>"),
+        "not an SVG"
+    );
+    assert_eq!(text.matches("incident(s) — ").count(), 2, "two panels");
+    assert!(
+        text.contains("errors — 1 incident(s) — ratio &gt; 0.05")
+            || text.contains("errors — 1 incident(s) — ratio > 0.05"),
+        "caption"
+    );
+    assert!(text.contains("ratio threshold 0.05"), "threshold legend");
 
     // The same series, as Prometheus evaluates it every 30 s, through `ripcord test`.
     let mut series = Vec::new();

@@ -59,6 +59,16 @@ pub struct Summary {
     pub error_steps: usize,
 }
 
+/// One evaluation: (ms, each query's value, the state after it).
+pub type Point = (i64, BTreeMap<String, Option<f64>>, &'static str);
+
+/// One rule's evaluations, for the plot.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub condition: String,
+    pub points: Vec<Point>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub from: String,
@@ -66,6 +76,8 @@ pub struct Report {
     pub step_seconds: f64,
     pub timeline: Vec<Event>,
     pub summaries: Vec<Summary>,
+    #[serde(skip)]
+    pub traces: BTreeMap<String, Trace>,
 }
 
 /// Time (ms) → the query's value there, or why there is none usable.
@@ -174,6 +186,18 @@ pub async fn run(
         })
         .collect();
     let mut pending_since: BTreeMap<String, i64> = BTreeMap::new();
+    let mut traces: BTreeMap<String, Trace> = chosen
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                Trace {
+                    condition: r.condition.source().to_string(),
+                    points: Vec::new(),
+                },
+            )
+        })
+        .collect();
     let step_ms = step.as_millis() as i64;
     let mut t = from.0;
     while t <= to.0 {
@@ -214,6 +238,9 @@ pub async fn run(
             };
             let _ = sim.input(&r.name, Input::Evaluate(obs), Timestamp(t));
             let st = sim.state(&r.name);
+            if let Some(tr) = traces.get_mut(&r.name) {
+                tr.points.push((t, st.last_values.clone(), st.name()));
+            }
             match st.name() {
                 "pending" => {
                     let since = *pending_since.entry(r.name.clone()).or_insert(t);
@@ -265,6 +292,7 @@ pub async fn run(
         step_seconds: step.as_secs_f64(),
         timeline,
         summaries: summaries.into_values().collect(),
+        traces,
     })
 }
 
@@ -288,13 +316,35 @@ pub fn print(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             .map(|(q, (lo, hi))| format!("{q} {lo}..{hi}"))
             .collect();
         if s.incidents == 0 {
+            // How close it came: each compared query's extreme against its threshold.
+            let closest: Vec<String> = report
+                .traces
+                .get(&s.rule)
+                .map(|t| thresholds(&t.condition))
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|(q, th)| {
+                    let (lo, hi) = s.ranges.get(q)?;
+                    let near = if (th - hi).abs() <= (th - lo).abs() {
+                        hi
+                    } else {
+                        lo
+                    };
+                    Some(format!("{q} came to {near} (threshold {th})"))
+                })
+                .collect();
             writeln!(
                 out,
-                "{}: never fired; the condition held at most {}s in a row (for: {}s); {}",
+                "{}: never fired; the condition held at most {}s in a row (for: {}s); {}{}",
                 s.rule,
                 s.longest_pending_seconds,
                 s.for_seconds,
-                ranges.join(", ")
+                ranges.join(", "),
+                if closest.is_empty() {
+                    String::new()
+                } else {
+                    format!("; closest: {}", closest.join(", "))
+                }
             )?;
         } else {
             writeln!(
@@ -320,4 +370,142 @@ pub fn print(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Thresholds the condition compares a query with: `rate > 0.005` → (rate, 0.005).
+fn thresholds(condition: &str) -> Vec<(String, f64)> {
+    let tokens: Vec<&str> = condition
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    for w in tokens.windows(3) {
+        if ["<", "<=", ">", ">="].contains(&w[1]) {
+            if let Ok(v) = w[2].parse::<f64>() {
+                out.push((w[0].to_string(), v));
+            } else if let Ok(v) = w[0].parse::<f64>() {
+                out.push((w[2].to_string(), v));
+            }
+        }
+    }
+    out
+}
+
+/// Draws one panel per rule into an SVG file: each query's values, dashed
+/// thresholds from the condition, pending (amber) and incident (red) windows.
+pub fn plot(report: &Report, path: &std::path::Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(format!(
+            "{}: --plot writes SVG; name the file *.svg",
+            path.display()
+        ));
+    }
+    let n = report.traces.len().max(1);
+    let root = SVGBackend::new(path, (1200, 320 * n as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((n, 1));
+    let colors = [BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    for ((name, tr), area) in report.traces.iter().zip(panels.iter()) {
+        let (Some(first), Some(last)) = (tr.points.first(), tr.points.last()) else {
+            continue;
+        };
+        let (x0, x1) = (0.0, (last.0 - first.0) as f64 / 60_000.0);
+        let mut lo = f64::INFINITY;
+        let mut hi = f64::NEG_INFINITY;
+        for (_, vals, _) in &tr.points {
+            for v in vals.values().flatten().filter(|v| v.is_finite()) {
+                lo = lo.min(*v);
+                hi = hi.max(*v);
+            }
+        }
+        let th = thresholds(&tr.condition);
+        for (_, v) in &th {
+            lo = lo.min(*v);
+            hi = hi.max(*v);
+        }
+        if !lo.is_finite() {
+            (lo, hi) = (0.0, 1.0);
+        }
+        let pad = ((hi - lo) * 0.1).max(1e-9);
+        let incidents = report
+            .summaries
+            .iter()
+            .find(|s| &s.rule == name)
+            .map_or(0, |s| s.incidents);
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{name} — {incidents} incident(s) — {}", tr.condition),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1.max(1.0), (lo - pad)..(hi + pad))
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("minutes after {}", report.from))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let step_min = report.step_seconds / 60.0;
+        for (t, _, state) in &tr.points {
+            let color = match *state {
+                "pending" => RGBColor(255, 200, 80).mix(0.35),
+                "firing" | "unrecovered" => RGBColor(230, 60, 60).mix(0.35),
+                _ => continue,
+            };
+            let x = (t - first.0) as f64 / 60_000.0;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x, lo - pad), (x + step_min, hi + pad)],
+                    color.filled(),
+                )))
+                .map_err(|e| e.to_string())?;
+        }
+        let queries: Vec<String> = first.1.keys().cloned().collect();
+        for (i, q) in queries.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            // A gap in the data is a gap in the line.
+            let mut segment: Vec<(f64, f64)> = Vec::new();
+            let mut segments = Vec::new();
+            for (t, vals, _) in &tr.points {
+                match vals.get(q).copied().flatten().filter(|v| v.is_finite()) {
+                    Some(v) => segment.push(((t - first.0) as f64 / 60_000.0, v)),
+                    None => segments.push(std::mem::take(&mut segment)),
+                }
+            }
+            segments.push(segment);
+            for (k, seg) in segments.into_iter().filter(|s| !s.is_empty()).enumerate() {
+                let series = chart
+                    .draw_series(LineSeries::new(seg, color.stroke_width(2)))
+                    .map_err(|e| e.to_string())?;
+                if k == 0 {
+                    series
+                        .label(q.clone())
+                        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+                }
+            }
+            for (_, v) in th.iter().filter(|(tq, _)| tq == q) {
+                let v = *v;
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(x0, v), (x1, v)],
+                        8,
+                        6,
+                        color.stroke_width(1),
+                    ))
+                    .map_err(|e| e.to_string())?
+                    .label(format!("{q} threshold {v}"))
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
 }
