@@ -202,10 +202,12 @@ pub async fn run(
     let mut t = from.0;
     while t <= to.0 {
         for r in &chosen {
-            let queries = &data[&r.name];
-            let sum = summaries
-                .get_mut(&r.name)
-                .expect("a summary per chosen rule");
+            let Some(queries) = data.get(&r.name) else {
+                continue;
+            };
+            let Some(sum) = summaries.get_mut(&r.name) else {
+                continue;
+            };
             let mut samples = BTreeMap::new();
             let mut failed = None;
             for (q, h) in queries {
