@@ -465,15 +465,7 @@ impl Engine {
         r: Record,
         values: &BTreeMap<String, Option<f64>>,
     ) {
-        let vals: Vec<String> = values
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    v.map(|f| f.to_string()).unwrap_or_else(|| "_".into())
-                )
-            })
-            .collect();
+        let vals: Vec<String> = crate::rule::machine::fmt_values(values);
         match &r {
             Record::NoData { .. } | Record::EvaluationFailed { .. } => {
                 let text = r.to_string();

@@ -121,7 +121,9 @@ pub fn parse_value(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), PromError> {
+/// The API's envelope: the `data` of a success (and its warnings), or
+/// Prometheus's own error type and message.
+fn envelope(status: u16, body: &[u8]) -> Result<(Data, Vec<String>), PromError> {
     let bad = |detail: String| PromError::Decode { status, detail };
     let env: Envelope = serde_json::from_slice(body).map_err(|e| {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
@@ -137,6 +139,12 @@ pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), Pr
     let data = env
         .data
         .ok_or_else(|| bad("no `data` in a success answer".into()))?;
+    Ok((data, env.warnings))
+}
+
+pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), PromError> {
+    let bad = |detail: String| PromError::Decode { status, detail };
+    let (data, warnings) = envelope(status, body)?;
     let result = match data.result_type.as_str() {
         "scalar" => {
             let (_, v): (f64, String) =
@@ -164,7 +172,7 @@ pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), Pr
         }
         other => return Err(bad(format!("unknown resultType `{other}`"))),
     };
-    Ok((result, env.warnings))
+    Ok((result, warnings))
 }
 
 #[derive(Deserialize)]
@@ -180,17 +188,7 @@ pub type Matrix = Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>;
 /// Decodes a `query_range` answer.
 pub fn decode_matrix(status: u16, body: &[u8]) -> Result<Matrix, PromError> {
     let bad = |detail: String| PromError::Decode { status, detail };
-    let env: Envelope = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    if env.status != "success" {
-        return Err(PromError::Api {
-            status,
-            error_type: env.error_type.unwrap_or_else(|| "unknown".into()),
-            error: env.error.unwrap_or_default(),
-        });
-    }
-    let data = env
-        .data
-        .ok_or_else(|| bad("no `data` in a success answer".into()))?;
+    let (data, _) = envelope(status, body)?;
     if data.result_type != "matrix" {
         return Err(bad(format!("expected a matrix, got {}", data.result_type)));
     }

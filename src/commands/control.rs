@@ -112,16 +112,7 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Resu
         "RULE", "STATE", "PHASE", "INCIDENT"
     )?;
     for r in &snap.rules {
-        let mut values: Vec<String> = r
-            .values
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    v.map(|f| f.to_string()).unwrap_or_else(|| "_".into())
-                )
-            })
-            .collect();
+        let mut values: Vec<String> = crate::rule::machine::fmt_values(&r.values);
         if let Some(e) = &r.last_error {
             values.push(format!("error: {e}"));
         }

@@ -301,6 +301,19 @@ pub struct RuleState {
     pub last_incident: Option<String>,
 }
 
+/// `rate=0.02 baseline=_` (`_` is no data), as logs and tables show values.
+pub fn fmt_values(values: &BTreeMap<String, Option<f64>>) -> Vec<String> {
+    values
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.map(|f| f.to_string()).unwrap_or_else(|| "_".into())
+            )
+        })
+        .collect()
+}
+
 /// Every name [`RuleState::name`] can return.
 pub const STATE_NAMES: &[&str] = &[
     "ok",
