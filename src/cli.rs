@@ -7,8 +7,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "ripcord",
-    version,
-    about = "Pulls the ripcord during a risky cutover: PromQL rules that roll back, page and verify"
+    version = ripcord::LONG_VERSION,
+    about = "Pulls the ripcord during a risky cutover: PromQL rules that roll back, page and verify",
+    after_long_help = "Files: /etc/ripcord/ripcord.yaml (the config), /etc/ripcord/rules.d/*.yaml \
+        (rule files), /var/lib/ripcord (journal and outbox). The formats are in ripcord.yaml(5); \
+        examples in /usr/share/doc/ripcord/examples."
 )]
 pub struct Cli {
     /// Main config file.
@@ -107,6 +110,14 @@ pub enum Command {
         /// Test files (`*.test.yaml`) or directories holding them.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Print a shell completion script, e.g. `ripcord completions bash > /etc/bash_completion.d/ripcord`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (ripcord(1), one per subcommand, ripcord.yaml(5)) into DIR. For packagers.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
     },
 }
 

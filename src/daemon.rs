@@ -818,6 +818,9 @@ impl Engine {
         } else {
             ""
         };
+        if self.rules.is_empty() {
+            return format!("no rules loaded: add rule files and reload{paused}{blind}");
+        }
         format!(
             "{} rules, {firing} open incident(s){paused}{blind}",
             self.rules.len()
@@ -842,7 +845,7 @@ impl Engine {
         let outbox_pages = self.outbox.lock().map(|o| o.len()).unwrap_or(0);
         self.metrics.outbox_pages.set(outbox_pages as i64);
         let snap = Snapshot {
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: crate::LONG_VERSION.into(),
             rules: self
                 .rules
                 .keys()

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command};
 use ripcord::commands;
@@ -239,5 +239,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "ripcord", &mut std::io::stdout().lock());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { out } => {
+            std::fs::create_dir_all(&out)?;
+            let mut cmd = Cli::command().disable_help_subcommand(true);
+            cmd.build();
+            write_manpages(&cmd, &out)?;
+            let formats = out.join("ripcord.yaml.5");
+            std::fs::write(&formats, FORMATS_MANPAGE)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// ripcord.yaml(5): the config, rule and rule test file formats.
+const FORMATS_MANPAGE: &str = include_str!("../packaging/man/ripcord.yaml.5");
+
+/// ripcord(1) and ripcord-SUBCOMMAND(1) for each visible subcommand.
+fn write_manpages(cmd: &clap::Command, out: &std::path::Path) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_manpages(sub, out)?;
+    }
+    let man = clap_mangen::Man::new(cmd.clone())
+        .manual("ripcord manual")
+        .source(format!("ripcord {}", ripcord::VERSION));
+    let mut page = Vec::new();
+    man.render(&mut page)?;
+    std::fs::write(out.join(man.get_filename()), page)
 }

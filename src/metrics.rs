@@ -33,6 +33,7 @@ pub struct NotifierLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
+    pub commit: String,
 }
 
 pub const STATES: &[&str] = crate::rule::machine::STATE_NAMES;
@@ -121,10 +122,15 @@ impl Metrics {
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: crate::VERSION.into(),
+                commit: crate::COMMIT.into(),
             })
             .set(1);
-        registry.register("build_info", "ripcord's version", build);
+        registry.register(
+            "build_info",
+            "ripcord's version and the git commit it was built from",
+            build,
+        );
         Metrics { registry, ..m }
     }
 

@@ -118,3 +118,69 @@ fn an_empty_directory_is_not_a_silent_success() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("no rule files found"), "{}", out.stdout);
 }
+
+/// The packaged /etc/ripcord/ripcord.yaml: as shipped (all commented out)
+/// it is every default; with each setting uncommented it is valid and still
+/// every default, so the comments tell the truth.
+#[test]
+fn the_packaged_config_is_all_defaults_commented_or_not() {
+    use ripcord::config::load::load_config;
+    let shipped = crate::support::root().join("packaging/ripcord.yaml");
+    let text = std::fs::read_to_string(&shipped).expect("packaging/ripcord.yaml");
+    // Past the header (up to the first blank line), `# key:` and `#   key:`
+    // are settings; `#   # …` stays a comment.
+    let is_setting = |l: &str| {
+        let key = l.split(':').next().unwrap_or("");
+        l.contains(':')
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    };
+    let (header, body) = text.split_once("\n\n").expect("a header");
+    assert!(
+        header.contains("no rules"),
+        "the header says it starts with no rules"
+    );
+    let uncommented: String = body
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if is_setting(rest) => rest.to_owned(),
+            _ => match l.strip_prefix("#   ") {
+                Some(rest) if !rest.starts_with('#') => format!("  {rest}"),
+                _ => l.to_owned(),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("\nmode: enforce"), "{uncommented}");
+    let dir = files(&[("ripcord.yaml", uncommented.as_str())]);
+    let describe = |path: &std::path::Path| {
+        let loaded = load_config(path, true);
+        assert!(
+            loaded.diagnostics.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            loaded
+                .diagnostics
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+        );
+        let mut c = loaded.value.expect("a config");
+        c.path = None;
+        // The one setting shown with a non-default example value.
+        assert!(c.api_token.take().is_some() == path.starts_with(dir.path()));
+        format!("{c:?}")
+    };
+    let defaults = ripcord::config::load::load_config(
+        std::path::Path::new("/nonexistent/ripcord.yaml"),
+        false,
+    )
+    .value
+    .map(|mut c| {
+        c.path = None;
+        format!("{c:?}")
+    })
+    .expect("defaults");
+    assert_eq!(describe(&shipped), defaults);
+    assert_eq!(describe(&dir.path().join("ripcord.yaml")), defaults);
+}

@@ -11,13 +11,25 @@ use ripcord::journal::Entry;
 
 use crate::support::live::*;
 
-/// One container tree: the tests that boot it take turns.
-static CONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The container trees: the tests that boot one take turns.
+pub(crate) static CONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-struct Container {
+pub(crate) struct Container {
     root: PathBuf,
     nspawn: Child,
-    pid1: i32,
+    pub(crate) pid1: i32,
+}
+
+/// Copies a directory tree as is (owners, modes, links).
+fn copy_tree(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let st = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(st.success(), "copying {} failed", from.display());
 }
 
 impl Container {
@@ -25,29 +37,50 @@ impl Container {
         crate::support::root().join("target/nspawn/root")
     }
 
-    /// Builds the tree once (about 30 s, cached), then boots it.
-    fn boot(units: &[(&str, &str)]) -> Container {
-        let root = Self::root();
+    /// A pristine Debian 12 tree with systemd, never booted: built once
+    /// (about 30 s, cached); the trees that are booted are copies of it.
+    fn base() -> PathBuf {
+        let base = crate::support::root().join("target/nspawn/base");
         // procps brings /bin/kill, which the unit's ExecReload uses (every
-        // standard Debian install has it; debootstrap's minbase does not).
-        if !root.join("usr/lib/systemd/systemd").exists()
-            || !root.join("bin/kill").exists()
-            || !root.join("usr/lib/polkit-1/polkitd").exists()
+        // standard Debian install has it; debootstrap's minbase does not);
+        // man-db lets the package test read the installed man pages.
+        if !base.join("usr/lib/systemd/systemd").exists()
+            || !base.join("bin/kill").exists()
+            || !base.join("usr/lib/polkit-1/polkitd").exists()
+            || !base.join("usr/bin/man").exists()
         {
-            let _ = std::fs::remove_dir_all(&root);
-            std::fs::create_dir_all(root.parent().expect("parent")).expect("mkdir");
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(base.parent().expect("parent")).expect("mkdir");
             let st = Command::new("debootstrap")
                 .args([
                     "--variant=minbase",
-                    "--include=systemd,systemd-sysv,dbus,procps,libpam-systemd,polkitd",
+                    "--include=systemd,systemd-sysv,dbus,procps,libpam-systemd,polkitd,man-db",
                     "bookworm",
                 ])
-                .arg(&root)
+                .arg(&base)
                 .arg("http://deb.debian.org/debian")
                 .stdout(Stdio::null())
                 .status()
                 .expect("debootstrap runs (apt-get install debootstrap)");
             assert!(st.success(), "debootstrap failed");
+        }
+        base
+    }
+
+    /// Boots a fresh copy of the pristine tree, under target/nspawn/NAME.
+    pub(crate) fn boot_fresh(name: &str) -> Container {
+        let root = crate::support::root().join("target/nspawn").join(name);
+        copy_tree(&Self::base(), &root);
+        Self::boot_tree(root)
+    }
+
+    /// Boots the tree the systemctl tests share, with these units in
+    /// /etc/systemd/system and the test build of ripcord in /usr/local/bin.
+    fn boot(units: &[(&str, &str)]) -> Container {
+        let root = Self::root();
+        let base = Self::base();
+        if !root.join("usr/bin/man").exists() {
+            copy_tree(&base, &root);
         }
         // Whatever an earlier run left behind goes.
         for d in [
@@ -67,6 +100,10 @@ impl Container {
             root.join("usr/local/bin/ripcord"),
         )
         .expect("copy ripcord");
+        Self::boot_tree(root)
+    }
+
+    fn boot_tree(root: PathBuf) -> Container {
         let nspawn = Command::new("systemd-nspawn")
             .arg("-D")
             .arg(&root)
@@ -98,7 +135,7 @@ impl Container {
     }
 
     /// Runs a command inside; (stdout, success).
-    fn exec(&self, argv: &[&str]) -> (String, bool) {
+    pub(crate) fn exec(&self, argv: &[&str]) -> (String, bool) {
         let out = Command::new("nsenter")
             .args(["-t", &self.pid1.to_string(), "-a"])
             .args(argv)
@@ -122,7 +159,7 @@ impl Container {
             .expect("nsenter runs")
     }
 
-    fn path(&self, inside: &str) -> PathBuf {
+    pub(crate) fn path(&self, inside: &str) -> PathBuf {
         self.root.join(inside.trim_start_matches('/'))
     }
 }
@@ -511,11 +548,15 @@ fn an_unprivileged_hardened_ripcord_restarts_exactly_the_units_polkit_allows() {
         ),
     ]);
     let _ = std::fs::remove_dir_all(c.path("/etc/systemd/system/ripcord.service.d"));
-    // The shipped rule, as installed (it names importer.service).
+    // The shipped rule, edited as its comment says to name importer.service.
     std::fs::create_dir_all(c.path("/etc/polkit-1/rules.d")).expect("mkdir");
-    std::fs::copy(
-        crate::support::root().join("packaging/polkit/50-ripcord.rules"),
+    let shipped =
+        std::fs::read_to_string(crate::support::root().join("packaging/polkit/50-ripcord.rules"))
+            .expect("polkit rule");
+    assert_eq!(shipped.matches("var UNITS = [];").count(), 1);
+    std::fs::write(
         c.path("/etc/polkit-1/rules.d/50-ripcord.rules"),
+        shipped.replace("var UNITS = [];", r#"var UNITS = ["importer.service"];"#),
     )
     .expect("polkit rule");
     c.exec(&["systemctl", "restart", "polkit.service"]);

@@ -9,6 +9,7 @@ mod check;
 mod live;
 mod malformed;
 mod notify;
+mod packaging;
 mod reload;
 mod robustness;
 mod rule_tests;

@@ -96,7 +96,12 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Resu
         }
     }
     if snap.rules.is_empty() {
-        writeln!(out, "no rules loaded")?;
+        writeln!(
+            out,
+            "no rules loaded: add rule files where the config's `rules:` points \
+             (default /etc/ripcord/rules.d/*.yaml), check them with `ripcord check`, \
+             then `systemctl reload ripcord`"
+        )?;
         return Ok(());
     }
     let w = snap
