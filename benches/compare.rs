@@ -1,0 +1,1197 @@
+//! ripcord side by side with its peers, measured in one run on one machine:
+//!
+//! - detection latency: a metric flips at a recorded instant; ripcord's
+//!   first action step starts (an exec step that records the time) versus
+//!   a Prometheus alerting rule → Alertmanager → webhook receiver, at the
+//!   peers' defaults and tuned to ripcord's interval;
+//! - evaluation cost: N rules (100, 1 000, 10 000) over matching series, run
+//!   by ripcord and by vmalert one after the other against the same
+//!   Prometheus, at the same interval for the same wall time;
+//! - footprint: idle RSS with 100 rules, start-up to READY=1 and reload
+//!   with 10 000 rules.
+//!
+//! `cargo bench --bench compare` runs it all (about 20 minutes) and writes
+//! target/bench/results.json and target/bench/bench.svg; `-- --tiny` runs a
+//! tiny configuration in seconds (CI runs that, to keep the harness
+//! working). It needs Debian's prometheus, prometheus-alertmanager and
+//! victoria-metrics (vmalert); `scripts/bench` installs them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+const RIPCORD: &str = env!("CARGO_BIN_EXE_ripcord");
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // The exec step ripcord runs: `compare --record FILE TRIAL`.
+    if args.get(1).map(String::as_str) == Some("--record") {
+        record(&args[2], &args[3]);
+        return;
+    }
+    let tiny = args.iter().any(|a| a == "--tiny");
+    let plan = if tiny { Plan::tiny() } else { Plan::full() };
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).expect("mkdir target/bench");
+    for tool in ["prometheus", "prometheus-alertmanager", "vmalert"] {
+        if which(tool).is_none() {
+            eprintln!("compare: `{tool}` not found; run scripts/bench (it installs Debian's prometheus, prometheus-alertmanager and victoria-metrics)");
+            std::process::exit(2);
+        }
+    }
+    let mut results = json!({
+        "machine": machine(),
+        "versions": versions(),
+        "plan": plan.describe(),
+    });
+    eprintln!("== detection latency");
+    results["latency"] = latency(&plan);
+    eprintln!("== evaluation cost");
+    let (cost, footprint) = cost(&plan);
+    results["cost"] = cost;
+    results["footprint"] = footprint;
+    std::fs::write(
+        out.join(if tiny {
+            "results-tiny.json"
+        } else {
+            "results.json"
+        }),
+        serde_json::to_string_pretty(&results).expect("json"),
+    )
+    .expect("write results");
+    let svg = out.join(if tiny { "bench-tiny.svg" } else { "bench.svg" });
+    plot(&results, &svg);
+    println!("{}", markdown(&results));
+    eprintln!(
+        "wrote {} and {}",
+        out.join("results.json").display(),
+        svg.display()
+    );
+    if tiny {
+        check_tiny(&results);
+    }
+}
+
+/// What to run: the full benchmark or the tiny one CI runs.
+struct Plan {
+    trials: usize,
+    /// ripcord's rule interval, and the peers' when tuned.
+    interval: Duration,
+    /// The flips are spread over this long (random instants).
+    spread_defaults: Duration,
+    spread_tuned: Duration,
+    peers_at_defaults: bool,
+    sizes: Vec<usize>,
+    /// Queries a second both evaluators aim at: interval = N / rate.
+    query_rate: f64,
+    min_wall: Duration,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            trials: 20,
+            interval: Duration::from_secs(5),
+            spread_defaults: Duration::from_secs(120),
+            spread_tuned: Duration::from_secs(40),
+            peers_at_defaults: true,
+            sizes: vec![100, 1000, 10_000],
+            query_rate: 200.0,
+            min_wall: Duration::from_secs(40),
+        }
+    }
+
+    fn tiny() -> Plan {
+        Plan {
+            trials: 3,
+            interval: Duration::from_secs(1),
+            spread_defaults: Duration::ZERO,
+            spread_tuned: Duration::from_secs(2),
+            peers_at_defaults: false,
+            sizes: vec![20],
+            query_rate: 20.0,
+            min_wall: Duration::from_secs(4),
+        }
+    }
+
+    fn eval_interval(&self, n: usize) -> Duration {
+        Duration::from_secs_f64((n as f64 / self.query_rate).max(1.0).round())
+    }
+
+    fn describe(&self) -> Value {
+        json!({
+            "trials": self.trials,
+            "ripcord_interval_s": self.interval.as_secs_f64(),
+            "sizes": self.sizes,
+            "query_rate": self.query_rate,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- latency
+
+fn latency(plan: &Plan) -> Value {
+    let mut runs = Vec::new();
+    if plan.peers_at_defaults {
+        runs.push(("defaults", None, plan.spread_defaults));
+    }
+    runs.push(("tuned", Some(plan.interval), plan.spread_tuned));
+    let mut out = json!({});
+    let mut ripcord_all = Vec::new();
+    for (name, peer_interval, spread) in runs {
+        eprintln!("-- {name}: {} trials over {spread:?}", plan.trials);
+        let (ripcord, peers) = latency_run(plan, peer_interval, spread);
+        eprintln!(
+            "   ripcord median {:.2}s, Prometheus+Alertmanager median {:.2}s",
+            median(&ripcord),
+            median(&peers)
+        );
+        ripcord_all.extend(ripcord.iter().copied());
+        out[name] = json!({
+            "peer_eval_interval_s": peer_interval.map_or(60.0, |d| d.as_secs_f64()),
+            "peer_group_wait_s": if peer_interval.is_some() { 0.0 } else { 30.0 },
+            "ripcord": summary(&ripcord),
+            "peers": summary(&peers),
+            "ratio_median": median(&peers) / median(&ripcord),
+        });
+    }
+    out["ripcord_all"] = summary(&ripcord_all);
+    out
+}
+
+/// One run: `trials` series flip from 0 to 1 at random instants; ripcord
+/// and Prometheus + Alertmanager watch the same series. The seconds from
+/// each flip to ripcord's step and to the webhook, per trial.
+fn latency_run(
+    plan: &Plan,
+    peer_interval: Option<Duration>,
+    spread: Duration,
+) -> (Vec<f64>, Vec<f64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let trials = plan.trials;
+    let flags = Arc::new(Mutex::new(vec![0u8; trials]));
+    let exporter = {
+        let flags = flags.clone();
+        Server::start(move |_, _| {
+            let f = flags.lock().expect("lock");
+            let mut body = String::from("# TYPE bench_flag gauge\n");
+            for (i, v) in f.iter().enumerate() {
+                body.push_str(&format!("bench_flag{{trial=\"{i}\"}} {v}\n"));
+            }
+            (200, body)
+        })
+    };
+    // The webhook receiver: the first firing alert of each trial.
+    let hooked: Arc<Mutex<BTreeMap<usize, f64>>> = Arc::default();
+    let hook = {
+        let hooked = hooked.clone();
+        Server::start(move |_, body| {
+            let at = now();
+            if let Ok(v) = serde_json::from_str::<Value>(body) {
+                for a in v["alerts"].as_array().into_iter().flatten() {
+                    if a["status"] == "firing" {
+                        if let Some(t) = a["labels"]["trial"].as_str().and_then(|t| t.parse().ok())
+                        {
+                            hooked.lock().expect("lock").entry(t).or_insert(at);
+                        }
+                    }
+                }
+            }
+            (200, String::new())
+        })
+    };
+    let am_port = free_port();
+    let group_wait = if peer_interval.is_some() {
+        "group_wait: 0s\n  group_interval: 1s\n  "
+    } else {
+        ""
+    };
+    std::fs::write(
+        dir.join("am.yml"),
+        format!(
+            "route:\n  receiver: hook\n  group_by: [trial]\n  {group_wait}\nreceivers:\n  - name: hook\n    webhook_configs: [{{url: \"http://127.0.0.1:{}/\", send_resolved: false}}]\n",
+            hook.port
+        ),
+    )
+    .expect("am.yml");
+    let _am = Proc::spawn(
+        dir,
+        "alertmanager",
+        Command::new("prometheus-alertmanager").args([
+            &format!("--config.file={}", dir.join("am.yml").display()),
+            &format!("--storage.path={}", dir.join("am").display()),
+            &format!("--web.listen-address=127.0.0.1:{am_port}"),
+            "--cluster.listen-address=",
+        ]),
+    );
+    let eval = peer_interval.map_or(String::new(), |d| {
+        format!(", evaluation_interval: {}s", d.as_secs())
+    });
+    std::fs::write(
+        dir.join("alerts.yml"),
+        "groups:\n  - name: bench\n    rules:\n      - alert: BenchBreach\n        expr: bench_flag > 0.5\n",
+    )
+    .expect("alerts.yml");
+    let prom = Prom::start(
+        dir,
+        &format!(
+            "global: {{scrape_interval: 1s{eval}}}\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers: [{{static_configs: [{{targets: [\"127.0.0.1:{am_port}\"]}}]}}]\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
+            dir.join("alerts.yml").display(),
+            exporter.port
+        ),
+    );
+    prom.wait_for_series("count(bench_flag)", trials);
+
+    // ripcord: one rule and one action per trial (two incidents never run
+    // the same action at once), each recording when its step starts.
+    let rec = dir.join("recorded");
+    let me = std::env::current_exe().expect("current exe");
+    let mut rules = String::from("actions:\n");
+    for i in 0..trials {
+        rules.push_str(&format!(
+            "  record-{i}:\n    steps:\n      - exec: {{argv: [\"{}\", --record, \"{}\", \"{i}\"]}}\n",
+            me.display(),
+            rec.display()
+        ));
+    }
+    rules.push_str("rules:\n");
+    for i in 0..trials {
+        rules.push_str(&format!(
+            "  - name: trial-{i}\n    every: {}s\n    queries: {{v: 'bench_flag{{trial=\"{i}\"}}'}}\n    condition: v > 0.5\n    actions: [record-{i}]\n",
+            plan.interval.as_secs()
+        ));
+    }
+    let ripcord = Ripcord::start(
+        dir,
+        &prom,
+        &rules,
+        "limits: {max_actions_per_hour: 100000}\n",
+    );
+    ripcord.wait_ready(Duration::from_secs(30));
+    // Let both sides evaluate the zeros once before anything flips.
+    std::thread::sleep(plan.interval + Duration::from_secs(1));
+
+    let mut at: Vec<(f64, usize)> = (0..trials)
+        .map(|i| (rand_unit() * spread.as_secs_f64(), i))
+        .collect();
+    at.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let start = Instant::now();
+    let mut flipped = vec![0.0; trials];
+    for (offset, i) in at {
+        let due = start + Duration::from_secs_f64(offset);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut f = flags.lock().expect("lock");
+        f[i] = 1;
+        flipped[i] = now();
+    }
+    // Defaults: up to 1m evaluation + 30s group wait + scrape and send.
+    let deadline = if peer_interval.is_some() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(150)
+    };
+    let done = || {
+        let r = recorded(&rec).len();
+        let h = hooked.lock().expect("lock").len();
+        r == trials && h == trials
+    };
+    wait_until("every trial seen by both paths", deadline, done);
+    let rec = recorded(&rec);
+    let hooked = hooked.lock().expect("lock").clone();
+    let ours = (0..trials).map(|i| rec[&i] - flipped[i]).collect();
+    let theirs = (0..trials).map(|i| hooked[&i] - flipped[i]).collect();
+    drop(ripcord);
+    (ours, theirs)
+}
+
+fn record(file: &str, trial: &str) {
+    let at = now();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .expect("open record file");
+    writeln!(f, "{trial} {at:.6}").expect("record");
+}
+
+fn recorded(file: &Path) -> BTreeMap<usize, f64> {
+    let mut m = BTreeMap::new();
+    for l in std::fs::read_to_string(file).unwrap_or_default().lines() {
+        let mut it = l.split(' ');
+        if let (Some(Ok(t)), Some(Ok(at))) = (it.next().map(str::parse), it.next().map(str::parse))
+        {
+            m.entry(t).or_insert(at);
+        }
+    }
+    m
+}
+
+// ------------------------------------------------------------------- cost
+
+fn cost(plan: &Plan) -> (Value, Value) {
+    let mut rows = Vec::new();
+    let mut footprint = json!({});
+    for &n in &plan.sizes {
+        let interval = plan.eval_interval(n);
+        let wall = plan.min_wall.max(interval * 3);
+        eprintln!("-- {n} rules every {interval:?} for {wall:?}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = dir.path();
+        let mut body = String::from("# TYPE bench_value gauge\n");
+        for i in 0..n {
+            body.push_str(&format!("bench_value{{i=\"{i}\"}} {i}\n"));
+        }
+        let exporter = Server::start(move |_, _| (200, body.clone()));
+        let prom = Prom::start(
+            dir,
+            &format!(
+                "global: {{scrape_interval: 5s}}\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
+                exporter.port
+            ),
+        );
+        prom.wait_for_series("count(bench_value)", n);
+
+        // ripcord
+        let mut rules = String::from("rules:\n");
+        for i in 0..n {
+            rules.push_str(&format!(
+                "  - name: r-{i}\n    every: {}s\n    queries: {{v: 'bench_value{{i=\"{i}\"}}'}}\n    condition: v > 1000000000\n",
+                interval.as_secs()
+            ));
+        }
+        let prom_cpu0 = cpu_seconds(prom.pid());
+        let spawned = Instant::now();
+        let ripcord = Ripcord::start(dir, &prom, &rules, "");
+        let ready = ripcord.wait_ready(Duration::from_secs(120));
+        let start_to_ready = ready.duration_since(spawned).as_secs_f64();
+        std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
+        let r_cpu = cpu_seconds(ripcord.pid());
+        let r_mem = memory(ripcord.pid());
+        let r_wall = spawned.elapsed().as_secs_f64();
+        let prom_cpu_r = cpu_seconds(prom.pid()) - prom_cpu0;
+        let m = scrape(ripcord.api_port, "/metrics");
+        let r_evals = sum_metric(&m, "ripcord_evaluations_total");
+        let r_errors = sum_metric(&m, "ripcord_evaluation_failures_total")
+            + sum_metric(&m, "ripcord_missed_evaluations_total");
+        if n == 100 {
+            footprint["idle_rss_mb_100_rules"] = json!(r_mem.rss_mb);
+        }
+        if n == *plan.sizes.iter().max().unwrap_or(&n) {
+            footprint["rules"] = json!(n);
+            footprint["start_to_ready_s"] = json!(start_to_ready);
+            footprint["reload_unchanged_s"] = json!(ripcord.reload(None));
+            let changed = rules.replace("v > 1000000000", "v > 2000000000");
+            footprint["reload_all_changed_s"] = json!(ripcord.reload(Some(&changed)));
+        }
+        drop(ripcord);
+
+        // vmalert: the same rules as a Prometheus rule file.
+        let mut vm_rules = format!(
+            "groups:\n  - name: bench\n    interval: {}s\n    concurrency: 32\n    rules:\n",
+            interval.as_secs()
+        );
+        for i in 0..n {
+            vm_rules.push_str(&format!(
+                "      - alert: r_{i}\n        expr: 'bench_value{{i=\"{i}\"}} > 1000000000'\n"
+            ));
+        }
+        std::fs::write(dir.join("vmalert.yml"), vm_rules).expect("vmalert rules");
+        let hook = Server::start(|_, _| (200, String::new()));
+        let vm_port = free_port();
+        let prom_cpu0 = cpu_seconds(prom.pid());
+        let spawned = Instant::now();
+        let vm = Proc::spawn(
+            dir,
+            "vmalert",
+            Command::new("vmalert").args([
+                &format!("-datasource.url={}", prom.url()),
+                &format!("-rule={}", dir.join("vmalert.yml").display()),
+                &format!("-notifier.url=http://127.0.0.1:{}", hook.port),
+                &format!("-httpListenAddr=127.0.0.1:{vm_port}"),
+            ]),
+        );
+        std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
+        let v_cpu = cpu_seconds(vm.pid());
+        let v_mem = memory(vm.pid());
+        let v_wall = spawned.elapsed().as_secs_f64();
+        let prom_cpu_v = cpu_seconds(prom.pid()) - prom_cpu0;
+        let m = scrape(vm_port, "/metrics");
+        let v_evals = sum_metric(&m, "vmalert_alerting_rules_evaluations_total")
+            .max(sum_metric(&m, "vmalert_execution_total"));
+        let v_errors = sum_metric(&m, "vmalert_alerting_rules_errors_total")
+            + sum_metric(&m, "vmalert_execution_errors_total");
+        drop(vm);
+
+        let expected = n as f64 * wall.as_secs_f64() / interval.as_secs_f64();
+        let row = json!({
+            "rules": n,
+            "interval_s": interval.as_secs_f64(),
+            "wall_s": wall.as_secs_f64(),
+            "scheduled_evaluations": expected,
+            "ripcord": side(r_evals, r_errors, r_cpu, &r_mem, r_wall, prom_cpu_r),
+            "vmalert": side(v_evals, v_errors, v_cpu, &v_mem, v_wall, prom_cpu_v),
+        });
+        eprintln!(
+            "   ripcord {r_evals} evals, {r_cpu:.2} CPU s, peak {:.1} MB; vmalert {v_evals} evals, {v_cpu:.2} CPU s, peak {:.1} MB",
+            r_mem.hwm_mb, v_mem.hwm_mb
+        );
+        rows.push(row);
+    }
+    (Value::Array(rows), footprint)
+}
+
+fn side(evals: f64, errors: f64, cpu: f64, mem: &Memory, wall: f64, prom_cpu: f64) -> Value {
+    let per_k = evals / 1000.0;
+    json!({
+        "evaluations": evals,
+        "errors": errors,
+        "cpu_s": cpu,
+        "cpu_s_per_1000": if per_k > 0.0 { cpu / per_k } else { f64::NAN },
+        "peak_rss_mb": mem.hwm_mb,
+        "peak_rss_mb_per_1000": if per_k > 0.0 { mem.hwm_mb / per_k } else { f64::NAN },
+        "rss_mb": mem.rss_mb,
+        "wall_s": wall,
+        "prometheus_cpu_share": prom_cpu / wall,
+    })
+}
+
+// ------------------------------------------------------------ processes
+
+/// A child process, killed when dropped; its output goes to DIR/NAME.log.
+struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, name: &str, cmd: &mut Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).expect("log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = s.lines().rev().take(20).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Prom {
+    proc: Proc,
+    port: u16,
+}
+
+impl Prom {
+    fn start(dir: &Path, config: &str) -> Prom {
+        std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
+        let port = free_port();
+        let proc = Proc::spawn(
+            dir,
+            "prometheus",
+            Command::new("prometheus").args([
+                &format!("--config.file={}", dir.join("prometheus.yml").display()),
+                &format!("--storage.tsdb.path={}", dir.join("data").display()),
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+            ]),
+        );
+        let p = Prom { proc, port };
+        wait_until("Prometheus ready", Duration::from_secs(60), || {
+            http("GET", p.port, "/-/ready", "").is_some_and(|(s, _)| s == 200)
+        });
+        p
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    fn wait_for_series(&self, count_query: &str, n: usize) {
+        let q = format!("/api/v1/query?query={}", encode(count_query));
+        wait_until(
+            &format!("{n} series in Prometheus"),
+            Duration::from_secs(60),
+            || {
+                http("GET", self.port, &q, "")
+                    .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                    .and_then(|v| {
+                        v["data"]["result"][0]["value"][1]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .is_some_and(|c| c == n.to_string())
+            },
+        );
+    }
+}
+
+/// `ripcord run` with a rule file, its sd_notify messages on a socket.
+struct Ripcord {
+    proc: Proc,
+    api_port: u16,
+    rules: PathBuf,
+    notify: UnixDatagram,
+}
+
+impl Ripcord {
+    fn start(dir: &Path, prom: &Prom, rules: &str, extra: &str) -> Ripcord {
+        let state = dir.join("ripcord-state");
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(dir.join("rules.d")).expect("mkdir");
+        let rules_path = dir.join("rules.d/bench.yaml");
+        std::fs::write(&rules_path, rules).expect("rules");
+        let api_port = free_port();
+        std::fs::write(
+            dir.join("ripcord.yaml"),
+            format!(
+                "prometheus: {{url: \"{}\"}}\nrules: rules.d/*.yaml\nstate_dir: {}\nlisten: 127.0.0.1:{api_port}\n{extra}",
+                prom.url(),
+                state.display()
+            ),
+        )
+        .expect("ripcord.yaml");
+        let sock = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&sock);
+        let notify = UnixDatagram::bind(&sock).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let proc = Proc::spawn(
+            dir,
+            "ripcord",
+            Command::new(RIPCORD)
+                .arg("-c")
+                .arg(dir.join("ripcord.yaml"))
+                .arg("run")
+                .env("NOTIFY_SOCKET", &sock)
+                .env("RUST_LOG", "warn"),
+        );
+        Ripcord {
+            proc,
+            api_port,
+            rules: rules_path,
+            notify,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Waits for READY=1; when it came.
+    fn wait_ready(&self, deadline: Duration) -> Instant {
+        let end = Instant::now() + deadline;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let at = Instant::now();
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
+                    return at;
+                }
+            }
+        }
+        panic!(
+            "ripcord sent no READY=1 within {deadline:?}:\n{}",
+            self.proc.log_tail()
+        );
+    }
+
+    /// SIGHUP (after writing `rules`, if given): seconds until READY=1.
+    fn reload(&self, rules: Option<&str>) -> f64 {
+        let mut buf = [0u8; 4096];
+        while self.notify.recv(&mut buf).is_ok() {}
+        if let Some(r) = rules {
+            // Written aside and renamed in: the watcher sees one change.
+            let tmp = self.rules.with_extension("tmp");
+            std::fs::write(&tmp, r).expect("rules");
+            std::fs::rename(&tmp, &self.rules).expect("rename");
+        }
+        let sent = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+        self.wait_ready(Duration::from_secs(60))
+            .duration_since(sent)
+            .as_secs_f64()
+    }
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // rest starts at field 3 (state, not a number, skipped): utime is
+    // field 14, stime 15 → indices 10 and 11 of the numeric ones.
+    let ticks = f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0);
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Memory {
+    rss_mb: f64,
+    hwm_mb: f64,
+}
+
+fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    Memory {
+        rss_mb: kb("VmRSS:"),
+        hwm_mb: kb("VmHWM:"),
+    }
+}
+
+// ------------------------------------------------------------------ HTTP
+
+type Handler = dyn Fn(&str, &str) -> (u16, String) + Send + Sync;
+
+/// A tiny threaded HTTP/1.1 server: `handler(request line, body)`.
+struct Server {
+    port: u16,
+}
+
+impl Server {
+    fn start(handler: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let handler: Arc<Handler> = Arc::new(handler);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let handler = handler.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &*handler);
+                });
+            }
+        });
+        Server { port }
+    }
+}
+
+fn serve(mut conn: TcpStream, handler: &Handler) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request)? == 0 {
+            return Ok(());
+        }
+        let mut len = 0;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if lower == "connection: close" {
+                close = true;
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        let (status, answer) = handler(request.trim_end(), &String::from_utf8_lossy(&body));
+        write!(
+            conn,
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        )?;
+        if close || request.ends_with("HTTP/1.0\r\n") {
+            return Ok(());
+        }
+    }
+}
+
+/// One request on loopback: (status, body).
+fn http(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn scrape(port: u16, path: &str) -> String {
+    http("GET", port, path, "")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+/// The sum of every sample of a metric in the text exposition format.
+fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+// --------------------------------------------------------------- helpers
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {deadline:?} waiting for {what}");
+}
+
+/// A uniform number in [0, 1) (xorshift seeded from the clock: the flip
+/// instants only need to be unrelated to the evaluators' phases).
+fn rand_unit() -> f64 {
+    static STATE: Mutex<u64> = Mutex::new(0);
+    let mut s = STATE.lock().expect("lock");
+    if *s == 0 {
+        *s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1;
+    }
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    (*s >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn percentile(xs: &[f64], p: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    // Nearest rank.
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+fn median(xs: &[f64]) -> f64 {
+    percentile(xs, 50.0)
+}
+
+fn summary(xs: &[f64]) -> Value {
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    json!({
+        "n": xs.len(),
+        "median_s": median(xs),
+        "p95_s": percentile(xs, 95.0),
+        "min_s": sorted.first(),
+        "max_s": sorted.last(),
+        "samples_s": sorted,
+    })
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory": mem,
+        "kernel": first_line(Command::new("uname").arg("-r")),
+    })
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            let s = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            s.lines().next().unwrap_or_default().trim().to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn versions() -> Value {
+    json!({
+        "ripcord": first_line(Command::new(RIPCORD).arg("--version")),
+        "prometheus": first_line(Command::new("prometheus").arg("--version")),
+        "alertmanager": first_line(Command::new("prometheus-alertmanager").arg("--version")),
+        "vmalert": first_line(Command::new("vmalert").arg("-version")),
+    })
+}
+
+// --------------------------------------------------------------- report
+
+fn f(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+        None => "–".into(),
+    }
+}
+
+fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    s.push_str("### Detection latency (seconds from the flip)\n\n");
+    s.push_str("| run | path | trials | median | p95 | min | max | peers / ripcord (median) |\n|---|---|---|---|---|---|---|---|\n");
+    for run in ["defaults", "tuned"] {
+        let x = &r["latency"][run];
+        if x.is_null() {
+            continue;
+        }
+        let peer = format!(
+            "Prometheus (evaluation_interval {}s) → Alertmanager (group_wait {}s) → webhook",
+            f(&x["peer_eval_interval_s"]),
+            f(&x["peer_group_wait_s"])
+        );
+        for (name, k) in [
+            ("ripcord (exec step starts)", "ripcord"),
+            (peer.as_str(), "peers"),
+        ] {
+            let y = &x[k];
+            s.push_str(&format!(
+                "| {run} | {name} | {} | {} | {} | {} | {} | {} |\n",
+                y["n"],
+                f(&y["median_s"]),
+                f(&y["p95_s"]),
+                f(&y["min_s"]),
+                f(&y["max_s"]),
+                if k == "peers" {
+                    format!("{}×", f(&x["ratio_median"]))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    s.push_str(
+        "\n### Evaluation cost (same rules, interval and wall time; one after the other)\n\n",
+    );
+    s.push_str("| rules | interval | wall | tool | evaluations | errors | CPU s | CPU s / 1000 evals | peak RSS MB | peak RSS MB / 1000 evals | Prometheus CPU share |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for row in r["cost"].as_array().into_iter().flatten() {
+        for tool in ["ripcord", "vmalert"] {
+            let t = &row[tool];
+            s.push_str(&format!(
+                "| {} | {}s | {}s | {tool} | {} | {} | {} | {} | {} | {} | {}% |\n",
+                row["rules"],
+                f(&row["interval_s"]),
+                f(&row["wall_s"]),
+                t["evaluations"],
+                t["errors"],
+                f(&t["cpu_s"]),
+                f(&t["cpu_s_per_1000"]),
+                f(&t["peak_rss_mb"]),
+                f(&t["peak_rss_mb_per_1000"]),
+                f(&json!(
+                    t["prometheus_cpu_share"].as_f64().unwrap_or(f64::NAN) * 100.0
+                )),
+            ));
+        }
+        let ratio = |k: &str| {
+            row["ripcord"][k].as_f64().unwrap_or(f64::NAN)
+                / row["vmalert"][k].as_f64().unwrap_or(f64::NAN)
+        };
+        s.push_str(&format!(
+            "| {} | | | **ripcord / vmalert** | | | | **{:.2}** | | **{:.2}** | |\n",
+            row["rules"],
+            ratio("cpu_s_per_1000"),
+            ratio("peak_rss_mb_per_1000")
+        ));
+    }
+    let fp = &r["footprint"];
+    s.push_str(&format!(
+        "\n### Footprint\n\n| measure | value |\n|---|---|\n| RSS with 100 rules, steady state | {} MB |\n| start-up to READY=1, {} rules | {} s |\n| reload (SIGHUP → READY=1), {} rules unchanged | {} s |\n| reload, all {} rules changed | {} s |\n",
+        f(&fp["idle_rss_mb_100_rules"]),
+        fp["rules"],
+        f(&fp["start_to_ready_s"]),
+        fp["rules"],
+        f(&fp["reload_unchanged_s"]),
+        fp["rules"],
+        f(&fp["reload_all_changed_s"]),
+    ));
+    s
+}
+
+fn check_tiny(r: &Value) {
+    let x = &r["latency"]["tuned"];
+    assert_eq!(x["ripcord"]["n"], json!(3), "{x}");
+    assert_eq!(x["peers"]["n"], json!(3), "{x}");
+    let row = &r["cost"][0];
+    for tool in ["ripcord", "vmalert"] {
+        assert!(
+            row[tool]["evaluations"].as_f64().unwrap_or(0.0) > 0.0,
+            "{tool} evaluated nothing: {row}"
+        );
+    }
+    assert!(r["footprint"]["reload_all_changed_s"].as_f64().is_some());
+}
+
+fn plot(r: &Value, path: &Path) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let (left, right) = root.split_horizontally(550);
+
+    // Latency: the empirical CDF of each path, log time axis.
+    let mut series: Vec<(String, Vec<f64>, RGBColor)> = Vec::new();
+    let colors = [
+        RGBColor(200, 30, 30),
+        RGBColor(30, 90, 200),
+        RGBColor(120, 120, 120),
+        RGBColor(30, 160, 60),
+    ];
+    for (run, (a, b)) in [("defaults", (0, 2)), ("tuned", (3, 1))] {
+        let x = &r["latency"][run];
+        if x.is_null() {
+            continue;
+        }
+        let samples = |k: &str| -> Vec<f64> {
+            x[k]["samples_s"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect()
+        };
+        series.push((
+            format!("ripcord ({run} run)"),
+            samples("ripcord"),
+            colors[a],
+        ));
+        series.push((
+            format!("Prometheus+Alertmanager, {run}"),
+            samples("peers"),
+            colors[b],
+        ));
+    }
+    let max = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .fold(1.0f64, f64::max)
+        * 1.5;
+    let min = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .fold(max, f64::min)
+        .max(0.01)
+        / 1.5;
+    if let Ok(mut chart) = ChartBuilder::on(&left)
+        .caption("Detection latency (CDF)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44)
+        .build_cartesian_2d((min..max).log_scale(), 0.0..1.0)
+    {
+        let _ = chart
+            .configure_mesh()
+            .x_desc("seconds from the flip to the action / webhook")
+            .y_desc("fraction of trials")
+            .draw();
+        for (name, mut xs, color) in series {
+            xs.sort_by(f64::total_cmp);
+            let n = xs.len() as f64;
+            let pts: Vec<(f64, f64)> = xs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &x)| [(x, i as f64 / n), (x, (i + 1) as f64 / n)])
+                .collect();
+            if let Ok(s) = chart.draw_series(LineSeries::new(pts, color.stroke_width(2))) {
+                s.label(name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            }
+        }
+        let _ = chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw();
+    }
+
+    // Cost: CPU seconds per 1000 evaluations against N, log-log.
+    let rows: Vec<&Value> = r["cost"].as_array().into_iter().flatten().collect();
+    let pts = |tool: &str, k: &str| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|row| Some((row["rules"].as_f64()?, row[tool][k].as_f64()?)))
+            .filter(|p| p.1.is_finite() && p.1 > 0.0)
+            .collect()
+    };
+    let all: Vec<f64> = ["ripcord", "vmalert"]
+        .iter()
+        .flat_map(|t| pts(t, "cpu_s_per_1000").into_iter().map(|p| p.1))
+        .collect();
+    let ymax = all.iter().copied().fold(0.001, f64::max) * 2.0;
+    let ymin = all.iter().copied().fold(ymax, f64::min) / 2.0;
+    let nmax = rows
+        .iter()
+        .filter_map(|r| r["rules"].as_f64())
+        .fold(10.0, f64::max)
+        * 2.0;
+    let nmin = rows
+        .iter()
+        .filter_map(|r| r["rules"].as_f64())
+        .fold(nmax, f64::min)
+        / 2.0;
+    if let Ok(mut chart) = ChartBuilder::on(&right)
+        .caption("Evaluation cost", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d((nmin..nmax).log_scale(), (ymin..ymax).log_scale())
+    {
+        let _ = chart
+            .configure_mesh()
+            .x_desc("rules")
+            .y_desc("CPU seconds per 1000 evaluations")
+            .draw();
+        for (tool, color) in [("ripcord", colors[0]), ("vmalert", colors[1])] {
+            let p = pts(tool, "cpu_s_per_1000");
+            let _ = chart.draw_series(p.iter().map(|&c| Circle::new(c, 4, color.filled())));
+            if let Ok(s) = chart.draw_series(LineSeries::new(p, color.stroke_width(2))) {
+                s.label(tool).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            }
+        }
+        let _ = chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw();
+    }
+    let _ = root.present();
+}
