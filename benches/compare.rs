@@ -37,7 +37,23 @@ fn main() {
         return;
     }
     let tiny = args.iter().any(|a| a == "--tiny");
-    let plan = if tiny { Plan::tiny() } else { Plan::full() };
+    let mut plan = if tiny { Plan::tiny() } else { Plan::full() };
+    // `--trials N`, `--spread SECONDS` (defaults run) and `--sizes 100,1000`
+    // shorten a run while working on the harness.
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    if let Some(n) = opt("--trials").and_then(|n| n.parse().ok()) {
+        plan.trials = n;
+    }
+    if let Some(s) = opt("--spread").and_then(|s| s.parse().ok()) {
+        plan.spread_defaults = Duration::from_secs(s);
+    }
+    if let Some(list) = opt("--sizes") {
+        plan.sizes = list.split(',').filter_map(|n| n.parse().ok()).collect();
+    }
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).expect("mkdir target/bench");
     for tool in ["prometheus", "prometheus-alertmanager", "vmalert"] {
@@ -222,7 +238,7 @@ fn latency_run(
         ),
     )
     .expect("am.yml");
-    let _am = Proc::spawn(
+    let am = Proc::spawn(
         dir,
         "alertmanager",
         Command::new("prometheus-alertmanager").args([
@@ -305,7 +321,18 @@ fn latency_run(
         let h = hooked.lock().expect("lock").len();
         r == trials && h == trials
     };
-    wait_until("every trial seen by both paths", deadline, done);
+    if !poll(deadline, done) {
+        let r = recorded(&rec);
+        let h = hooked.lock().expect("lock").clone();
+        panic!(
+            "not every trial was seen within {deadline:?}: ripcord acted on {:?}, the webhook got {:?}\nripcord: {}\nalertmanager: {}\nprometheus: {}",
+            r.keys().collect::<Vec<_>>(),
+            h.keys().collect::<Vec<_>>(),
+            ripcord.proc.log_tail(),
+            am.log_tail(),
+            prom.proc.log_tail()
+        );
+    }
     let rec = recorded(&rec);
     let hooked = hooked.lock().expect("lock").clone();
     let ours = (0..trials).map(|i| rec[&i] - flipped[i]).collect();
@@ -573,12 +600,14 @@ impl Prom {
     }
 }
 
-/// `ripcord run` with a rule file, its sd_notify messages on a socket.
+/// `ripcord run` with a rule file. Its sd_notify messages are read as
+/// systemd would, all the time, and kept with the instant they came.
 struct Ripcord {
     proc: Proc,
     api_port: u16,
     rules: PathBuf,
-    notify: UnixDatagram,
+    spawned: Instant,
+    notes: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Ripcord {
@@ -601,9 +630,18 @@ impl Ripcord {
         let sock = dir.join("notify.sock");
         let _ = std::fs::remove_file(&sock);
         let notify = UnixDatagram::bind(&sock).expect("bind notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
+        let notes: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        {
+            let notes = notes.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = notify.recv(&mut buf) {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    notes.lock().expect("lock").push((Instant::now(), msg));
+                }
+            });
+        }
+        let spawned = Instant::now();
         let proc = Proc::spawn(
             dir,
             "ripcord",
@@ -618,7 +656,8 @@ impl Ripcord {
             proc,
             api_port,
             rules: rules_path,
-            notify,
+            spawned,
+            notes,
         }
     }
 
@@ -626,31 +665,35 @@ impl Ripcord {
         self.proc.pid()
     }
 
-    /// Waits for READY=1; when it came.
+    /// Waits for the first READY=1 since start; when it came.
     fn wait_ready(&self, deadline: Duration) -> Instant {
-        let end = Instant::now() + deadline;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < end {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let at = Instant::now();
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                {
-                    return at;
-                }
-            }
+        self.ready_after(self.spawned, deadline)
+    }
+
+    /// Waits for a READY=1 that came after `since`; when it came.
+    fn ready_after(&self, since: Instant, deadline: Duration) -> Instant {
+        let mut at = None;
+        let found = poll(deadline, || {
+            at = self
+                .notes
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|(t, m)| *t >= since && m.lines().any(|l| l == "READY=1"))
+                .map(|(t, _)| *t);
+            at.is_some()
+        });
+        match at {
+            Some(at) if found => at,
+            _ => panic!(
+                "ripcord sent no READY=1 within {deadline:?}:\n{}",
+                self.proc.log_tail()
+            ),
         }
-        panic!(
-            "ripcord sent no READY=1 within {deadline:?}:\n{}",
-            self.proc.log_tail()
-        );
     }
 
     /// SIGHUP (after writing `rules`, if given): seconds until READY=1.
     fn reload(&self, rules: Option<&str>) -> f64 {
-        let mut buf = [0u8; 4096];
-        while self.notify.recv(&mut buf).is_ok() {}
         if let Some(r) = rules {
             // Written aside and renamed in: the watcher sees one change.
             let tmp = self.rules.with_extension("tmp");
@@ -663,7 +706,7 @@ impl Ripcord {
             nix::sys::signal::Signal::SIGHUP,
         )
         .expect("SIGHUP");
-        self.wait_ready(Duration::from_secs(60))
+        self.ready_after(sent, Duration::from_secs(60))
             .duration_since(sent)
             .as_secs_f64()
     }
@@ -842,15 +885,23 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll(deadline, cond),
+        "timed out after {deadline:?} waiting for {what}"
+    );
+}
+
+/// Polls `cond` every 20 ms until it holds (true) or `deadline` passes.
+fn poll(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     while Instant::now() < end {
         if cond() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("timed out after {deadline:?} waiting for {what}");
+    false
 }
 
 /// A uniform number in [0, 1) (xorshift seeded from the clock: the flip

@@ -125,3 +125,51 @@ fn edits_reload_all_or_nothing_and_unchanged_rules_keep_their_state() {
     assert_eq!(pending_since(), Some(since));
     assert!(!rc.log().contains("pending → ok"), "{}", rc.log());
 }
+
+/// A service manager that stops reading notifications: a datagram send
+/// blocks once the socket's queue is full (net.unix.max_dgram_qlen, 10 by
+/// default), and that must never stall the engine. Here nothing reads the
+/// NOTIFY_SOCKET; after more reloads (two messages each) than the queues
+/// hold, ripcord still reloads, evaluates, acts on a breach and answers
+/// `status`, and says that it dropped notifications.
+#[test]
+fn a_service_manager_that_stops_reading_notifications_does_not_stall_ripcord() {
+    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.001");
+    let mut rc = Ripcord::new(&prom.url(), "", "");
+    let rec = recorder(rc.dir.path());
+    let out = rc.path("recorded");
+    std::fs::write(
+        rc.path("rules.d/rules.yaml"),
+        format!(
+            "actions:\n  rollback:\n    steps:\n      - exec: {{argv: [\"{}\", rollback]}}\nrules:\n  - name: errors\n    every: 1s\n    queries: {{ratio: demo_errors_ratio}}\n    condition: ratio > 0.05\n    actions: [rollback]\n",
+            rec.display()
+        ),
+    )
+    .expect("rules");
+    let sock = rc.path("notify.sock");
+    let never_read = std::os::unix::net::UnixDatagram::bind(&sock).expect("bind");
+    rc.env
+        .push(("NOTIFY_SOCKET".into(), sock.display().to_string()));
+    rc.env.push(("REC".into(), out.display().to_string()));
+    rc.start();
+    let pid = nix::unistd::Pid::from_raw(rc.pid().expect("running"));
+    // 40 reloads: 80 messages, past the socket's 10 and ripcord's 64.
+    for i in 1..=40 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+        wait_until(&format!("reload {i}"), LONG, || {
+            rc.log().matches("reloaded: 1 rules").count() >= i
+        });
+    }
+    rc.wait_log("the service manager is not reading notifications", LONG);
+    exp.set("demo_errors_ratio 0.2\n");
+    wait_until("the rollback step to run", LONG, || {
+        recorded(&out)
+            .iter()
+            .any(|(n, what, _)| n == "rollback" && what == "start")
+    });
+    let status = rc.cli(&["status"], &[]);
+    assert!(status.stdout.contains("errors"), "{}", status.stdout);
+    drop(never_read);
+}

@@ -35,6 +35,10 @@ pub async fn run_argv(argv: &[String], env: &[(String, String)], timeout: Durati
     };
     let mut cmd = Command::new(program);
     cmd.args(args)
+        // ripcord's own line to systemd is not a step's to use.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
