@@ -1,11 +1,11 @@
 //! The HTTP listener on `listen:`: `/metrics`, `/healthz`, and the API the
 //! `status`, `approve`, `veto`, `pause` and `resume` commands call.
 //!
-//! Reads serve the snapshot the engine publishes after each change; they
-//! never reach into live state. Control requests need
+//! Reads ask the engine for a status snapshot (a message, like control
+//! requests); they never reach into live state. Control requests need
 //! `Authorization: Bearer <api.token>` and go to the engine as messages.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -62,6 +62,8 @@ pub struct PauseStatus {
 /// A control request, answered by the engine.
 #[derive(Debug)]
 pub enum Control {
+    /// The status snapshot, as JSON.
+    Status,
     Approve {
         incident: String,
         by: String,
@@ -87,7 +89,6 @@ pub type ControlMsg = (Control, oneshot::Sender<Result<String, String>>);
 
 #[derive(Clone)]
 struct AppState {
-    snapshot: Arc<RwLock<Snapshot>>,
     metrics: Arc<Metrics>,
     token: Option<Arc<Secret>>,
     control: mpsc::Sender<ControlMsg>,
@@ -161,13 +162,33 @@ async fn serve_metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The engine's status snapshot (built on request).
+async fn snapshot(s: &AppState) -> Result<Snapshot, Response> {
+    let (tx, rx) = oneshot::channel();
+    let stopping = || error(StatusCode::SERVICE_UNAVAILABLE, "ripcord is stopping");
+    if s.control.send((Control::Status, tx)).await.is_err() {
+        return Err(stopping());
+    }
+    match rx.await {
+        Ok(Ok(json)) => serde_json::from_str(&json)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(_) => Err(stopping()),
+    }
+}
+
 async fn status(State(s): State<AppState>) -> Response {
-    let snap = s.snapshot.read().map(|g| g.clone()).unwrap_or_default();
-    Json(snap).into_response()
+    match snapshot(&s).await {
+        Ok(snap) => Json(snap).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn incidents(State(s): State<AppState>) -> Response {
-    let snap = s.snapshot.read().map(|g| g.clone()).unwrap_or_default();
+    let snap = match snapshot(&s).await {
+        Ok(snap) => snap,
+        Err(r) => return r,
+    };
     let open: Vec<RuleStatus> = snap
         .rules
         .into_iter()
@@ -271,13 +292,11 @@ async fn resume(State(s): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 pub fn router(
-    snapshot: Arc<RwLock<Snapshot>>,
     metrics: Arc<Metrics>,
     token: Option<Secret>,
     control: mpsc::Sender<ControlMsg>,
 ) -> Router {
     let state = AppState {
-        snapshot,
         metrics,
         token: token.map(Arc::new),
         control,

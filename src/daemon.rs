@@ -155,7 +155,10 @@ async fn rule_loop(
         };
         let at = now();
         let started = std::time::Instant::now();
-        let (obs, blinding) = evaluate(&prom, &rule, at).await;
+        // Boxed: an evaluation's future (the HTTP requests in flight) is
+        // large, and a rule's task would otherwise carry that size while it
+        // sleeps between evaluations, 10 000 rules times over.
+        let (obs, blinding) = Box::pin(evaluate(&prom, &rule, at)).await;
         metrics
             .evaluation_duration
             .observe(started.elapsed().as_secs_f64());
@@ -263,6 +266,19 @@ fn watch_dirs(globs: &[String]) -> Vec<std::path::PathBuf> {
     dirs
 }
 
+/// Loading rules parses every file into several transient trees (YAML,
+/// positions, raw and checked rules); freed, that memory stays with the
+/// allocator unless handed back. After a load or reload it is handed back,
+/// so a daemon's resident size is what it keeps, not what loading needed.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes the allocator's own locks and touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Tells the service manager `states`, without ever stalling the caller.
 ///
 /// A datagram send blocks while the manager's socket queue is full (10
@@ -331,9 +347,6 @@ struct Engine {
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
-    snapshot: Arc<std::sync::RwLock<Snapshot>>,
-    /// Something changed since the snapshot was last published.
-    dirty: bool,
     last_reload: Option<crate::api::ReloadStatus>,
 }
 
@@ -371,7 +384,6 @@ impl Engine {
         let old = self.states.get(name).cloned().unwrap_or_default();
         let old_shared = self.shared.clone();
         let (new, effects) = rule::step(&rule, &old, &mut self.shared, input, at);
-        self.dirty = true;
         if new.name() != old.name() {
             self.metrics.set_state(name, new.name());
         }
@@ -628,6 +640,9 @@ impl Engine {
     fn control(&mut self, c: Control) -> Result<String, String> {
         let at = now();
         match c {
+            Control::Status => {
+                serde_json::to_string(&self.status_snapshot()).map_err(|e| e.to_string())
+            }
             Control::Approve { incident, by } => {
                 let rule = self.rule_of(&incident)?;
                 let phase = self.states.get(&rule).map(|s| s.phase()).unwrap_or("ok");
@@ -666,7 +681,6 @@ impl Engine {
                     shared: self.shared.clone(),
                 });
                 self.event(at, None, "pause", format!("paused: {reason}"));
-                self.dirty = true;
                 warn!(until = ?until.map(|u| u.rfc3339()), "paused: {reason}");
                 Ok(match until {
                     Some(u) => {
@@ -708,7 +722,6 @@ impl Engine {
                     shared: self.shared.clone(),
                 });
                 self.event(at, None, "resume", "resumed".into());
-                self.dirty = true;
                 info!("resumed");
                 Ok("resumed".into())
             }
@@ -779,7 +792,6 @@ impl Engine {
             let state = self.states.get(name).map(|s| s.name()).unwrap_or("ok");
             self.metrics.set_state(name, state);
         }
-        self.dirty = true;
         self.last_reload = Some(crate::api::ReloadStatus {
             ok: true,
             at: at.rfc3339(),
@@ -796,7 +808,6 @@ impl Engine {
 
     fn reload_failed(&mut self, at: Timestamp, errors: Vec<String>) -> bool {
         self.metrics.last_reload_successful.set(0);
-        self.dirty = true;
         self.last_reload = Some(crate::api::ReloadStatus {
             ok: false,
             at: at.rfc3339(),
@@ -874,16 +885,12 @@ impl Engine {
             .ok_or_else(|| format!("no open incident {incident}"))
     }
 
-    /// Publishes the snapshot `status` reads (at most once a second).
-    fn publish(&mut self) {
-        if !self.dirty {
-            return;
-        }
-        self.dirty = false;
+    /// What `status` shows, built when asked: with 10 000 rules a snapshot
+    /// is megabytes, too much to rebuild every second for nobody.
+    fn status_snapshot(&self) -> Snapshot {
         let at = now();
         let outbox_pages = self.outbox.lock().map(|o| o.len()).unwrap_or(0);
-        self.metrics.outbox_pages.set(outbox_pages as i64);
-        let snap = Snapshot {
+        Snapshot {
             version: crate::LONG_VERSION.into(),
             rules: self
                 .rules
@@ -920,9 +927,6 @@ impl Engine {
             prometheus_up: self.blind_since.is_none(),
             blind_since: self.blind_since.map(|t| t.rfc3339()),
             last_reload: self.last_reload.clone(),
-        };
-        if let Ok(mut w) = self.snapshot.write() {
-            *w = snap;
         }
     }
 
@@ -973,7 +977,8 @@ impl Engine {
 
     /// Time-based transitions: approval and verify deadlines, cooldowns.
     fn tick(&mut self) {
-        self.publish();
+        let pages = self.outbox.lock().map(|o| o.len()).unwrap_or(0);
+        self.metrics.outbox_pages.set(pages as i64);
         let at = now();
         let due: Vec<String> = self
             .states
@@ -1270,7 +1275,6 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     metrics.rules.set(rule_map.len() as i64);
     metrics.last_reload_successful.set(1);
-    let snapshot = Arc::new(std::sync::RwLock::new(Snapshot::default()));
     let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(16);
     let token = config
         .api_token
@@ -1311,8 +1315,6 @@ pub async fn run(
         })),
         wake: Arc::new(tokio::sync::Notify::new()),
         metrics: metrics.clone(),
-        snapshot: snapshot.clone(),
-        dirty: true,
         last_reload: None,
     };
     // Rewrite the journal as one snapshot of what was replayed.
@@ -1381,8 +1383,7 @@ pub async fn run(
         let state = engine.states.get(name).map(|s| s.name()).unwrap_or("ok");
         metrics.set_state(name, state);
     }
-    engine.publish();
-    let app = crate::api::router(snapshot.clone(), metrics.clone(), token, control_tx);
+    let app = crate::api::router(metrics.clone(), token, control_tx);
     let mut api_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         let shutdown = async move {
@@ -1437,8 +1438,10 @@ pub async fn run(
         w.ok()
     };
     let mut reload_at: Option<tokio::time::Instant> = None;
+    let mut hup_pending = false;
 
     info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %config.prometheus.url, mode = ?config.mode, "ripcord running");
+    release_freed_memory();
     // Ready means ready: config and rules loaded, every task running.
     sd_notify(&[
         sd_notify::NotifyState::Ready,
@@ -1456,12 +1459,16 @@ pub async fn run(
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the rules");
                 reload_at = Some(tokio::time::Instant::now());
+                hup_pending = true;
             }
-            Some(()) = watch_rx.recv() => {
+            // Edits settle for 500 ms before a reload; a pending SIGHUP
+            // reload is not put off by them.
+            Some(()) = watch_rx.recv(), if !hup_pending => {
                 reload_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
             }
             _ = async { tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if reload_at.is_some() => {
                 reload_at = None;
+                hup_pending = false;
                 let mut states = vec![sd_notify::NotifyState::Reloading];
                 if let Ok(m) = sd_notify::NotifyState::monotonic_usec_now() {
                     states.push(m);
@@ -1470,6 +1477,7 @@ pub async fn run(
                 if engine.reload(&config.rule_globs) {
                     sched.sync(&engine.rules);
                 }
+                release_freed_memory();
                 sd_notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&engine.status_line())]);
             }
             Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
