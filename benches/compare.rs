@@ -37,6 +37,15 @@ fn main() {
         return;
     }
     let tiny = args.iter().any(|a| a == "--tiny");
+    // `--replot FILE.json`: the tables and the plot again from saved results.
+    if let Some(i) = args.iter().position(|a| a == "--replot") {
+        let path = PathBuf::from(args.get(i + 1).expect("--replot FILE.json"));
+        let text = std::fs::read_to_string(&path).expect("results");
+        let results: Value = serde_json::from_str(&text).expect("results JSON");
+        plot(&results, &path.with_extension("svg"));
+        println!("{}", markdown(&results));
+        return;
+    }
     let mut plan = if tiny { Plan::tiny() } else { Plan::full() };
     // `--trials N`, `--spread SECONDS` (defaults run) and `--sizes 100,1000`
     // shorten a run while working on the harness.
@@ -1168,6 +1177,8 @@ fn plot(r: &Value, path: &Path) {
         let _ = chart
             .configure_mesh()
             .x_desc("seconds from the flip to the action / webhook")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.1}"))
             .y_desc("fraction of trials")
             .draw();
         for (name, mut xs, color) in series {
@@ -1226,6 +1237,8 @@ fn plot(r: &Value, path: &Path) {
         let _ = chart
             .configure_mesh()
             .x_desc("rules")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.2}"))
             .y_desc("CPU seconds per 1000 evaluations")
             .draw();
         for (tool, color) in [("ripcord", colors[0]), ("vmalert", colors[1])] {
