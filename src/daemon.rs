@@ -155,10 +155,7 @@ async fn rule_loop(
         };
         let at = now();
         let started = std::time::Instant::now();
-        // Boxed: an evaluation's future (the HTTP requests in flight) is
-        // large, and a rule's task would otherwise carry that size while it
-        // sleeps between evaluations, 10 000 rules times over.
-        let (obs, blinding) = Box::pin(evaluate(&prom, &rule, at)).await;
+        let (obs, blinding) = evaluate(&prom, &rule, at).await;
         metrics
             .evaluation_duration
             .observe(started.elapsed().as_secs_f64());
@@ -264,19 +261,6 @@ fn watch_dirs(globs: &[String]) -> Vec<std::path::PathBuf> {
     dirs.sort();
     dirs.dedup();
     dirs
-}
-
-/// Loading rules parses every file into several transient trees (YAML,
-/// positions, raw and checked rules); freed, that memory stays with the
-/// allocator unless handed back. After a load or reload it is handed back,
-/// so a daemon's resident size is what it keeps, not what loading needed.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
-    // takes the allocator's own locks and touches no memory of ours.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Tells the service manager `states`, without ever stalling the caller.
@@ -1441,7 +1425,6 @@ pub async fn run(
     let mut hup_pending = false;
 
     info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %config.prometheus.url, mode = ?config.mode, "ripcord running");
-    release_freed_memory();
     // Ready means ready: config and rules loaded, every task running.
     sd_notify(&[
         sd_notify::NotifyState::Ready,
@@ -1477,7 +1460,6 @@ pub async fn run(
                 if engine.reload(&config.rule_globs) {
                     sched.sync(&engine.rules);
                 }
-                release_freed_memory();
                 sd_notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&engine.status_line())]);
             }
             Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
