@@ -27,6 +27,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+#[path = "../tests/support/net.rs"]
+mod net;
+use net::{encode, free_port, http};
+
+fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll(deadline, cond),
+        "timed out after {deadline:?} waiting for {what}"
+    );
+}
+
+/// Polls `cond` every 20 ms until it holds (true) or `deadline` passes.
+fn poll(deadline: Duration, cond: impl FnMut() -> bool) -> bool {
+    net::poll(deadline, Duration::from_millis(20), cond)
+}
+
 const RIPCORD: &str = env!("CARGO_BIN_EXE_ripcord");
 
 fn main() {
@@ -577,7 +593,8 @@ impl Prom {
         );
         let p = Prom { proc, port };
         wait_until("Prometheus ready", Duration::from_secs(60), || {
-            http("GET", p.port, "/-/ready", "").is_some_and(|(s, _)| s == 200)
+            http("GET", p.port, "/-/ready", "", Duration::from_secs(30))
+                .is_some_and(|(s, _)| s == 200)
         });
         p
     }
@@ -596,7 +613,7 @@ impl Prom {
             &format!("{n} series in Prometheus"),
             Duration::from_secs(60),
             || {
-                http("GET", self.port, &q, "")
+                http("GET", self.port, &q, "", Duration::from_secs(30))
                     .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
                     .and_then(|v| {
                         v["data"]["result"][0]["value"][1]
@@ -831,28 +848,8 @@ fn serve(mut conn: TcpStream, handler: &Handler) -> std::io::Result<()> {
     }
 }
 
-/// One request on loopback: (status, body).
-fn http(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
 fn scrape(port: u16, path: &str) -> String {
-    http("GET", port, path, "")
+    http("GET", port, path, "", Duration::from_secs(30))
         .map(|(_, b)| b)
         .unwrap_or_default()
 }
@@ -868,49 +865,12 @@ fn sum_metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 // --------------------------------------------------------------- helpers
 
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
-    assert!(
-        poll(deadline, cond),
-        "timed out after {deadline:?} waiting for {what}"
-    );
-}
-
-/// Polls `cond` every 20 ms until it holds (true) or `deadline` passes.
-fn poll(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 /// A uniform number in [0, 1) (xorshift seeded from the clock: the flip

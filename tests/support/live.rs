@@ -4,71 +4,31 @@
 //! in a temp dir, and is killed when dropped. Waits are on conditions with
 //! deadlines, never bare sleeps.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ripcord::journal::Entry;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use super::net::{encode as enc, free_port};
 
 /// Polls `cond` until it is true or `deadline` passes (then panics with `what`).
-pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {deadline:?} waiting for {what}");
-}
-
-/// One HTTP/1.0 request on loopback without a body: (status, body).
-fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+pub fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        super::net::poll(deadline, Duration::from_millis(100), cond),
+        "timed out after {deadline:?} waiting for {what}"
+    );
 }
 
 pub fn http_get(port: u16, path_and_query: &str) -> Option<(u16, String)> {
-    http("GET", port, path_and_query)
+    super::net::http("GET", port, path_and_query, "", Duration::from_secs(5))
 }
 
 pub fn http_post(port: u16, path: &str) -> Option<(u16, String)> {
-    http("POST", port, path)
-}
-
-/// Percent-encodes a query string value.
-pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    super::net::http("POST", port, path, "", Duration::from_secs(5))
 }
 
 /// A tiny HTTP server: every request gets the current answer.

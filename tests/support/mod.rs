@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod live;
+pub mod net;
 pub mod receivers;
 
 use std::path::{Path, PathBuf};
