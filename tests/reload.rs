@@ -131,7 +131,8 @@ fn edits_reload_all_or_nothing_and_unchanged_rules_keep_their_state() {
 /// default), and that must never stall the engine. Here nothing reads the
 /// NOTIFY_SOCKET; after more reloads (two messages each) than the queues
 /// hold, ripcord still reloads, evaluates, acts on a breach and answers
-/// `status`, and says that it dropped notifications.
+/// `status`, and says that it dropped notifications. Its steps do not
+/// inherit NOTIFY_SOCKET.
 #[test]
 fn a_service_manager_that_stops_reading_notifications_does_not_stall_ripcord() {
     let exp = Exporter::start("demo_errors_ratio 0.001\n");
@@ -143,7 +144,7 @@ fn a_service_manager_that_stops_reading_notifications_does_not_stall_ripcord() {
     std::fs::write(
         rc.path("rules.d/rules.yaml"),
         format!(
-            "actions:\n  rollback:\n    steps:\n      - exec: {{argv: [\"{}\", rollback]}}\nrules:\n  - name: errors\n    every: 1s\n    queries: {{ratio: demo_errors_ratio}}\n    condition: ratio > 0.05\n    actions: [rollback]\n",
+            "actions:\n  rollback:\n    steps:\n      - exec: {{argv: [\"{}\", rollback]}}\n      - exec: {{argv: [/usr/bin/printenv, REC, NOTIFY_SOCKET]}}\nrules:\n  - name: errors\n    every: 1s\n    queries: {{ratio: demo_errors_ratio}}\n    condition: ratio > 0.05\n    actions: [rollback]\n",
             rec.display()
         ),
     )
@@ -171,5 +172,19 @@ fn a_service_manager_that_stops_reading_notifications_does_not_stall_ripcord() {
     });
     let status = rc.cli(&["status"], &[]);
     assert!(status.stdout.contains("errors"), "{}", status.stdout);
+    // A step gets ripcord's environment but not its line to systemd.
+    let mut printed = None;
+    wait_until("the printenv step's result", LONG, || {
+        printed = rc.journal().into_iter().find_map(|e| match e {
+            Entry::StepResult {
+                step: 1, outcome, ..
+            } => Some(outcome.output),
+            _ => None,
+        });
+        printed.is_some()
+    });
+    let printed = printed.unwrap_or_default();
+    assert!(printed.contains(&out.display().to_string()), "{printed}");
+    assert!(!printed.contains("notify.sock"), "{printed}");
     drop(never_read);
 }
