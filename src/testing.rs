@@ -399,7 +399,10 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
         .keys()
         .chain(c.inputs.iter().map(|(_, r, _)| r))
         .collect();
-    let rule_list: Vec<Arc<Rule>> = used.iter().filter_map(|n| rules.rule(n).cloned()).collect();
+    let rule_list: Vec<Arc<Rule>> = used
+        .iter()
+        .filter_map(|n| rules.rule(n).map(|r| r.evaluated_every(c.step)))
+        .collect();
     let mut sim = Sim::new(rule_list, Shared::new(c.max_actions_per_hour, c.mode));
     sim.failing = c.fail_actions.iter().cloned().collect();
     let mut failures = Vec::new();

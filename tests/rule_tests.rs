@@ -115,3 +115,17 @@ fn no_test_files_is_a_failure_not_a_silent_pass() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("no test files found"), "{}", out.stdout);
 }
+
+/// `up == 0` fires on zeros, and `for` counts only continuously observed
+/// breach (tests/semantics/semantics.test.yaml says the cases).
+#[test]
+fn semantics_numeric_conditions_and_the_gap_rule() {
+    let out = ripcord(&["test", "tests/semantics/"]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("up == 0 fires on a stream of zeros"));
+    assert!(
+        out.stdout.trim_end().ends_with("7 passed, 0 failed"),
+        "{}",
+        out.stdout
+    );
+}

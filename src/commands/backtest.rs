@@ -169,7 +169,7 @@ pub async fn run(
     }
     // Actions are never run: the driver answers each at once, as `test` does.
     let mut sim = Sim::new(
-        chosen.iter().cloned(),
+        chosen.iter().map(|r| r.evaluated_every(step)),
         Shared::new(config.limits.max_actions_per_hour, Mode::Enforce),
     );
     let mut summaries: BTreeMap<String, Summary> = chosen

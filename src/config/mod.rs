@@ -125,6 +125,24 @@ pub enum Schedule {
     Cron(String, Box<cron::Schedule>),
 }
 
+impl Schedule {
+    /// The time between the two evaluations that follow `t` (an hour if a
+    /// cron schedule never fires again).
+    pub fn interval_after(&self, t: std::time::SystemTime) -> Duration {
+        match self {
+            Schedule::Every(d) => *d,
+            Schedule::Cron(_, s) => {
+                let dt: chrono::DateTime<chrono::Utc> = t.into();
+                let mut next = s.after(&dt);
+                match (next.next(), next.next()) {
+                    (Some(a), Some(b)) => (b - a).to_std().unwrap_or(Duration::from_secs(3600)),
+                    _ => Duration::from_secs(3600),
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Approval {
     pub timeout: Duration,
@@ -162,6 +180,18 @@ pub struct Rule {
     pub labels: BTreeMap<String, String>,
     pub runbook_url: Option<String>,
     pub dashboard_url: Option<String>,
+}
+
+impl Rule {
+    /// This rule as a driver that evaluates it every `step` sees it: `test`
+    /// and `backtest` feed one evaluation per step, and the core's gap rule
+    /// (see [`crate::rule::machine::gap_limit`]) counts in those.
+    pub fn evaluated_every(&self, step: Duration) -> Arc<Rule> {
+        Arc::new(Rule {
+            schedule: Schedule::Every(step),
+            ..self.clone()
+        })
+    }
 }
 
 #[derive(Clone, Debug)]

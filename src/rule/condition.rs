@@ -2,6 +2,17 @@
 //!
 //! Compiled once at load; the only variables are the rule's query names, and
 //! the expression must yield a boolean. Evaluating it is pure.
+//!
+//! Every number is a float: query values are bound as floats and every
+//! integer literal is turned into a float when the condition is compiled, so
+//! `up == 0` holds for a value of 0, `v != 0` does not, and `v > 1/2` means
+//! `v > 0.5` (evalexpr alone compares `0.0 == 0` as false and divides
+//! integers as integers). `==` and `!=` compare exactly, as IEEE 754 does:
+//! right for values that are counts or flags (`up == 0`), wrong for computed
+//! ratios; write `v < 0.0001` rather than `v == 0` for those.
+//!
+//! A condition is at most [`MAX_LEN`] bytes and [`MAX_DEPTH`] levels deep,
+//! checked before it is parsed, so no rule file can exhaust the stack.
 
 use std::collections::BTreeMap;
 
@@ -28,11 +39,81 @@ fn context(values: &BTreeMap<String, f64>) -> Result<HashMapContext, String> {
     Ok(ctx)
 }
 
+/// The longest condition accepted, in bytes.
+pub const MAX_LEN: usize = 4096;
+/// The deepest nesting accepted: parentheses, and unary operators in a row.
+pub const MAX_DEPTH: usize = 64;
+
+/// Refuses sources whose tree would be too deep to parse or evaluate safely:
+/// nested parentheses and runs of unary operators count as depth; so does a
+/// long chain of binary operators (evalexpr builds it as a chain), bounded
+/// by the length limit.
+fn check_size(source: &str) -> Result<(), String> {
+    if source.len() > MAX_LEN {
+        return Err(format!(
+            "condition is {} bytes long; the limit is {MAX_LEN}: split it into queries",
+            source.len()
+        ));
+    }
+    let (mut depth, mut deepest, mut unary_run, mut max_unary) = (0usize, 0usize, 0usize, 0);
+    for c in source.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            '!' | '-' => {
+                unary_run += 1;
+                max_unary = max_unary.max(unary_run);
+                continue;
+            }
+            c if c.is_whitespace() => continue,
+            _ => {}
+        }
+        unary_run = 0;
+    }
+    if deepest > MAX_DEPTH || max_unary > MAX_DEPTH {
+        return Err(format!(
+            "condition nests {} levels deep; the limit is {MAX_DEPTH}",
+            deepest.max(max_unary)
+        ));
+    }
+    // Each binary operator adds a level to evalexpr's tree.
+    let operators = source
+        .chars()
+        .filter(|c| matches!(c, '+' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '&' | '|' | '-'))
+        .count();
+    if operators > 512 {
+        return Err(format!(
+            "condition has {operators} operators; the limit is 512: split it into queries"
+        ));
+    }
+    Ok(())
+}
+
+/// Turns every integer constant into a float, so comparisons and
+/// arithmetic are numeric whatever literal the user wrote. Iterative: the
+/// tree's depth is bounded by [`check_size`], but no recursion is needed.
+fn floats_only(node: &mut Node) {
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        if let evalexpr::Operator::Const { value } = n.operator_mut() {
+            if let Value::Int(i) = value {
+                *value = Value::Float(*i as f64);
+            }
+        }
+        stack.extend(n.children_mut().iter_mut());
+    }
+}
+
 impl Condition {
     /// Compiles `source`, allowing exactly `queries` as variables.
     pub fn compile(source: &str, queries: &[&str]) -> Result<Condition, String> {
-        let node = evalexpr::build_operator_tree(source)
+        check_size(source)?;
+        let mut node = evalexpr::build_operator_tree(source)
             .map_err(|e| format!("invalid condition `{source}`: {e}"))?;
+        floats_only(&mut node);
         if let Some(w) = node.iter_write_variable_identifiers().next() {
             return Err(format!(
                 "invalid condition `{source}`: assigns to `{w}`; a condition only compares values"
@@ -142,5 +223,75 @@ mod tests {
         assert!(e.contains("uses no query"), "{e}");
         let e = Condition::compile("nosuchfn(rate) > 1", &["rate"]).unwrap_err();
         assert!(e.contains("failed"), "{e}");
+    }
+
+    /// Every comparison × an integer or a float literal × a value equal to,
+    /// below and above it: the verdict is the numeric one.
+    #[test]
+    fn comparisons_are_numeric_whatever_the_literal() {
+        let ops: [(&str, fn(f64, f64) -> bool); 6] = [
+            ("==", |a, b| a == b),
+            ("!=", |a, b| a != b),
+            ("<", |a, b| a < b),
+            ("<=", |a, b| a <= b),
+            (">", |a, b| a > b),
+            (">=", |a, b| a >= b),
+        ];
+        let literals: [(&str, f64); 6] = [
+            ("0", 0.0),
+            ("0.0", 0.0),
+            ("3", 3.0),
+            ("3.0", 3.0),
+            ("-2", -2.0),
+            ("0.25", 0.25),
+        ];
+        let mut cases = 0;
+        for (op, truth) in ops {
+            for (lit, num) in literals {
+                let c = Condition::compile(&format!("v {op} {lit}"), &["v"]).unwrap();
+                for value in [num, num - 1.0, num + 1.0, num - 0.125, num + 0.125] {
+                    let got = c.eval(&vals(&[("v", value)])).unwrap();
+                    assert_eq!(got, truth(value, num), "v={value}: v {op} {lit}");
+                    cases += 1;
+                }
+                // The literal on the left.
+                let c = Condition::compile(&format!("{lit} {op} v"), &["v"]).unwrap();
+                for value in [num, num - 1.0, num + 1.0] {
+                    let got = c.eval(&vals(&[("v", value)])).unwrap();
+                    assert_eq!(got, truth(num, value), "v={value}: {lit} {op} v");
+                }
+            }
+        }
+        assert_eq!(cases, 6 * 6 * 5);
+    }
+
+    #[test]
+    fn arithmetic_mixing_integers_and_floats_is_float_arithmetic() {
+        // 1/2 is 0.5, not integer 0; 5 * baseline mixes an integer and a float.
+        let c = Condition::compile("v > 1/2", &["v"]).unwrap();
+        assert!(c.eval(&vals(&[("v", 0.6)])).unwrap());
+        assert!(!c.eval(&vals(&[("v", 0.4)])).unwrap());
+        let c = Condition::compile("v == 2 * 3 - 1", &["v"]).unwrap();
+        assert!(c.eval(&vals(&[("v", 5.0)])).unwrap());
+        let c = Condition::compile("v % 2 == 1", &["v"]).unwrap();
+        assert!(c.eval(&vals(&[("v", 3.0)])).unwrap());
+        assert!(!c.eval(&vals(&[("v", 4.0)])).unwrap());
+        let c = Condition::compile("up == 0 || up != 1", &["up"]).unwrap();
+        assert!(c.eval(&vals(&[("up", 0.0)])).unwrap());
+        assert!(!c.eval(&vals(&[("up", 1.0)])).unwrap());
+    }
+
+    #[test]
+    fn long_and_deep_conditions_are_refused_before_parsing() {
+        let long = format!("q{}", " + q".repeat(50_000));
+        let e = Condition::compile(&format!("{long} > 1"), &["q"]).unwrap_err();
+        assert!(e.contains("limit is 4096"), "{e}");
+        let e = Condition::compile(&format!("{}q > 1", "!".repeat(2000)), &["q"]).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
+        let deep = format!("{}q{} > 1", "(".repeat(100), ")".repeat(100));
+        let e = Condition::compile(&deep, &["q"]).unwrap_err();
+        assert!(e.contains("nests 100 levels"), "{e}");
+        let ok = format!("{}q{} > 1", "(".repeat(60), ")".repeat(60));
+        Condition::compile(&ok, &["q"]).unwrap();
     }
 }

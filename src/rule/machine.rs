@@ -57,7 +57,7 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
     }
 
-    fn to_system(self) -> SystemTime {
+    pub fn to_system(self) -> SystemTime {
         if self.0 >= 0 {
             SystemTime::UNIX_EPOCH + Duration::from_millis(self.0 as u64)
         } else {
@@ -278,6 +278,10 @@ pub enum Status {
     Ok,
     Pending {
         since: Timestamp,
+        /// The last evaluation that saw the breach (`None` in journals
+        /// written before it was kept: `since` stands in).
+        #[serde(default)]
+        last_breach: Option<Timestamp>,
     },
     Open(Incident),
     /// The last incident closed; no new one opens before `until`.
@@ -452,6 +456,24 @@ pub enum Record {
     VetoPending {
         by: String,
     },
+    /// A breach seen again after a gap longer than the rule tolerates:
+    /// `for` counts from now.
+    PendingRestarted {
+        gap: Duration,
+    },
+    /// No breach seen for longer than the rule tolerates while pending.
+    PendingDropped {
+        gap: Duration,
+    },
+}
+
+/// How long a pending breach may go unseen (no data, NaN, a failed query, or
+/// no evaluation at all) and still count as continuous: two and a half of
+/// the rule's intervals, so one missed evaluation in a sustained breach
+/// delays nothing and two in a row start `for` again. For a cron rule the
+/// interval is the one between the two runs after `from`.
+pub fn gap_limit(rule: &Rule, from: Timestamp) -> Duration {
+    rule.schedule.interval_after(from.to_system()).mul_f64(2.5)
 }
 
 impl fmt::Display for Record {
@@ -483,6 +505,16 @@ impl fmt::Display for Record {
                     "veto by {by}: the running action finishes, nothing after it runs"
                 )
             }
+            Record::PendingRestarted { gap } => write!(
+                f,
+                "breach seen again after {} without one: `for` starts again",
+                humantime::format_duration(*gap)
+            ),
+            Record::PendingDropped { gap } => write!(
+                f,
+                "no breach seen for {}: pending dropped",
+                humantime::format_duration(*gap)
+            ),
         }
     }
 }
@@ -622,17 +654,46 @@ impl Machine<'_> {
                     if self.rule.for_.is_zero() {
                         self.open(None, false);
                     } else {
-                        self.state.status = Status::Pending { since: self.now };
+                        self.state.status = Status::Pending {
+                            since: self.now,
+                            last_breach: Some(self.now),
+                        };
                     }
                 }
             }
-            Status::Pending { since } => match verdict {
-                Verdict::Breach if self.now.since(since) >= self.rule.for_ => {
-                    self.open(None, false)
+            Status::Pending { since, last_breach } => {
+                let last = last_breach.unwrap_or(since);
+                let gap = self.now.since(last);
+                let limit = gap_limit(self.rule, last);
+                match verdict {
+                    Verdict::Breach if gap > limit => {
+                        // Breaches separated by a gap never add up to `for`.
+                        self.record(Record::PendingRestarted { gap });
+                        self.state.status = Status::Pending {
+                            since: self.now,
+                            last_breach: Some(self.now),
+                        };
+                        if self.rule.for_.is_zero() {
+                            self.open(None, false);
+                        }
+                    }
+                    Verdict::Breach => {
+                        self.state.status = Status::Pending {
+                            since,
+                            last_breach: Some(self.now),
+                        };
+                        if self.now.since(since) >= self.rule.for_ {
+                            self.open(None, false)
+                        }
+                    }
+                    Verdict::Clear => self.state.status = Status::Ok,
+                    Verdict::Hold if gap > limit => {
+                        self.record(Record::PendingDropped { gap });
+                        self.state.status = Status::Ok;
+                    }
+                    Verdict::Hold => {}
                 }
-                Verdict::Clear => self.state.status = Status::Ok,
-                _ => {}
-            },
+            }
             Status::Open(inc) => {
                 if verdict == Verdict::Clear {
                     match inc.phase {

@@ -216,7 +216,7 @@ fn table() {
         },
         Case {
             name: "a clear resets the for timer",
-            rule: "for: 2m",
+            rule: "for: 2m; every: 1m",
             steps: &[
                 (0, V(2.0), "pending", ""),
                 (60, V(0.0), "ok", ""),
@@ -226,6 +226,89 @@ fn table() {
             ],
             actions: &["a1"],
             pages: OPEN_ACT,
+            ..BASE
+        },
+        // The gap rule: every 30s, so a breach may go unseen for up to 75s.
+        Case {
+            name: "blip, long gap, blip: breaches separated by a gap never add up to for",
+            rule: "for: 1m; every: 30s; no_data: hold",
+            steps: &[
+                (0, V(2.0), "pending", ""),
+                (30, V(2.0), "pending", ""),
+                (60, Empty, "pending", ""),
+                (90, Empty, "pending", ""),
+                (120, Empty, "ok", ""),
+                (600, Empty, "ok", ""),
+                (630, V(2.0), "pending", ""),
+                (660, V(2.0), "pending", ""),
+                (690, V(2.0), "firing", ""),
+            ],
+            actions: &["a1"],
+            pages: OPEN_ACT,
+            ..BASE
+        },
+        Case {
+            name: "a breach after a gap with no evaluation at all starts for again",
+            rule: "for: 1m; every: 30s",
+            steps: &[
+                (0, V(2.0), "pending", ""),
+                (30, V(2.0), "pending", ""),
+                // ripcord was down for ten minutes: nothing was observed.
+                (630, V(2.0), "pending", ""),
+                (660, V(2.0), "pending", ""),
+                (690, V(2.0), "firing", ""),
+            ],
+            actions: &["a1"],
+            pages: OPEN_ACT,
+            ..BASE
+        },
+        Case {
+            name: "one missed evaluation in a sustained breach delays nothing",
+            rule: "for: 1m; every: 30s",
+            steps: &[
+                (0, V(2.0), "pending", ""),
+                (30, Err, "pending", ""),
+                (60, V(2.0), "firing", ""),
+            ],
+            actions: &["a1"],
+            pages: OPEN_ACT,
+            ..BASE
+        },
+        Case {
+            name: "gap rule at its boundary: 75s unseen is continuous",
+            rule: "for: 2m; every: 30s",
+            steps: &[
+                (0, V(2.0), "pending", ""),
+                (75, V(2.0), "pending", ""),
+                (120, V(2.0), "firing", ""),
+            ],
+            actions: &["a1"],
+            pages: OPEN_ACT,
+            ..BASE
+        },
+        Case {
+            name: "gap rule just past its boundary: 76s unseen starts for again",
+            rule: "for: 2m; every: 30s",
+            steps: &[
+                (0, V(2.0), "pending", ""),
+                (60, V(2.0), "pending", ""),
+                (136, V(2.0), "pending", ""),
+                (196, V(2.0), "pending", ""),
+                (255, V(2.0), "pending", ""),
+                (256, V(2.0), "firing", ""),
+            ],
+            actions: &["a1"],
+            pages: OPEN_ACT,
+            ..BASE
+        },
+        Case {
+            name: "no data just within the gap keeps pending, just past drops it",
+            rule: "for: 5m; every: 30s",
+            steps: &[
+                (0, V(2.0), "pending", ""),
+                (75, Empty, "pending", ""),
+                (76, Empty, "ok", ""),
+            ],
             ..BASE
         },
         Case {
@@ -273,19 +356,19 @@ fn table() {
             ..BASE
         },
         Case {
-            name: "hold: no data while pending never completes for",
+            name: "hold: no data while pending never completes for; past the gap it drops",
             rule: "for: 1m",
             steps: &[
                 (0, V(2.0), "pending", ""),
                 (30, Empty, "pending", ""),
                 (60, Empty, "pending", ""),
-                (90, V(NAN), "pending", ""),
-                (120, Empty, "pending", ""),
+                (90, V(NAN), "ok", ""),
+                (120, Empty, "ok", ""),
             ],
             ..BASE
         },
         Case {
-            name: "hold: a breach after a gap completes for",
+            name: "hold: a breach after one missed evaluation completes for",
             rule: "for: 1m",
             steps: &[
                 (0, V(2.0), "pending", ""),
@@ -399,13 +482,13 @@ fn table() {
             ..BASE
         },
         Case {
-            name: "errors hold pending and never complete for",
+            name: "errors hold pending and never complete for; past the gap it drops",
             rule: "for: 1m",
             steps: &[
                 (0, V(2.0), "pending", ""),
                 (30, Err, "pending", ""),
                 (60, Err, "pending", ""),
-                (90, Err, "pending", ""),
+                (90, Err, "ok", ""),
             ],
             ..BASE
         },
