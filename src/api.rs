@@ -31,6 +31,12 @@ pub struct Snapshot {
     pub blind_since: Option<String>,
     /// The last reload, if there was one since start.
     pub last_reload: Option<ReloadStatus>,
+    /// Why the journal or outbox cannot be written (no step runs), if so.
+    #[serde(default)]
+    pub state_dir_problem: Option<String>,
+    /// Rules whose removal a reload held back, and why.
+    #[serde(default)]
+    pub pending_removals: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -51,6 +57,10 @@ pub struct RuleStatus {
     pub last_evaluation: Option<String>,
     pub values: std::collections::BTreeMap<String, Option<f64>>,
     pub last_error: Option<String>,
+    /// Since when the rule's own evaluations fail, once past its grace
+    /// period: it protects nothing.
+    #[serde(default)]
+    pub unevaluable_since: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -16,14 +16,23 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::actions::StepOutcome;
+use crate::notify::Notification;
 use crate::rule::{RuleState, Shared, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Entry {
+    /// A rule's new state, committed in one synced write with what came with
+    /// it: the shared state if it changed (the budget), and the pages the
+    /// change produced. A crash at any instant loses neither: replay pushes
+    /// the pages again and the outbox drops those it already had.
     State {
         rule: String,
-        state: RuleState,
+        state: Box<RuleState>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shared: Option<Shared>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pages: Vec<QueuedPage>,
     },
     Shared {
         shared: Shared,
@@ -55,6 +64,15 @@ pub enum Entry {
     },
 }
 
+/// One page to one receiver, as committed with the state change that made it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueuedPage {
+    /// Unique per incident, event and receiver: the outbox's dedup key.
+    pub key: String,
+    pub notifier: String,
+    pub notification: Notification,
+}
+
 /// A step that had an intent and no result when the journal was replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interrupted {
@@ -71,6 +89,9 @@ pub struct Replayed {
     pub states: BTreeMap<String, RuleState>,
     pub shared: Option<Shared>,
     pub interrupted: Vec<Interrupted>,
+    /// Every page the journal holds, in order: pushed to the outbox again
+    /// (which ignores those it has) before the journal is compacted.
+    pub pages: Vec<QueuedPage>,
     /// Entries read, and lines that could not be read (a torn last write).
     pub entries: usize,
     pub skipped: usize,
@@ -84,6 +105,11 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     pub appended: usize,
+    /// The file's length after the last good append: a failed write is cut
+    /// back to it, so a half-written line never runs into the next one.
+    len: u64,
+    /// Why the last append failed, until one succeeds again.
+    pub failing: Option<String>,
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -115,8 +141,17 @@ impl Journal {
             };
             r.entries += 1;
             match entry {
-                Entry::State { rule, state } => {
-                    r.states.insert(rule, state);
+                Entry::State {
+                    rule,
+                    state,
+                    shared,
+                    pages,
+                } => {
+                    r.states.insert(rule, *state);
+                    if let Some(shared) = shared {
+                        r.shared = Some(shared);
+                    }
+                    r.pages.extend(pages);
                 }
                 Entry::Shared { shared } => r.shared = Some(shared),
                 Entry::StepIntent {
@@ -154,7 +189,9 @@ impl Journal {
     }
 
     /// Opens `dir`'s journal for appending, after rewriting it as `snapshot`
-    /// (temp file, fsync, rename, fsync dir).
+    /// (temp file, fsync, rename, fsync dir). Until the rename the old
+    /// journal is untouched, so a crash or an error at any point leaves
+    /// either the old journal or the complete new one.
     pub fn open_compacted(dir: &Path, snapshot: &[Entry]) -> std::io::Result<Journal> {
         fs::create_dir_all(dir)?;
         let path = Self::path(dir);
@@ -175,21 +212,42 @@ impl Journal {
         fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
         let file = OpenOptions::new().append(true).open(&path)?;
+        let len = file.metadata()?.len();
         Ok(Journal {
             path,
             file,
             appended: 0,
+            len,
+            failing: None,
         })
     }
 
     /// Appends one entry and syncs it to disk before returning.
     pub fn append(&mut self, e: &Entry) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+        let mut line = Vec::new();
+        if self.failing.is_some() {
+            // Whatever a failed write left is ended before this one starts.
+            line.push(b'\n');
+        }
+        serde_json::to_writer(&mut line, e).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
-        self.appended += 1;
-        Ok(())
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                self.appended += 1;
+                self.failing = None;
+                Ok(())
+            }
+            Err(err) => {
+                let _ = self.file.set_len(self.len);
+                self.failing = Some(crate::daemon::state_dir::describe(&err));
+                Err(err)
+            }
+        }
     }
 
     pub fn file_path(&self) -> &Path {
@@ -240,7 +298,9 @@ mod tests {
         j.append(&intent(1)).unwrap();
         j.append(&Entry::State {
             rule: "r".into(),
-            state: RuleState::default(),
+            state: Box::default(),
+            shared: None,
+            pages: Vec::new(),
         })
         .unwrap();
         drop(j);
@@ -260,7 +320,9 @@ mod tests {
         // Compaction keeps only the snapshot.
         let snap = vec![Entry::State {
             rule: "r".into(),
-            state: RuleState::default(),
+            state: Box::default(),
+            shared: None,
+            pages: Vec::new(),
         }];
         Journal::open_compacted(dir.path(), &snap).unwrap();
         let r = Journal::replay(dir.path()).unwrap();

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub prometheus_up: Gauge,
     pub last_reload_successful: Gauge,
     pub rules: Gauge,
+    pub rule_unevaluable: Family<RuleLabel, Gauge>,
+    pub state_dir_writable: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,8 @@ impl Metrics {
             prometheus_up: Gauge::default(),
             last_reload_successful: Gauge::default(),
             rules: Gauge::default(),
+            rule_unevaluable: Family::default(),
+            state_dir_writable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("evaluations", "Rule evaluations", m.evaluations.clone());
@@ -119,6 +123,17 @@ impl Metrics {
             m.last_reload_successful.clone(),
         );
         registry.register("rules", "Rules loaded", m.rules.clone());
+        registry.register(
+            "rule_unevaluable",
+            "1 while a rule's own evaluations have failed past its grace period (it protects nothing)",
+            m.rule_unevaluable.clone(),
+        );
+        registry.register(
+            "state_dir_writable",
+            "1 if the journal and outbox can be written (0: no step runs)",
+            m.state_dir_writable.clone(),
+        );
+        m.state_dir_writable.set(1);
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {

@@ -32,7 +32,7 @@ pub enum PromError {
     },
     #[error("unexpected answer from Prometheus (HTTP {status}): {detail}")]
     Decode { status: u16, detail: String },
-    #[error("query `{query}` returned {count} series; a rule's query must yield one number (aggregate it, e.g. with sum() or max())")]
+    #[error("query `{query}` returned {count} series; a rule's query must yield one number: aggregate it (e.g. sum() or max()) or use per-series rules")]
     TooManySeries { query: String, count: usize },
     #[error("query `{query}` returned a {kind}, not a number")]
     NotANumber { query: String, kind: String },
@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(warnings, vec!["w".to_string()]);
         assert_eq!(
             r.to_sample("rate").unwrap_err().to_string(),
-            "query `rate` returned 2 series; a rule's query must yield one number (aggregate it, e.g. with sum() or max())"
+            "query `rate` returned 2 series; a rule's query must yield one number: aggregate it (e.g. sum() or max()) or use per-series rules"
         );
     }
 

@@ -41,11 +41,15 @@ pub enum Value {
     NoData,
     /// The query failed (Prometheus down, an error).
     Error,
+    /// The query's result cannot be used: more than one series, a refused
+    /// query (the rule cannot be evaluated).
+    Bad,
 }
 
 /// Parses a series: `"0.001 0.02x3 _ _x2 err 1+1x3 NaN"`.
 /// `AxN` is A repeated N times; `A+BxN` is N values from A in steps of B;
-/// `_` is no data; `err` is a failed query.
+/// `_` is no data; `err` is a failed query (Prometheus down); `bad` is a
+/// result the rule cannot use (several series, a refused query).
 pub fn parse_series(s: &str) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
     for tok in s.split_whitespace() {
@@ -67,6 +71,7 @@ pub fn parse_series(s: &str) -> Result<Vec<Value>, String> {
             match t {
                 "_" => Ok(Value::NoData),
                 "err" => Ok(Value::Error),
+                "bad" => Ok(Value::Bad),
                 "NaN" | "nan" => Ok(Value::Num(f64::NAN)),
                 "Inf" | "+Inf" | "inf" | "+inf" => Ok(Value::Num(f64::INFINITY)),
                 "-Inf" | "-inf" => Ok(Value::Num(f64::NEG_INFINITY)),
@@ -414,7 +419,7 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
         let log_start = sim.log.len();
         for (rule, series) in &c.values {
             let mut samples = BTreeMap::new();
-            let mut failed = false;
+            let (mut failed, mut bad) = (false, None);
             for (q, s) in series {
                 match s[k] {
                     Value::Num(v) => {
@@ -424,12 +429,15 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
                         samples.insert(q.clone(), Sample::Empty);
                     }
                     Value::Error => failed = true,
+                    Value::Bad => bad = Some(q.clone()),
                 }
             }
-            let obs = if failed {
-                Observation::Failed("query failed (simulated by the test)".into())
-            } else {
-                Observation::Samples(samples)
+            let obs = match (failed, bad) {
+                (true, _) => Observation::Failed("query failed (simulated by the test)".into()),
+                (false, Some(q)) => Observation::Unevaluable(format!(
+                    "query `{q}` cannot be used (simulated by the test)"
+                )),
+                (false, None) => Observation::Samples(samples),
             };
             // The rule exists: check_case verified every name.
             let _ = sim.input(rule, Input::Evaluate(obs), now);

@@ -31,7 +31,7 @@ fn all_problems_of_a_file_are_reported_in_one_run() {
             "r.yaml:4:16: condition uses `rat`, which is not a query of this rule (queries: rate)",
             "r.yaml:5:10: invalid duration `2x`: expected a number and a unit (ms, s, m, h, d, w), e.g. 30s, 2m, 1h30m",
             "r.yaml:6:15: unknown action `nope` (none are defined)",
-            "r.yaml:7:5: unknown field `colour`, expected one of `name`, `every`, `cron`, `queries`, `condition`, `for`, `no_data`, `severity`, `summary`, `description`, `actions`, `notify`, `approval`, `verify`, `cooldown`, `mode`, `labels`, `runbook_url`, `dashboard_url`",
+            "r.yaml:7:5: unknown field `colour`, expected one of `name`, `every`, `cron`, `queries`, `condition`, `for`, `no_data`, `severity`, `summary`, `description`, `actions`, `notify`, `approval`, `verify`, `cooldown`, `unevaluable_after`, `mode`, `labels`, `runbook_url`, `dashboard_url`",
         ]
     );
     assert_eq!(out.stdout.trim(), "5 problems in 1 file (0 warnings)");
@@ -94,7 +94,7 @@ fn a_bad_config_is_reported_at_its_line() {
         [
             "ripcord.yaml:2:8: prometheus url `localhost:9090` must start with http:// or https://",
             "ripcord.yaml:3:9: invalid listen address `everywhere`: expected IP:PORT, e.g. 127.0.0.1:9733",
-            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`, `outbox`, `api`",
+            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`, `outbox`, `api`, `reload`",
         ]
     );
 }

@@ -12,7 +12,7 @@ const SECS_30: Duration = Duration::from_secs(30);
 
 fn latest_state(rc: &Ripcord, rule: &str) -> Option<Status> {
     rc.journal().into_iter().rev().find_map(|e| match e {
-        Entry::State { rule: r, state } if r == rule => Some(state.status),
+        Entry::State { rule: r, state, .. } if r == rule => Some(state.status),
         _ => None,
     })
 }

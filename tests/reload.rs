@@ -27,7 +27,7 @@ fn edits_reload_all_or_nothing_and_unchanged_rules_keep_their_state() {
     rc.wait_event("slow", "ok → pending", LONG);
     let pending_since = || {
         rc.journal().into_iter().rev().find_map(|e| match e {
-            Entry::State { rule, state } if rule == "slow" => match state.status {
+            Entry::State { rule, state, .. } if rule == "slow" => match state.status {
                 Status::Pending { since, .. } => Some(since),
                 _ => None,
             },

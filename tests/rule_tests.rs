@@ -124,7 +124,7 @@ fn semantics_numeric_conditions_and_the_gap_rule() {
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert!(out.stdout.contains("up == 0 fires on a stream of zeros"));
     assert!(
-        out.stdout.trim_end().ends_with("7 passed, 0 failed"),
+        out.stdout.trim_end().ends_with("8 passed, 0 failed"),
         "{}",
         out.stdout
     );

@@ -342,7 +342,7 @@ fn kubectl_gets_the_exact_argv_and_a_real_client_failing_is_a_failed_step() {
     rc.start();
     rc.wait_event("chat", "firing → unrecovered", Duration::from_secs(60));
     let status = rc.journal().into_iter().rev().find_map(|e| match e {
-        ripcord::journal::Entry::State { rule, state } if rule == "chat" => Some(state.status),
+        ripcord::journal::Entry::State { rule, state, .. } if rule == "chat" => Some(state.status),
         _ => None,
     });
     match status {

@@ -15,4 +15,5 @@ mod robustness;
 mod rule_tests;
 mod runners;
 mod systemd;
+mod trust;
 mod unit_file;

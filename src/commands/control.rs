@@ -84,6 +84,15 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Resu
             None => "up".into(),
         }
     )?;
+    if let Some(p) = &snap.state_dir_problem {
+        writeln!(
+            out,
+            "STATE DIRECTORY UNWRITABLE: {p}; no rollback step runs"
+        )?;
+    }
+    for p in &snap.pending_removals {
+        writeln!(out, "removal held back: {p}")?;
+    }
     if let Some(r) = snap.last_reload.as_ref().filter(|r| !r.ok) {
         writeln!(
             out,
@@ -118,6 +127,9 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Resu
     )?;
     for r in &snap.rules {
         let mut values: Vec<String> = crate::rule::machine::fmt_values(&r.values);
+        if let Some(since) = &r.unevaluable_since {
+            values.push(format!("UNEVALUABLE since {since}, protects nothing"));
+        }
         if let Some(e) = &r.last_error {
             values.push(format!("error: {e}"));
         }

@@ -32,7 +32,7 @@ pub async fn run(
         let (obs, _) = evaluate(&prom, r, at).await;
         writeln!(out, "{}", r.name)?;
         match &obs {
-            Observation::Failed(e) => {
+            Observation::Failed(e) | Observation::Unevaluable(e) => {
                 all_ok = false;
                 writeln!(out, "  error: {e}")?;
                 writeln!(out, "  → state would be held: nothing happens")?;

@@ -428,6 +428,11 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
             mode: raw.mode.unwrap_or_default(),
             limits,
             api_token: raw.api.token,
+            removal_delay: raw
+                .reload
+                .removal_delay
+                .map(|d| d.0)
+                .unwrap_or(super::DEFAULT_REMOVAL_DELAY),
             outbox: OutboxConfig {
                 max_age: raw.outbox.max_age.map(|d| d.0).unwrap_or(crate::notify::outbox::DEFAULT_MAX_AGE),
                 max_pages: raw.outbox.max_pages.unwrap_or(crate::notify::outbox::DEFAULT_MAX_ITEMS).max(1),
@@ -1378,6 +1383,7 @@ fn validate_rule(
         approval,
         verify_within,
         cooldown: r.cooldown.map(|d| d.0).unwrap_or(DEFAULT_COOLDOWN),
+        unevaluable_after: r.unevaluable_after.map(|d| d.0),
         mode: r.mode,
         labels: r.labels,
         runbook_url: r.runbook_url,

@@ -57,7 +57,13 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// The control API's bearer token; without it, control is refused.
     pub api_token: Option<SecretString>,
+    /// A rule with an open incident leaves only after missing this long.
+    pub removal_delay: Duration,
 }
+
+/// `reload: {removal_delay}`'s default: long enough for an editor's save or
+/// a directory moved and back, short enough for a deliberate removal.
+pub const DEFAULT_REMOVAL_DELAY: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutboxConfig {
@@ -175,6 +181,9 @@ pub struct Rule {
     /// is unrecovered. `None`: wait for it to clear, with no deadline.
     pub verify_within: Option<Duration>,
     pub cooldown: Duration,
+    /// How long the rule's own evaluations may fail before it pages that it
+    /// protects nothing. `None`: a minute or three intervals, the longer.
+    pub unevaluable_after: Option<Duration>,
     /// `None`: the global mode applies.
     pub mode: Option<Mode>,
     pub labels: BTreeMap<String, String>,

@@ -155,6 +155,16 @@ pub struct RawConfig {
     pub outbox: RawOutbox,
     #[serde(default)]
     pub api: RawApi,
+    #[serde(default)]
+    pub reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// How long a rule with an open incident must stay missing from the
+    /// rule files before a reload removes it.
+    pub removal_delay: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,6 +372,7 @@ pub struct RawRule {
     pub approval: Option<RawApproval>,
     pub verify: Option<RawVerify>,
     pub cooldown: Option<Dur>,
+    pub unevaluable_after: Option<Dur>,
     pub mode: Option<Mode>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -36,6 +36,11 @@ pub const EVENTS: &[&str] = &[
     "step_failed",
     "blind",
     "seeing",
+    "rule_unevaluable",
+    "rule_evaluable",
+    "state_unwritable",
+    "state_writable",
+    "reload_failed",
 ];
 
 /// One page, as stored in the outbox and rendered for each receiver.

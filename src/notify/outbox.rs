@@ -7,8 +7,17 @@
 //! one receiver (Slack: one a second); gives up after `max_age`; and the
 //! outbox is bounded: past `max_items` the oldest page is dropped, and that
 //! is said. Pages survive a restart.
+//!
+//! A page has a key (its incident, event and receiver): pushing a key the
+//! outbox holds or has finished is a no-op, so the daemon can push again
+//! every page its journal holds after a crash without paging twice. A
+//! finished page leaves a tombstone (`done/HASH`, a rename of its file)
+//! until the journal that could name it again has been compacted
+//! ([`Outbox::forget_finished`]). A page that cannot be written (a full or
+//! read-only disk) is kept in memory and delivered all the same.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +39,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     pub seq: u64,
+    /// What makes this page unique (`""`: nothing; never deduplicated).
+    #[serde(default)]
+    pub key: String,
     pub notifier: String,
     pub notification: Notification,
     pub created: Timestamp,
@@ -61,6 +73,10 @@ pub struct Stats {
 pub struct Outbox {
     dir: PathBuf,
     items: BTreeMap<u64, Delivery>,
+    /// Hashes of the keys of finished pages (their tombstones).
+    finished: HashSet<String>,
+    /// Pages that could not be written: kept, and tried, in memory only.
+    volatile: HashSet<u64>,
     next_seq: u64,
     pub max_items: usize,
     pub max_age: Duration,
@@ -89,6 +105,12 @@ impl Outbox {
                 None => warn!("outbox: unreadable page {} left aside", p.display()),
             }
         }
+        let done = dir.join("done");
+        std::fs::create_dir_all(&done)?;
+        let mut finished = HashSet::new();
+        for e in std::fs::read_dir(&done)? {
+            finished.insert(e?.file_name().to_string_lossy().into_owned());
+        }
         let next_seq = items.keys().next_back().map_or(1, |s| s + 1);
         if !items.is_empty() {
             info!(pages = items.len(), "outbox: resuming undelivered pages");
@@ -96,6 +118,8 @@ impl Outbox {
         Ok(Outbox {
             dir: dir.to_path_buf(),
             items,
+            finished,
+            volatile: HashSet::new(),
             next_seq,
             max_items: DEFAULT_MAX_ITEMS,
             max_age: DEFAULT_MAX_AGE,
@@ -121,8 +145,44 @@ impl Outbox {
         self.items.is_empty()
     }
 
+    /// Pages held only in memory because they could not be written.
+    pub fn volatile(&self) -> usize {
+        self.volatile.len()
+    }
+
+    /// Has a page with this key been pushed (and not forgotten)?
+    pub fn knows(&self, key: &str) -> bool {
+        !key.is_empty()
+            && (self.finished.contains(&key_hash(key)) || self.items.values().any(|d| d.key == key))
+    }
+
+    /// Forgets the tombstones of finished pages: call only once no journal
+    /// that names them can be replayed again (right after a compaction).
+    pub fn forget_finished(&mut self) {
+        let done = self.dir.join("done");
+        for h in self.finished.drain() {
+            let _ = std::fs::remove_file(done.join(h));
+        }
+    }
+
     /// Stores a page for `notifier`, synced, before any attempt.
     pub fn push(&mut self, notifier: &str, n: Notification, now: Timestamp) -> std::io::Result<()> {
+        self.push_keyed("", notifier, n, now).map(|_| ())
+    }
+
+    /// Stores a page under `key` unless the outbox holds or has finished
+    /// it (`Ok(false)`). If it cannot be written, it is still delivered from
+    /// memory and the write error is returned.
+    pub fn push_keyed(
+        &mut self,
+        key: &str,
+        notifier: &str,
+        n: Notification,
+        now: Timestamp,
+    ) -> std::io::Result<bool> {
+        if self.knows(key) {
+            return Ok(false);
+        }
         while self.items.len() >= self.max_items {
             let Some((&seq, old)) = self.items.iter().next() else {
                 break;
@@ -142,6 +202,7 @@ impl Outbox {
         }
         let d = Delivery {
             seq: self.next_seq,
+            key: key.to_string(),
             notifier: notifier.to_string(),
             notification: n,
             created: now,
@@ -150,14 +211,36 @@ impl Outbox {
             last_error: None,
         };
         self.next_seq += 1;
-        self.write(&d)?;
+        crash_point("outbox_before_write");
+        let written = self.write(&d);
+        if written.is_err() {
+            self.volatile.insert(d.seq);
+        }
         self.items.insert(d.seq, d);
-        Ok(())
+        written.map(|()| true)
     }
 
+    /// A page is finished (delivered, refused, given up or dropped): its
+    /// file becomes its tombstone, so a replayed journal cannot push it again.
     fn remove(&mut self, seq: u64) {
-        self.items.remove(&seq);
-        let _ = std::fs::remove_file(self.path(seq));
+        let Some(d) = self.items.remove(&seq) else {
+            return;
+        };
+        let path = self.path(seq);
+        if self.volatile.remove(&seq) || d.key.is_empty() {
+            let _ = std::fs::remove_file(&path);
+            if d.key.is_empty() {
+                return;
+            }
+        }
+        let h = key_hash(&d.key);
+        let tomb = self.dir.join("done").join(&h);
+        if std::fs::rename(&path, &tomb).is_err() {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::write(&tomb, b"");
+        }
+        let _ = File::open(self.dir.join("done")).and_then(|f| f.sync_all());
+        self.finished.insert(h);
     }
 
     /// The next page to try now: due, its receiver not busy, and the oldest
@@ -212,8 +295,12 @@ impl Outbox {
         d.next_at = now.plus(wait);
         d.last_error = Some(error.clone());
         warn!(notifier = %d.notifier, event = %d.notification.event, attempt = d.attempts, "page not delivered, retrying in {wait:?}: {error}");
-        if let Err(e) = self.write(&d) {
-            error!("outbox write failed: {e}");
+        match self.write(&d) {
+            Ok(()) => {
+                self.volatile.remove(&seq);
+            }
+            Err(e) if !self.volatile.contains(&seq) => error!("outbox write failed: {e}"),
+            Err(_) => {}
         }
         self.items.insert(seq, d);
         self.stats.retried += 1;
@@ -225,6 +312,23 @@ impl Outbox {
         }
         self.remove(seq);
         self.stats.rejected += 1;
+    }
+}
+
+fn key_hash(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16])
+}
+
+/// Test-only crash points (`RIPCORD_TEST_CRASH_AT=NAME`): the process kills
+/// itself with SIGKILL the first time it reaches `name`, so tests can show
+/// that a crash at each write boundary loses nothing and repeats nothing.
+pub fn crash_point(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("RIPCORD_TEST_CRASH_AT").ok());
+    if at.as_deref() == Some(name) {
+        error!("RIPCORD_TEST_CRASH_AT={name}: killing myself");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -9,16 +9,17 @@ use crate::config::SecretString;
 
 /// The key for an event that belongs to no incident (blind, seeing).
 pub fn dedup_key(n: &Notification) -> String {
-    n.incident.clone().unwrap_or_else(|| {
-        format!(
-            "ripcord-{}",
-            if n.event == "seeing" {
-                "blind"
-            } else {
-                &n.event
-            }
-        )
-    })
+    n.incident
+        .clone()
+        .unwrap_or_else(|| match n.event.as_str() {
+            "blind" | "seeing" => "ripcord-blind".into(),
+            "state_unwritable" | "state_writable" => "ripcord-state-dir".into(),
+            "rule_unevaluable" | "rule_evaluable" => format!(
+                "ripcord-unevaluable-{}",
+                n.rule.as_deref().unwrap_or_default()
+            ),
+            other => format!("ripcord-{other}"),
+        })
 }
 
 pub fn render(

@@ -82,7 +82,12 @@ fn check_size(source: &str) -> Result<(), String> {
     // Each binary operator adds a level to evalexpr's tree.
     let operators = source
         .chars()
-        .filter(|c| matches!(c, '+' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '&' | '|' | '-'))
+        .filter(|c| {
+            matches!(
+                c,
+                '+' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '&' | '|' | '-'
+            )
+        })
         .count();
     if operators > 512 {
         return Err(format!(
@@ -229,7 +234,8 @@ mod tests {
     /// below and above it: the verdict is the numeric one.
     #[test]
     fn comparisons_are_numeric_whatever_the_literal() {
-        let ops: [(&str, fn(f64, f64) -> bool); 6] = [
+        type Op = (&'static str, fn(f64, f64) -> bool);
+        let ops: [Op; 6] = [
             ("==", |a, b| a == b),
             ("!=", |a, b| a != b),
             ("<", |a, b| a < b),

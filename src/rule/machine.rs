@@ -94,9 +94,14 @@ pub enum Sample {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
     Samples(BTreeMap<String, Sample>),
-    /// Prometheus was unreachable, slow or answered an error, or a query
-    /// returned more than one series.
+    /// Prometheus was unreachable, slow or failing (5xx): every rule holds,
+    /// and the driver decides when ripcord is blind.
     Failed(String),
+    /// This rule's own query or result cannot be used: a query returned
+    /// more than one series, Prometheus refused the query (4xx), or the
+    /// result is not a number. The rule holds; past its grace period it
+    /// pages that it protects nothing.
+    Unevaluable(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +299,23 @@ pub enum Status {
     },
 }
 
+/// A rule whose own evaluations fail: since when, why (the first error),
+/// and whether its notifiers were paged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unevaluable {
+    pub since: Timestamp,
+    pub error: String,
+    pub paged: bool,
+}
+
+/// How long `rule`'s evaluations may fail before it pages: its
+/// `unevaluable_after`, else a minute or three intervals, the longer.
+pub fn unevaluable_grace(rule: &Rule, since: Timestamp) -> Duration {
+    rule.unevaluable_after.unwrap_or_else(|| {
+        Duration::from_secs(60).max(rule.schedule.interval_after(since.to_system()) * 3)
+    })
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuleState {
     pub status: Status,
@@ -303,6 +325,9 @@ pub struct RuleState {
     /// Why the last evaluation could not decide, if it could not.
     pub last_error: Option<String>,
     pub last_incident: Option<String>,
+    /// Set while the rule's own evaluations fail.
+    #[serde(default)]
+    pub unevaluable: Option<Unevaluable>,
 }
 
 /// `rate=0.02 baseline=_` (`_` is no data), as logs and tables show values.
@@ -377,18 +402,41 @@ impl RuleState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PageKind {
     Opened,
-    ApprovalRequested { deadline: Timestamp },
-    Approved { by: String },
-    Vetoed { by: String },
-    ApprovalTimedOut { proceeding: bool },
+    ApprovalRequested {
+        deadline: Timestamp,
+    },
+    Approved {
+        by: String,
+    },
+    Vetoed {
+        by: String,
+    },
+    ApprovalTimedOut {
+        proceeding: bool,
+    },
     ActionsSucceeded,
-    ActionFailed { action: String, error: String },
-    ActionInterrupted { action: String },
+    ActionFailed {
+        action: String,
+        error: String,
+    },
+    ActionInterrupted {
+        action: String,
+    },
     BudgetExhausted,
     Paused,
     Recovered,
     Unrecovered,
     Closed,
+    /// The rule's evaluations have failed past its grace period: it
+    /// protects nothing until they work again. Not about an incident.
+    RuleUnevaluable {
+        since: Timestamp,
+        error: String,
+    },
+    /// It evaluates again.
+    RuleEvaluable {
+        since: Timestamp,
+    },
 }
 
 impl PageKind {
@@ -407,12 +455,25 @@ impl PageKind {
             PageKind::Recovered => "recovered",
             PageKind::Unrecovered => "unrecovered",
             PageKind::Closed => "closed",
+            PageKind::RuleUnevaluable { .. } => "rule_unevaluable",
+            PageKind::RuleEvaluable { .. } => "rule_evaluable",
         }
+    }
+
+    /// About the rule itself, not an incident.
+    pub fn about_rule(&self) -> bool {
+        matches!(
+            self,
+            PageKind::RuleUnevaluable { .. } | PageKind::RuleEvaluable { .. }
+        )
     }
 
     /// The incident is over: PagerDuty resolves, Alertmanager sets `endsAt`.
     pub fn resolves(&self) -> bool {
-        matches!(self, PageKind::Recovered | PageKind::Closed)
+        matches!(
+            self,
+            PageKind::Recovered | PageKind::Closed | PageKind::RuleEvaluable { .. }
+        )
     }
 }
 
@@ -461,17 +522,15 @@ pub enum Record {
     PendingRestarted {
         gap: Duration,
     },
-    /// No breach seen for longer than the rule tolerates while pending.
-    PendingDropped {
-        gap: Duration,
-    },
 }
 
 /// How long a pending breach may go unseen (no data, NaN, a failed query, or
 /// no evaluation at all) and still count as continuous: two and a half of
 /// the rule's intervals, so one missed evaluation in a sustained breach
-/// delays nothing and two in a row start `for` again. For a cron rule the
-/// interval is the one between the two runs after `from`.
+/// delays nothing and two in a row start `for` again at the next breach.
+/// The state itself holds through the gap (it stays pending, as every state
+/// holds while Prometheus is unreachable). For a cron rule the interval is
+/// the one between the two runs after `from`.
 pub fn gap_limit(rule: &Rule, from: Timestamp) -> Duration {
     rule.schedule.interval_after(from.to_system()).mul_f64(2.5)
 }
@@ -508,11 +567,6 @@ impl fmt::Display for Record {
             Record::PendingRestarted { gap } => write!(
                 f,
                 "breach seen again after {} without one: `for` starts again",
-                humantime::format_duration(*gap)
-            ),
-            Record::PendingDropped { gap } => write!(
-                f,
-                "no breach seen for {}: pending dropped",
                 humantime::format_duration(*gap)
             ),
         }
@@ -619,7 +673,9 @@ impl Machine<'_> {
     }
 
     fn page_for(&mut self, incident: &str, dry_run: bool, drill: bool, kind: PageKind) {
-        if self.rule.notify.is_empty() {
+        // A rule without notifiers still says it stopped protecting: the
+        // driver sends those pages to every notifier.
+        if self.rule.notify.is_empty() && !kind.about_rule() {
             return;
         }
         let r = self.rule;
@@ -687,10 +743,8 @@ impl Machine<'_> {
                         }
                     }
                     Verdict::Clear => self.state.status = Status::Ok,
-                    Verdict::Hold if gap > limit => {
-                        self.record(Record::PendingDropped { gap });
-                        self.state.status = Status::Ok;
-                    }
+                    // The state holds through a gap; the gap still breaks
+                    // the count: the next breach starts `for` again.
                     Verdict::Hold => {}
                 }
             }
@@ -729,6 +783,12 @@ impl Machine<'_> {
                 self.record(Record::EvaluationFailed { error });
                 return Verdict::Hold;
             }
+            Observation::Unevaluable(error) => {
+                self.unevaluable(error.clone());
+                self.state.last_error = Some(error.clone());
+                self.record(Record::EvaluationFailed { error });
+                return Verdict::Hold;
+            }
             Observation::Samples(s) => s,
         };
         self.state.last_error = None;
@@ -752,6 +812,8 @@ impl Machine<'_> {
             missing.push((q.clone(), why.to_string()));
         }
         if !missing.is_empty() {
+            // The queries answered: no data is an evaluation that worked.
+            self.evaluable();
             let policy = self.rule.no_data;
             // `rate > 0.005 || rate > 5 * baseline` with no baseline still
             // breaches on `rate` alone: if the condition holds whatever the
@@ -770,12 +832,48 @@ impl Machine<'_> {
             };
         }
         match self.rule.condition.eval(&values) {
-            Ok(true) => Verdict::Breach,
-            Ok(false) => Verdict::Clear,
+            Ok(b) => {
+                self.evaluable();
+                if b {
+                    Verdict::Breach
+                } else {
+                    Verdict::Clear
+                }
+            }
             Err(error) => {
+                self.unevaluable(error.clone());
                 self.state.last_error = Some(error.clone());
                 self.record(Record::EvaluationFailed { error });
                 Verdict::Hold
+            }
+        }
+    }
+
+    /// One more evaluation that failed for the rule's own reasons: past the
+    /// grace period its notifiers are paged, once.
+    fn unevaluable(&mut self, error: String) {
+        let u = self.state.unevaluable.get_or_insert(Unevaluable {
+            since: self.now,
+            error,
+            paged: false,
+        });
+        if u.paged || self.now.since(u.since) < unevaluable_grace(self.rule, u.since) {
+            return;
+        }
+        u.paged = true;
+        let kind = PageKind::RuleUnevaluable {
+            since: u.since,
+            error: u.error.clone(),
+        };
+        self.page_for("", false, false, kind);
+    }
+
+    /// An evaluation that decided: an unevaluable rule that was paged about
+    /// pages that it protects again.
+    fn evaluable(&mut self) {
+        if let Some(u) = self.state.unevaluable.take() {
+            if u.paged {
+                self.page_for("", false, false, PageKind::RuleEvaluable { since: u.since });
             }
         }
     }

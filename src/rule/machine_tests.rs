@@ -16,6 +16,8 @@ enum In {
     V2(Option<f64>, Option<f64>),
     Empty,
     Err,
+    /// The rule's own result cannot be used (several series).
+    Bad,
     Approve,
     Veto,
     Tick,
@@ -104,6 +106,9 @@ fn feed(sim: &mut Sim, input: In, now: Timestamp) {
         V2(q, b) => obs(&[("q", q), ("b", b)]),
         Empty => obs(&[("q", None)]),
         Err => Input::Evaluate(Observation::Failed("connection refused".into())),
+        Bad => Input::Evaluate(Observation::Unevaluable(
+            "query `q` returned 3 series".into(),
+        )),
         Approve => Input::Approve { by },
         Veto => Input::Veto { by },
         Tick => Input::Tick,
@@ -237,8 +242,8 @@ fn table() {
                 (30, V(2.0), "pending", ""),
                 (60, Empty, "pending", ""),
                 (90, Empty, "pending", ""),
-                (120, Empty, "ok", ""),
-                (600, Empty, "ok", ""),
+                (120, Empty, "pending", ""),
+                (600, Empty, "pending", ""),
                 (630, V(2.0), "pending", ""),
                 (660, V(2.0), "pending", ""),
                 (690, V(2.0), "firing", ""),
@@ -302,12 +307,85 @@ fn table() {
             ..BASE
         },
         Case {
-            name: "no data just within the gap keeps pending, just past drops it",
-            rule: "for: 5m; every: 30s",
+            name: "no data holds pending; a breach just within the gap completes for, just past restarts it",
+            rule: "for: 90s; every: 30s",
             steps: &[
                 (0, V(2.0), "pending", ""),
-                (75, Empty, "pending", ""),
-                (76, Empty, "ok", ""),
+                (30, Empty, "pending", ""),
+                (75, V(2.0), "pending", ""),
+                (90, V(2.0), "firing", ""),
+            ],
+            actions: &["a1"],
+            pages: OPEN_ACT,
+            ..BASE
+        },
+        // Unevaluable: every 30s, so the grace period is 90s (a minute or
+        // three intervals, the longer).
+        Case {
+            name:
+                "unevaluable: pages once past the grace period, never acts, pages when it evaluates",
+            rule: "every: 30s; for: 0s",
+            steps: &[
+                (0, Bad, "ok", ""),
+                (60, Bad, "ok", ""),
+                (89, Bad, "ok", ""),
+                (90, Bad, "ok", ""),
+                (120, Bad, "ok", ""),
+                (150, V(0.0), "ok", ""),
+                (180, V(0.0), "ok", ""),
+            ],
+            pages: &["rule_unevaluable", "rule_evaluable"],
+            ..BASE
+        },
+        Case {
+            name: "unevaluable: a failure shorter than the grace period pages nothing",
+            rule: "every: 30s",
+            steps: &[
+                (0, Bad, "ok", ""),
+                (60, Bad, "ok", ""),
+                (80, V(0.0), "ok", ""),
+                (120, Bad, "ok", ""),
+                (200, Bad, "ok", ""),
+            ],
+            ..BASE
+        },
+        Case {
+            name: "unevaluable: Prometheus down is blindness, not the rule's fault",
+            rule: "every: 30s",
+            steps: &[
+                (0, Err, "ok", ""),
+                (300, Err, "ok", ""),
+                (330, V(0.0), "ok", ""),
+            ],
+            ..BASE
+        },
+        Case {
+            name: "unevaluable: no data is an evaluation that worked",
+            rule: "every: 30s; unevaluable_after: 1m",
+            steps: &[
+                (0, Bad, "ok", ""),
+                (60, Bad, "ok", ""),
+                (90, Empty, "ok", ""),
+            ],
+            pages: &["rule_unevaluable", "rule_evaluable"],
+            ..BASE
+        },
+        Case {
+            name: "unevaluable: an open incident holds and still says it",
+            rule: "every: 30s; unevaluable_after: 1m",
+            steps: &[
+                (0, V(2.0), "firing", "verifying"),
+                (30, Bad, "firing", ""),
+                (90, Bad, "firing", ""),
+                (120, V(0.0), "recovered", ""),
+            ],
+            actions: &["a1"],
+            pages: &[
+                "opened",
+                "actions_succeeded",
+                "rule_unevaluable",
+                "rule_evaluable",
+                "recovered",
             ],
             ..BASE
         },
@@ -356,14 +434,14 @@ fn table() {
             ..BASE
         },
         Case {
-            name: "hold: no data while pending never completes for; past the gap it drops",
+            name: "hold: no data while pending never completes for",
             rule: "for: 1m",
             steps: &[
                 (0, V(2.0), "pending", ""),
                 (30, Empty, "pending", ""),
                 (60, Empty, "pending", ""),
-                (90, V(NAN), "ok", ""),
-                (120, Empty, "ok", ""),
+                (90, V(NAN), "pending", ""),
+                (120, Empty, "pending", ""),
             ],
             ..BASE
         },
@@ -482,13 +560,13 @@ fn table() {
             ..BASE
         },
         Case {
-            name: "errors hold pending and never complete for; past the gap it drops",
+            name: "errors hold pending and never complete for",
             rule: "for: 1m",
             steps: &[
                 (0, V(2.0), "pending", ""),
                 (30, Err, "pending", ""),
                 (60, Err, "pending", ""),
-                (90, Err, "ok", ""),
+                (90, Err, "pending", ""),
             ],
             ..BASE
         },

@@ -350,6 +350,58 @@ impl Ripcord {
         self.child.as_ref().map(|c| c.id() as i32)
     }
 
+    /// Waits for the daemon to exit on its own (a crash point, a failed
+    /// start); panics past `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("ripcord was started");
+        let mut status = None;
+        wait_until("ripcord to exit", deadline, || {
+            status = c.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+
+    /// Runs `ripcord run` expecting it to fail at start: its exit code and
+    /// stderr.
+    pub fn start_fails(&self) -> (i32, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ripcord"))
+            .arg("-c")
+            .arg(self.path("ripcord.yaml"))
+            .arg("run")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ripcord runs");
+        let mut status = None;
+        let ok = super::net::poll(Duration::from_secs(20), Duration::from_millis(50), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if !ok {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ripcord started although it should not have");
+        }
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.and_then(|s| s.code()).unwrap_or(-1), err)
+    }
+
+    /// Sends SIGHUP (reload) to the running daemon.
+    pub fn hup(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
+    }
+
     pub fn signal(&mut self, sig: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);

@@ -20,17 +20,22 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+mod pages;
+pub mod state_dir;
+
+use pages::{global_notification, page_key, page_notification, rule_notification};
+
 use crate::actions::{self, StepContext, StepOutcome};
 use crate::api::{Control, ControlMsg, RuleStatus, Snapshot};
 use crate::config::{Action, Config, Rule, RuleSet, Schedule};
-use crate::journal::{Entry, Journal};
+use crate::journal::{Entry, Journal, QueuedPage};
 use crate::metrics::{ActionLabels, Metrics, RuleLabel};
 use crate::notify::outbox::Outbox;
 use crate::notify::{self, Notification};
 use crate::prom::Prom;
 use crate::rule::{
-    self, ActionResult, Effect, Input, Observation, Page, PageKind, Phase, Record, RuleState,
-    Shared, Status, Timestamp,
+    self, ActionResult, Effect, Input, Observation, Phase, Record, RuleState, Shared, Status,
+    Timestamp,
 };
 
 /// Evaluations running at once, across all rules.
@@ -54,13 +59,10 @@ pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> (Observation, 
             Ok(s) => {
                 samples.insert(name, s);
             }
-            Err(e) => {
-                let blinding = e.is_blinding();
-                return (
-                    Observation::Failed(format!("query `{name}`: {e}")),
-                    blinding,
-                );
+            Err(e) if e.is_blinding() => {
+                return (Observation::Failed(format!("query `{name}`: {e}")), true);
             }
+            Err(e) => return (Observation::Unevaluable(e.to_string()), false),
         }
     }
     (Observation::Samples(samples), false)
@@ -332,6 +334,13 @@ struct Engine {
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
     last_reload: Option<crate::api::ReloadStatus>,
+    /// The state directory, and since when and why it cannot be written.
+    dir: std::path::PathBuf,
+    state_problem: Option<(Timestamp, String)>,
+    last_probe: std::time::Instant,
+    /// Rules a reload would remove while their incident is open: since when
+    /// they have been missing. Held back until `reload.removal_delay`.
+    pending_removals: BTreeMap<String, Timestamp>,
 }
 
 fn journal_append(journal: &Mutex<Journal>, e: &Entry) -> bool {
@@ -361,6 +370,12 @@ impl Engine {
         });
     }
 
+    /// Steps the core for `name` and carries out what it decided. The new
+    /// state, the shared state and the pages it produced are committed to
+    /// the journal in one synced write before anything else happens; only
+    /// then do the pages reach the outbox and the actions start. If that
+    /// write fails, no action starts: each is reported failed, and pages go
+    /// out from memory.
     fn apply(&mut self, name: &str, input: Input, at: Timestamp) {
         let Some(rule) = self.rules.get(name).cloned() else {
             return;
@@ -371,16 +386,47 @@ impl Engine {
         if new.name() != old.name() {
             self.metrics.set_state(name, new.name());
         }
-        if new.status != old.status || new.last_incident != old.last_incident {
+        let started = new
+            .incident()
+            .or(old.incident())
+            .map_or(at, |i| i.opened_at);
+        let mut pages = Vec::new();
+        let mut rest = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Page(p) => {
+                    warn!(rule = name, incident = %p.incident, kind = p.kind.name(), notifiers = ?p.notifiers, "page: {}", p.summary);
+                    let n = page_notification(&rule, &p, started);
+                    let targets = if p.notifiers.is_empty() {
+                        self.notifiers.keys().cloned().collect()
+                    } else {
+                        p.notifiers.clone()
+                    };
+                    pages.extend(self.queued(&targets, &n, ""));
+                    rest.push(Effect::Page(p));
+                }
+                e => rest.push(e),
+            }
+        }
+        let shared_changed = self.shared != old_shared;
+        let commits_pages = !pages.is_empty();
+        let committed = if new.status != old.status
+            || new.last_incident != old.last_incident
+            || new.unevaluable != old.unevaluable
+            || shared_changed
+            || !pages.is_empty()
+        {
             self.journal(Entry::State {
                 rule: name.to_string(),
-                state: new.clone(),
-            });
-        }
-        if self.shared != old_shared {
-            self.journal(Entry::Shared {
-                shared: self.shared.clone(),
-            });
+                state: Box::new(new.clone()),
+                shared: shared_changed.then(|| self.shared.clone()),
+                pages: pages.clone(),
+            })
+        } else {
+            true
+        };
+        if commits_pages {
+            crate::notify::outbox::crash_point("state_committed");
         }
         // A phase change inside an open incident (acting → budget_exhausted,
         // → action_failed, → vetoed) is said even when nobody is paged.
@@ -391,63 +437,210 @@ impl Engine {
         }
         let values = new.last_values.clone();
         self.states.insert(name.to_string(), new);
-        for e in effects {
+        self.push_pages(pages);
+        if commits_pages {
+            crate::notify::outbox::crash_point("pages_pushed");
+        }
+        // No step runs unless its record can be written: the commit above
+        // worked, and the directory takes a new synced file right now (a
+        // full disk can still take a few bytes in a file's last block).
+        let runs = rest.iter().any(|e| matches!(e, Effect::RunAction { .. }));
+        let committed = committed
+            && self.state_problem.is_none()
+            && (!runs
+                || match state_dir::probe(&self.dir) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.state_dir_failed(
+                            at,
+                            format!("a probe write failed: {}", state_dir::describe(&e)),
+                        );
+                        false
+                    }
+                });
+        for e in rest {
             match e {
                 Effect::Record(r) => self.record(name, at, r, &values),
-                Effect::Page(p) => {
-                    warn!(rule = name, incident = %p.incident, kind = p.kind.name(), notifiers = ?p.notifiers, "page: {}", p.summary);
-                    self.event(
-                        at,
-                        Some(name),
-                        "page",
-                        format!(
-                            "{} → {}: {}",
-                            p.kind.name(),
-                            p.notifiers.join(","),
-                            p.summary
-                        ),
-                    );
-                    let started = self
-                        .states
-                        .get(name)
-                        .and_then(|s| s.incident().map(|i| i.opened_at))
-                        .unwrap_or(at);
-                    let n = page_notification(&rule, &p, started);
-                    self.notify(&p.notifiers, n);
-                }
+                Effect::Page(p) => self.event(
+                    at,
+                    Some(name),
+                    "page",
+                    format!(
+                        "{} → {}: {}",
+                        p.kind.name(),
+                        p.notifiers.join(","),
+                        p.summary
+                    ),
+                ),
                 Effect::RunAction {
                     incident,
                     action,
                     dry_run,
-                } => self.start_action(&rule, incident, action, dry_run, values.clone()),
+                } if committed => {
+                    self.start_action(&rule, incident, action, dry_run, values.clone())
+                }
+                Effect::RunAction {
+                    incident, action, ..
+                } => {
+                    let why = self
+                        .state_problem
+                        .as_ref()
+                        .map(|(_, why)| why.clone())
+                        .or_else(|| self.journal.lock().ok().and_then(|j| j.failing.clone()))
+                        .unwrap_or_else(|| "unknown error".into());
+                    error!(rule = name, incident = %incident, "{action} not run: the journal cannot be written ({why})");
+                    let _ = self.tx.try_send(Msg::ActionDone {
+                        rule: name.to_string(),
+                        incident,
+                        action,
+                        result: ActionResult::Failed(format!(
+                            "not run: ripcord cannot write its journal under {} ({why}), and never acts without a durable record",
+                            self.dir.display()
+                        )),
+                    });
+                }
             }
+        }
+        self.check_state_dir(at);
+    }
+
+    /// `n` for each of `targets` that wants it, with its outbox key.
+    fn queued(&self, targets: &[String], n: &Notification, extra: &str) -> Vec<QueuedPage> {
+        targets
+            .iter()
+            .filter(|t| {
+                self.notifiers
+                    .get(*t)
+                    .is_some_and(|notifier| notify::wants(notifier, n))
+            })
+            .map(|t| QueuedPage {
+                key: page_key(n, extra, t),
+                notifier: t.clone(),
+                notification: n.clone(),
+            })
+            .collect()
+    }
+
+    /// Puts pages in the outbox (synced before any delivery attempt; one
+    /// it already has is skipped). A page that cannot be written is still
+    /// delivered from memory, and the state directory is reported.
+    fn push_pages(&mut self, pages: Vec<QueuedPage>) {
+        if pages.is_empty() {
+            return;
+        }
+        let mut failed = None;
+        if let Ok(mut outbox) = self.outbox.lock() {
+            for (i, p) in pages.into_iter().enumerate() {
+                let at = p.notification.at;
+                if let Err(e) = outbox.push_keyed(&p.key, &p.notifier, p.notification, at) {
+                    error!(notifier = %p.notifier, "cannot write the page to the outbox, delivering it from memory: {}", state_dir::describe(&e));
+                    failed = Some(state_dir::describe(&e));
+                }
+                if i == 0 {
+                    crate::notify::outbox::crash_point("page_pushed");
+                }
+            }
+        }
+        self.wake.notify_one();
+        if let Some(e) = failed {
+            self.state_dir_failed(
+                crate::daemon::now(),
+                format!("the outbox cannot be written: {e}"),
+            );
         }
     }
 
-    /// Queues `n` for each named notifier that wants it (synced to the
-    /// outbox before any delivery attempt).
-    fn notify(&self, targets: &[String], n: Notification) {
-        let Ok(mut outbox) = self.outbox.lock() else {
+    /// Queues `n` for each named notifier that wants it.
+    fn notify(&mut self, targets: &[String], n: Notification) {
+        self.notify_keyed(targets, n, "");
+    }
+
+    fn notify_keyed(&mut self, targets: &[String], n: Notification, extra: &str) {
+        let pages = self.queued(targets, &n, extra);
+        self.push_pages(pages);
+    }
+
+    /// Every notifier: for events about ripcord itself.
+    fn notify_all(&mut self, n: Notification) {
+        let all: Vec<String> = self.notifiers.keys().cloned().collect();
+        self.notify(&all, n);
+    }
+
+    /// The state directory could not be written: said once per episode, by
+    /// a page to every notifier (from memory), in status, /metrics and
+    /// sd_notify's STATUS.
+    fn state_dir_failed(&mut self, at: Timestamp, why: String) {
+        if self.state_problem.is_some() {
+            return;
+        }
+        error!(
+            "state directory {} cannot be written: {why}; no step runs until it can",
+            self.dir.display()
+        );
+        self.state_problem = Some((at, why.clone()));
+        self.metrics.state_dir_writable.set(0);
+        let hint = "free space or fix the state directory's filesystem; ripcord acts again once it can write there";
+        let n = global_notification(
+            "state_unwritable",
+            format!(
+                "ripcord cannot write its state directory {}: no rollback step runs until it can",
+                self.dir.display()
+            ),
+            vec![why, hint.into()],
+            at,
+            at,
+        );
+        self.notify_all(n);
+    }
+
+    /// Looks at the journal's health after writes; while the directory is
+    /// failing, probes it every few seconds and says when it recovers.
+    fn check_state_dir(&mut self, at: Timestamp) {
+        let failing = self.journal.lock().ok().and_then(|j| j.failing.clone());
+        if let Some(why) = failing {
+            self.state_dir_failed(at, format!("the journal cannot be written: {why}"));
+            return;
+        }
+        let Some((since, _)) = self.state_problem.clone() else {
             return;
         };
-        let at = n.at;
-        for t in targets {
-            let Some(notifier) = self.notifiers.get(t) else {
-                continue;
-            };
-            if !notify::wants(notifier, &n) {
-                continue;
-            }
-            if let Err(e) = outbox.push(t, n.clone(), at) {
-                error!(notifier = %t, "cannot write the page to the outbox: {e}");
-            }
+        if self.last_probe.elapsed() < Duration::from_secs(2) {
+            return;
         }
-        drop(outbox);
-        self.wake.notify_one();
+        self.last_probe = std::time::Instant::now();
+        if state_dir::probe(&self.dir).is_err() {
+            return;
+        }
+        let ok = self.journal(Entry::Event {
+            at,
+            rule: None,
+            kind: "state_dir".into(),
+            text: format!("writable again (failing since {since})"),
+        });
+        if !ok {
+            return;
+        }
+        self.state_problem = None;
+        self.metrics.state_dir_writable.set(1);
+        info!(
+            "state directory {} is writable again (failing since {since})",
+            self.dir.display()
+        );
+        let n = global_notification(
+            "state_writable",
+            format!(
+                "ripcord can write its state directory {} again: rollbacks run as configured",
+                self.dir.display()
+            ),
+            vec![],
+            since,
+            at,
+        );
+        self.notify_all(n);
     }
 
     fn step_page(
-        &self,
+        &mut self,
         rule: &str,
         incident: &str,
         action: &str,
@@ -490,7 +683,8 @@ impl Engine {
         n.incident = Some(incident.to_string());
         n.details = details;
         n.values = inc.map(|i| i.values).unwrap_or_default();
-        self.notify(&r.notify, n);
+        let targets = r.notify.clone();
+        self.notify_keyed(&targets, n, &format!("{action}#{step}"));
     }
 
     fn record(
@@ -583,11 +777,20 @@ impl Engine {
                 self.blindness(at, blinding, &obs);
                 let label = RuleLabel { rule: rule.clone() };
                 self.metrics.evaluations.get_or_create(&label).inc();
-                if matches!(obs, Observation::Failed(_)) {
+                if matches!(obs, Observation::Failed(_) | Observation::Unevaluable(_)) {
                     self.metrics.evaluation_failures.get_or_create(&label).inc();
                 }
                 self.metrics.prometheus_up.set(i64::from(!blinding));
                 self.apply(&rule, Input::Evaluate(obs), at);
+                let paged = self
+                    .states
+                    .get(&rule)
+                    .and_then(|s| s.unevaluable.as_ref())
+                    .is_some_and(|u| u.paged);
+                self.metrics
+                    .rule_unevaluable
+                    .get_or_create(&label)
+                    .set(i64::from(paged));
             }
             Msg::ActionDone {
                 rule,
@@ -716,30 +919,68 @@ impl Engine {
     /// any error the running rules stay, and the failure is logged, paged and
     /// exposed as `ripcord_last_reload_successful 0`. Returns whether the
     /// new set is in force.
-    fn reload(&mut self, globs: &[String]) -> bool {
+    ///
+    /// A reload never loses an incident: one that would leave no rule at
+    /// all is refused, and one that would remove a rule whose incident is
+    /// open is refused until the rule has been missing for `removal_delay`
+    /// (an editor's truncate-then-write, or a directory moved away and back,
+    /// is over long before). Even then the state is kept, not evaluated: a
+    /// rule that comes back finds its incident and its cooldown.
+    fn reload(&mut self, globs: &[String], removal_delay: Duration, retry: bool) -> bool {
         let at = now();
         let files = match crate::config::load::expand_globs(globs) {
             Ok(f) => f,
-            Err(e) => return self.reload_failed(at, vec![e]),
+            Err(e) => return self.reload_failed(at, vec![e], retry),
         };
         let loaded = crate::config::load::load_rule_files(&files);
         let errors: Vec<String> = loaded.errors().map(|d| d.to_string()).collect();
         let Some(set) = loaded.value else {
-            return self.reload_failed(at, errors);
+            return self.reload_failed(at, errors, retry);
         };
         let new_rules: BTreeMap<String, Arc<Rule>> = set
             .rules
             .iter()
             .map(|r| (r.name.clone(), r.clone()))
             .collect();
+        if new_rules.is_empty() && !self.rules.is_empty() {
+            let why = format!(
+                "the rule files ({}) now hold no rule: refused, ripcord never drops to zero rules on a reload; to run without rules, stop the service",
+                globs.join(", ")
+            );
+            return self.reload_failed(at, vec![why], retry);
+        }
+        let missing_open: BTreeMap<String, String> = self
+            .rules
+            .keys()
+            .filter(|n| !new_rules.contains_key(*n))
+            .filter_map(|n| {
+                let id = self.states.get(n)?.incident()?.id.clone();
+                Some((n.clone(), id))
+            })
+            .collect();
+        self.pending_removals
+            .retain(|n, _| missing_open.contains_key(n));
+        let mut held = Vec::new();
+        for (name, incident) in &missing_open {
+            let since = *self.pending_removals.entry(name.clone()).or_insert(at);
+            if at.since(since) < removal_delay {
+                held.push(format!(
+                    "rule {name} is missing from the rule files while its incident {incident} is open: kept until {} (reload.removal_delay); restore the rule, or let the incident end",
+                    since.plus(removal_delay)
+                ));
+            }
+        }
+        if !held.is_empty() {
+            return self.reload_failed(at, held, retry);
+        }
+        self.pending_removals.clear();
         let (mut added, mut changed, mut removed) = (0, 0, 0);
         for name in self.rules.keys() {
             if !new_rules.contains_key(name) {
                 removed += 1;
                 if let Some(i) = self.states.get(name).and_then(|s| s.incident()) {
-                    warn!(rule = %name, incident = %i.id, "rule removed while its incident is open: the incident is dropped");
+                    warn!(rule = %name, incident = %i.id, "rule removed while its incident is open: the incident is kept and resumes if the rule comes back");
                 }
-                self.states.remove(name);
                 self.metrics.set_state(name, "");
             }
         }
@@ -756,7 +997,9 @@ impl Engine {
                             let state = st.clone();
                             self.journal(Entry::State {
                                 rule: name.clone(),
-                                state,
+                                state: Box::new(state),
+                                shared: None,
+                                pages: Vec::new(),
                             });
                         }
                     }
@@ -790,7 +1033,16 @@ impl Engine {
         true
     }
 
-    fn reload_failed(&mut self, at: Timestamp, errors: Vec<String>) -> bool {
+    /// A refused reload: logged, journaled, paged (a retry that finds the
+    /// same problems is not paged again) and in status and /metrics.
+    fn reload_failed(&mut self, at: Timestamp, errors: Vec<String>, retry: bool) -> bool {
+        let same = self
+            .last_reload
+            .as_ref()
+            .is_some_and(|r| !r.ok && r.problems == errors);
+        if retry && same {
+            return false;
+        }
         self.metrics.last_reload_successful.set(0);
         self.last_reload = Some(crate::api::ReloadStatus {
             ok: false,
@@ -814,8 +1066,7 @@ impl Engine {
         );
         let details: Vec<String> = errors.into_iter().take(10).collect();
         let n = global_notification("reload_failed", summary, details, at, at);
-        let all: Vec<String> = self.notifiers.keys().cloned().collect();
-        self.notify(&all, n);
+        self.notify_all(n);
         false
     }
 
@@ -847,11 +1098,27 @@ impl Engine {
         } else {
             ""
         };
-        let blind = if self.blind_since.is_some() {
-            ", Prometheus unreachable"
+        let mut blind = if self.blind_since.is_some() {
+            ", Prometheus unreachable".to_string()
         } else {
-            ""
+            String::new()
         };
+        let unevaluable = self
+            .rules
+            .keys()
+            .filter(|n| {
+                self.states
+                    .get(*n)
+                    .and_then(|s| s.unevaluable.as_ref())
+                    .is_some_and(|u| u.paged)
+            })
+            .count();
+        if unevaluable > 0 {
+            blind.push_str(&format!(", {unevaluable} rule(s) UNEVALUABLE"));
+        }
+        if let Some((_, why)) = &self.state_problem {
+            blind.push_str(&format!(", STATE DIR UNWRITABLE ({why}): nothing runs"));
+        }
         if self.rules.is_empty() {
             return format!("no rules loaded: add rule files and reload{paused}{blind}");
         }
@@ -890,6 +1157,11 @@ impl Engine {
                         last_evaluation: s.last_eval.map(|t| t.rfc3339()),
                         values: s.last_values.clone(),
                         last_error: s.last_error.clone(),
+                        unevaluable_since: s
+                            .unevaluable
+                            .as_ref()
+                            .filter(|u| u.paged)
+                            .map(|u| u.since.rfc3339()),
                     }
                 })
                 .collect(),
@@ -911,6 +1183,17 @@ impl Engine {
             prometheus_up: self.blind_since.is_none(),
             blind_since: self.blind_since.map(|t| t.rfc3339()),
             last_reload: self.last_reload.clone(),
+            state_dir_problem: self
+                .state_problem
+                .as_ref()
+                .map(|(since, why)| format!("since {since}: {why}")),
+            pending_removals: self
+                .pending_removals
+                .iter()
+                .map(|(rule, since)| {
+                    format!("rule {rule} (missing since {since}): its incident is open")
+                })
+                .collect(),
         }
     }
 
@@ -920,7 +1203,7 @@ impl Engine {
             if !self.blind_reported && at.since(since) >= self.blind_after {
                 self.blind_reported = true;
                 let why = match obs {
-                    Observation::Failed(e) => e.clone(),
+                    Observation::Failed(e) | Observation::Unevaluable(e) => e.clone(),
                     Observation::Samples(_) => String::new(),
                 };
                 error!("ripcord is blind since {since}: every rule holds its state ({why})");
@@ -934,8 +1217,7 @@ impl Engine {
                     since,
                     at,
                 );
-                let all: Vec<String> = self.notifiers.keys().cloned().collect();
-                self.notify(&all, n);
+                self.notify_all(n);
             }
         } else if let Some(since) = self.blind_since.take() {
             if std::mem::take(&mut self.blind_reported) {
@@ -953,8 +1235,7 @@ impl Engine {
                     since,
                     at,
                 );
-                let all: Vec<String> = self.notifiers.keys().cloned().collect();
-                self.notify(&all, n);
+                self.notify_all(n);
             }
         }
     }
@@ -980,21 +1261,6 @@ impl Engine {
         for name in due {
             self.apply(&name, Input::Tick, at);
         }
-    }
-
-    fn snapshot(&self) -> Vec<Entry> {
-        let mut out: Vec<Entry> = self
-            .states
-            .iter()
-            .map(|(rule, state)| Entry::State {
-                rule: rule.clone(),
-                state: state.clone(),
-            })
-            .collect();
-        out.push(Entry::Shared {
-            shared: self.shared.clone(),
-        });
-        out
     }
 }
 
@@ -1026,6 +1292,7 @@ async fn run_action(
                 i + 1
             ));
         }
+        crate::notify::outbox::crash_point("intent_written");
         let outcome = if dry_run {
             info!(rule = %ctx.rule, incident = %ctx.incident, "dry-run: would run {}: {describe}", action.name);
             StepOutcome {
@@ -1073,124 +1340,6 @@ async fn run_action(
     ActionResult::Succeeded
 }
 
-/// A notification about `rule` with its queries, condition and links.
-fn rule_notification(
-    r: &Rule,
-    event: &str,
-    summary: String,
-    at: Timestamp,
-    started: Timestamp,
-) -> Notification {
-    Notification {
-        event: event.to_string(),
-        rule: Some(r.name.clone()),
-        incident: None,
-        severity: r.severity,
-        summary,
-        details: Vec::new(),
-        values: BTreeMap::new(),
-        condition: Some(r.condition.source().to_string()),
-        queries: r
-            .queries
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        labels: r.labels.clone(),
-        runbook_url: r.runbook_url.clone(),
-        dashboard_url: r.dashboard_url.clone(),
-        resolve: false,
-        dry_run: false,
-        drill: false,
-        started,
-        at,
-    }
-}
-
-/// The core's page, as a notification with what it is about.
-fn page_notification(r: &Rule, p: &Page, started: Timestamp) -> Notification {
-    let mut n = rule_notification(r, p.kind.name(), p.summary.clone(), p.at, started);
-    n.incident = Some(p.incident.clone());
-    n.values = p.values.clone();
-    n.resolve = p.kind.resolves();
-    n.dry_run = p.dry_run;
-    n.drill = p.drill;
-    let id = &p.incident;
-    let acts = if r.actions.is_empty() {
-        "no actions".to_string()
-    } else {
-        r.actions.join(", ")
-    };
-    n.details = match &p.kind {
-        PageKind::Opened => vec![format!("incident {id} opened; ripcord will run: {acts}")],
-        PageKind::ApprovalRequested { deadline } => vec![
-            format!("waiting for approval to run {acts}"),
-            format!("approve: ripcord approve {id}    veto: ripcord veto {id}"),
-            format!(
-                "{} at {deadline} if nobody answers",
-                match r.approval.as_ref().map(|a| a.on_timeout) {
-                    Some(crate::config::OnTimeout::Abort) => "aborts",
-                    _ => "proceeds",
-                }
-            ),
-        ],
-        PageKind::Approved { by } => vec![format!("approved by {by}: running {acts}")],
-        PageKind::Vetoed { by } => vec![format!("vetoed by {by}: nothing (more) runs")],
-        PageKind::ApprovalTimedOut { proceeding: true } => vec![format!("nobody answered: running {acts}")],
-        PageKind::ApprovalTimedOut { proceeding: false } => vec!["nobody answered: aborted, nothing runs".into()],
-        PageKind::ActionsSucceeded => vec![
-            format!("{} {acts}", if p.dry_run { "would have run (dry-run):" } else { "ran:" }),
-            match r.verify_within {
-                Some(w) => format!("verifying: the condition must clear within {}", actions::fmt_d(w)),
-                None => "waiting for the condition to clear".into(),
-            },
-        ],
-        PageKind::ActionFailed { action, error } => {
-            vec![format!("{action} failed: {error}"), "later actions were not run".into()]
-        }
-        PageKind::ActionInterrupted { action } => vec![format!(
-            "ripcord stopped while {action} ran; the step is not run again: check its effect by hand"
-        )],
-        PageKind::BudgetExhausted => vec!["max_actions_per_hour reached: paging instead of acting".into()],
-        PageKind::Paused => vec!["ripcord is paused: nothing runs".into()],
-        PageKind::Recovered => vec!["the condition cleared: recovered".into()],
-        PageKind::Unrecovered => vec!["the condition did not clear after the rollback".into()],
-        PageKind::Closed => vec!["the condition cleared; incident closed".into()],
-    };
-    n
-}
-
-fn global_notification(
-    event: &str,
-    summary: String,
-    details: Vec<String>,
-    started: Timestamp,
-    at: Timestamp,
-) -> Notification {
-    Notification {
-        event: event.into(),
-        rule: None,
-        incident: None,
-        severity: match event {
-            "blind" => crate::config::Severity::Critical,
-            "reload_failed" => crate::config::Severity::Error,
-            _ => crate::config::Severity::Info,
-        },
-        summary,
-        details,
-        values: BTreeMap::new(),
-        condition: None,
-        queries: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        runbook_url: None,
-        dashboard_url: None,
-        resolve: event == "seeing",
-        dry_run: false,
-        drill: false,
-        started,
-        at,
-    }
-}
-
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -1200,23 +1349,48 @@ fn hostname() -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("state directory {path}: {source}")]
-    StateDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    /// A path under the state directory: which, what is wrong, what to do.
+    #[error(transparent)]
+    StateDir(#[from] state_dir::StateError),
     #[error("{0}")]
     Prometheus(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {problem}")]
     Listen {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        problem: String,
     },
     #[error("api.token: {0}")]
     Token(String),
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(String),
+}
+
+/// The journal entries that stand for `states` and `shared`: what a
+/// compaction writes.
+fn snapshot_entries(states: &BTreeMap<String, RuleState>, shared: &Shared) -> Vec<Entry> {
+    let mut out: Vec<Entry> = states
+        .iter()
+        .map(|(rule, state)| Entry::State {
+            rule: rule.clone(),
+            state: Box::new(state.clone()),
+            shared: None,
+            pages: Vec::new(),
+        })
+        .collect();
+    out.push(Entry::Shared {
+        shared: shared.clone(),
+    });
+    out
 }
 
 /// Runs until `shutdown` resolves, then lets running steps finish.
+///
+/// Start-up changes nothing under `state_dir` until every piece of state
+/// has opened: the directory is proven writable, the journal replayed, the
+/// outbox opened, the API token read and the listener bound; only then do
+/// the journal's pages go to the outbox (which skips those it has) and the
+/// journal get compacted (a new file, synced, renamed over the old one). A
+/// start that fails leaves the directory as it found it.
 pub async fn run(
     config: Config,
     rules: RuleSet,
@@ -1224,42 +1398,25 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let prom = Prom::new(&config.prometheus).map_err(DaemonError::Prometheus)?;
     let dir = config.state_dir.clone();
-    let state_err = |source| DaemonError::StateDir {
-        path: dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&dir).map_err(state_err)?;
-    let replayed = Journal::replay(&dir).map_err(state_err)?;
+    state_dir::prepare(&dir)?;
+    let journal_path = Journal::path(&dir);
+    let replayed = Journal::replay(&dir).map_err(|e| state_dir::StateError {
+        path: journal_path.clone(),
+        problem: format!("cannot be read: {}", state_dir::describe(&e)),
+        hint: "ripcord will not start without its journal (open incidents, interrupted steps, cooldowns and the action budget are in it): fix or restore the file".into(),
+    })?;
     if replayed.skipped > 0 {
         warn!(
             "journal: skipped {} unreadable line(s) (a write cut short by a crash)",
             replayed.skipped
         );
     }
-    let rule_map: BTreeMap<String, Arc<Rule>> = rules
-        .rules
-        .iter()
-        .map(|r| (r.name.clone(), r.clone()))
-        .collect();
-    let mut states = BTreeMap::new();
-    for (name, state) in replayed.states {
-        if rule_map.contains_key(&name) {
-            states.insert(name, state);
-        } else {
-            info!(rule = %name, "rule no longer configured: its state is dropped");
-        }
-    }
-    let mut shared = replayed
-        .shared
-        .unwrap_or_else(|| Shared::new(config.limits.max_actions_per_hour, config.mode));
-    shared.budget.limit = config.limits.max_actions_per_hour;
-    shared.mode = config.mode;
-
-    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let outbox_dir = dir.join("outbox");
     let metrics = Arc::new(Metrics::new());
-    metrics.rules.set(rule_map.len() as i64);
-    metrics.last_reload_successful.set(1);
-    let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(16);
+    let mut outbox = Outbox::open(&outbox_dir).map_err(|e| state_dir::error(&outbox_dir, &e))?;
+    outbox.max_age = config.outbox.max_age;
+    outbox.max_items = config.outbox.max_pages;
+    outbox.metrics = Some(metrics.clone());
     let token = config
         .api_token
         .as_ref()
@@ -1268,18 +1425,71 @@ pub async fn run(
         .map_err(|e| DaemonError::Token(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| DaemonError::Listen {
+        .map_err(|e| DaemonError::Listen {
             addr: config.listen,
-            source,
+            problem: state_dir::describe(&e),
         })?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| DaemonError::Signal(e.to_string()))?;
+
+    let rule_map: BTreeMap<String, Arc<Rule>> = rules
+        .rules
+        .iter()
+        .map(|r| (r.name.clone(), r.clone()))
+        .collect();
+    // States of rules no longer configured are kept (not evaluated): a rule
+    // that comes back finds its incident and its cooldown.
+    let states = replayed.states;
+    for (name, s) in &states {
+        if !rule_map.contains_key(name) {
+            match s.incident() {
+                Some(i) => {
+                    warn!(rule = %name, incident = %i.id, "rule no longer configured while its incident is open: the incident is kept and resumes if the rule comes back")
+                }
+                None => info!(rule = %name, "rule no longer configured: its state is kept"),
+            }
+        }
+    }
+    let mut shared = replayed
+        .shared
+        .unwrap_or_else(|| Shared::new(config.limits.max_actions_per_hour, config.mode));
+    shared.budget.limit = config.limits.max_actions_per_hour;
+    shared.mode = config.mode;
+
+    // Everything opened: now the state directory may change. Pages the
+    // journal committed reach the outbox first, then the journal is compacted.
+    let mut resumed = 0;
+    for p in replayed.pages {
+        let at = p.notification.at;
+        if outbox
+            .push_keyed(&p.key, &p.notifier, p.notification, at)
+            .map_err(|e| state_dir::error(&outbox_dir, &e))?
+        {
+            resumed += 1;
+        }
+    }
+    if resumed > 0 {
+        info!(
+            pages = resumed,
+            "outbox: pages the journal committed before a crash are queued again"
+        );
+    }
+    crate::notify::outbox::crash_point("before_compaction");
+    let journal = Journal::open_compacted(&dir, &snapshot_entries(&states, &shared))
+        .map_err(|e| state_dir::error(&journal_path, &e))?;
+    // The compacted journal names no page: the outbox's tombstones can go.
+    outbox.forget_finished();
+
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    metrics.rules.set(rule_map.len() as i64);
+    metrics.last_reload_successful.set(1);
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(16);
     let mut engine = Engine {
         rules: rule_map.clone(),
         actions: rules.actions.clone(),
         states,
         shared,
-        journal: Arc::new(Mutex::new(
-            Journal::open_compacted(&dir, &[]).map_err(state_err)?,
-        )),
+        journal: Arc::new(Mutex::new(journal)),
         locks: HashMap::new(),
         running: JoinSet::new(),
         tx: tx.clone(),
@@ -1290,24 +1500,15 @@ pub async fn run(
         notifiers: rules.notifiers.clone(),
         shared_notifiers: Arc::new(std::sync::RwLock::new(rules.notifiers.clone())),
         last_progress: std::time::Instant::now(),
-        outbox: Arc::new(Mutex::new({
-            let mut o = Outbox::open(&dir.join("outbox")).map_err(state_err)?;
-            o.max_age = config.outbox.max_age;
-            o.max_items = config.outbox.max_pages;
-            o.metrics = Some(metrics.clone());
-            o
-        })),
+        outbox: Arc::new(Mutex::new(outbox)),
         wake: Arc::new(tokio::sync::Notify::new()),
         metrics: metrics.clone(),
         last_reload: None,
+        dir: dir.clone(),
+        state_problem: None,
+        last_probe: std::time::Instant::now(),
+        pending_removals: BTreeMap::new(),
     };
-    // Rewrite the journal as one snapshot of what was replayed.
-    let snap = engine.snapshot();
-    *engine
-        .journal
-        .lock()
-        .map_err(|_| state_err(std::io::Error::other("journal lock poisoned")))? =
-        Journal::open_compacted(&dir, &snap).map_err(state_err)?;
 
     // Steps that were running when ripcord last stopped are never run again.
     let at = now();
@@ -1394,13 +1595,6 @@ pub async fn run(
     ));
     // Reload on SIGHUP, and on edits in the rule directories (debounced:
     // editors write, rename and touch in bursts).
-    let mut hup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| {
-            DaemonError::Listen {
-                addr: config.listen,
-                source: e,
-            }
-        })?;
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<()>();
     let _watcher = {
         use ::notify::Watcher;
@@ -1457,7 +1651,7 @@ pub async fn run(
                     states.push(m);
                 }
                 sd_notify(&states);
-                if engine.reload(&config.rule_globs) {
+                if engine.reload(&config.rule_globs, config.removal_delay, false) {
                     sched.sync(&engine.rules);
                 }
                 sd_notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&engine.status_line())]);
@@ -1477,12 +1671,33 @@ pub async fn run(
                         error!("no evaluation has reported back for too long: not feeding the watchdog");
                     }
                 }
+                engine.check_state_dir(now());
+                // A held-back removal takes effect once it is due, without
+                // waiting for another edit.
+                let due = engine.pending_removals.values().min().is_some_and(|since| now().since(*since) >= config.removal_delay);
+                if due && engine.reload(&config.rule_globs, config.removal_delay, true) {
+                    sched.sync(&engine.rules);
+                }
                 if engine.journal.lock().map(|j| j.appended > crate::journal::COMPACT_AFTER).unwrap_or(false) {
-                    let snap = engine.snapshot();
-                    if let Ok(mut j) = engine.journal.lock() {
-                        match Journal::open_compacted(&dir, &snap) {
-                            Ok(new) => *j = new,
-                            Err(e) => error!("journal compaction failed: {e}"),
+                    let snap = snapshot_entries(&engine.states, &engine.shared);
+                    let compacted = match engine.journal.lock() {
+                        Ok(mut j) => match Journal::open_compacted(&dir, &snap) {
+                            Ok(new) => {
+                                *j = new;
+                                true
+                            }
+                            Err(e) => {
+                                error!("journal compaction failed: {}", state_dir::describe(&e));
+                                false
+                            }
+                        },
+                        Err(_) => false,
+                    };
+                    // Every page the old journal named reached the outbox
+                    // right after its commit: the tombstones can go.
+                    if compacted {
+                        if let Ok(mut o) = engine.outbox.lock() {
+                            o.forget_finished();
                         }
                     }
                 }
