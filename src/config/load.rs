@@ -1251,6 +1251,8 @@ fn validate_rule(
                 &qat,
                 format!("invalid PromQL in query `{name}`: {}", e.trim()),
             );
+        } else if let Some(w) = super::shape::many_series_warning(name, expr) {
+            cx.warn(&qat, w);
         }
     }
     let names: Vec<&str> = r.queries.keys().map(String::as_str).collect();

@@ -7,6 +7,7 @@ pub mod load;
 pub mod position;
 pub mod raw;
 pub mod secrets;
+pub mod shape;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

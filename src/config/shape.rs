@@ -1,0 +1,149 @@
+//! What `ripcord check` can tell about a query's result without running it:
+//! can it return more than one series? A rule without `by:` needs one
+//! number, and a query that returns several is an evaluation error at run
+//! time (a rule written in staging against one pod, then scaled out), so
+//! `check` warns and names the labels that would tell the series apart.
+
+use promql_parser::parser::{Expr, LabelModifier};
+
+/// The result's shape, as far as the expression says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// A number, or at most one series: `vector()`, `scalar()`, an
+    /// aggregation without grouping, `absent()`.
+    One,
+    /// Possibly several series, told apart by these labels (`None`: by
+    /// every label the series have).
+    Many(Option<Vec<String>>),
+}
+
+fn grouped(modifier: &Option<LabelModifier>) -> Shape {
+    match modifier {
+        None => Shape::One,
+        Some(LabelModifier::Include(ls)) if ls.labels.is_empty() => Shape::One,
+        Some(LabelModifier::Include(ls)) => {
+            Shape::Many(Some(ls.labels.iter().map(|l| l.to_string()).collect()))
+        }
+        Some(LabelModifier::Exclude(_)) => Shape::Many(None),
+    }
+}
+
+/// The shape of `expr`'s result.
+pub fn shape(expr: &Expr) -> Shape {
+    match expr {
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Shape::One,
+        Expr::VectorSelector(_) | Expr::MatrixSelector(_) | Expr::Extension(_) => {
+            Shape::Many(None)
+        }
+        Expr::Paren(p) => shape(&p.expr),
+        Expr::Unary(u) => shape(&u.expr),
+        Expr::Subquery(s) => shape(&s.expr),
+        Expr::Aggregate(a) => match a.op.to_string().as_str() {
+            // k series, or one per distinct value.
+            "topk" | "bottomk" | "limitk" | "limit_ratio" | "count_values" => {
+                match grouped(&a.modifier) {
+                    Shape::One => Shape::Many(None),
+                    many => many,
+                }
+            }
+            _ => grouped(&a.modifier),
+        },
+        Expr::Call(c) => match c.func.name {
+            "vector" | "scalar" | "time" | "absent" | "absent_over_time" | "pi" => Shape::One,
+            // The buckets' `le` is what it folds away.
+            "histogram_quantile" => match c.args.args.iter().map(|a| shape(a)).last() {
+                Some(Shape::Many(Some(ls))) => {
+                    let rest: Vec<String> = ls.into_iter().filter(|l| l != "le").collect();
+                    if rest.is_empty() {
+                        Shape::One
+                    } else {
+                        Shape::Many(Some(rest))
+                    }
+                }
+                Some(other) => other,
+                None => Shape::One,
+            },
+            _ => c
+                .args
+                .args
+                .iter()
+                .map(|a| shape(a))
+                .find(|s| *s != Shape::One)
+                .unwrap_or(Shape::One),
+        },
+        Expr::Binary(b) => match (shape(&b.lhs), shape(&b.rhs)) {
+            (Shape::One, Shape::One) => Shape::One,
+            (Shape::One, many) | (many, Shape::One) => many,
+            (lhs, _) => lhs,
+        },
+    }
+}
+
+/// The warning for a query named `name` of a rule without `by:`, if its
+/// result can have more than one series.
+pub fn many_series_warning(name: &str, source: &str) -> Option<String> {
+    let expr = promql_parser::parser::parse(source).ok()?;
+    match shape(&expr) {
+        Shape::One => None,
+        Shape::Many(labels) => {
+            let keeps = match labels {
+                Some(ls) => format!("it keeps the labels {}", ls.join(", ")),
+                None => "it keeps the series' labels".to_string(),
+            };
+            Some(format!(
+                "query `{name}` can return more than one series ({keeps}); a rule needs one number, and several series make it unevaluable: aggregate it (e.g. max(...) or sum(...)) if one series is meant"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(q: &str) -> Shape {
+        shape(&promql_parser::parser::parse(q).expect("valid PromQL"))
+    }
+
+    #[test]
+    fn one_number_or_many_series() {
+        let one = [
+            "sum(rate(http_requests_total{code=~\"5..\"}[5m])) / sum(rate(http_requests_total[5m]))",
+            "max(up{job=\"importer\"})",
+            "vector(1)",
+            "scalar(up)",
+            "1 + 2",
+            "histogram_quantile(0.95, sum(rate(h_bucket[5m])) by ())",
+            "histogram_quantile(0.95, sum by (le) (rate(h_bucket[5m])))",
+            "absent(up{job=\"x\"})",
+            "sum(x) > 0.5",
+            "time() - max(last_success_timestamp)",
+        ];
+        for q in one {
+            assert_eq!(sh(q), Shape::One, "{q}");
+        }
+        let many: [(&str, Option<&[&str]>); 7] = [
+            ("up", None),
+            ("up{job=\"importer\"} == 0", None),
+            ("rate(x_total[5m])", None),
+            ("sum by (pod, namespace) (rate(x[5m]))", Some(&["pod", "namespace"])),
+            ("sum without (instance) (x)", None),
+            ("topk(3, x)", None),
+            (
+                "histogram_quantile(0.95, sum by (le, job) (rate(h_bucket[5m])))",
+                Some(&["job"]),
+            ),
+        ];
+        for (q, labels) in many {
+            let want = Shape::Many(labels.map(|l| l.iter().map(|s| s.to_string()).collect()));
+            assert_eq!(sh(q), want, "{q}");
+        }
+    }
+
+    #[test]
+    fn the_warning_names_the_query_and_the_labels() {
+        let w = many_series_warning("v", "sum by (pod) (x)").expect("warns");
+        assert!(w.contains("query `v`") && w.contains("labels pod"), "{w}");
+        assert!(many_series_warning("v", "sum(x)").is_none());
+    }
+}
