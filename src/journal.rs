@@ -92,9 +92,15 @@ pub struct Replayed {
     /// Every page the journal holds, in order: pushed to the outbox again
     /// (which ignores those it has) before the journal is compacted.
     pub pages: Vec<QueuedPage>,
-    /// Entries read, and lines that could not be read (a torn last write).
+    /// Entries read, and lines in the middle that could not be read.
     pub entries: usize,
     pub skipped: usize,
+    /// The last line was cut short (a crash mid-write): dropped.
+    pub torn: bool,
+    /// Rules whose latest state line could not be read.
+    pub uncertain: std::collections::BTreeSet<String>,
+    /// States holding a time outside years 0–9999 (kept; they never panic).
+    pub out_of_range: usize,
 }
 
 pub const FILE_NAME: &str = "journal.jsonl";
@@ -121,7 +127,11 @@ impl Journal {
         dir.join(FILE_NAME)
     }
 
-    /// Reads the journal in `dir` (a missing one is empty).
+    /// Reads the journal in `dir` (a missing one is empty). Any bytes are
+    /// survived: a torn last line (UTF-8 or not) is dropped, an unreadable
+    /// line in the middle is skipped and counted, and a rule whose state
+    /// line could not be read is named in [`Replayed::uncertain`], so the
+    /// caller can keep it on the safe side.
     pub fn replay(dir: &Path) -> std::io::Result<Replayed> {
         let mut r = Replayed::default();
         let file = match File::open(Self::path(dir)) {
@@ -130,14 +140,25 @@ impl Journal {
             Err(e) => return Err(e),
         };
         let mut open: BTreeMap<(String, usize), Interrupted> = BTreeMap::new();
-        for line in BufReader::new(file).lines() {
+        let mut lines = BufReader::new(file).split(b'\n').peekable();
+        while let Some(line) = lines.next() {
             let line = line?;
-            if line.trim().is_empty() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
-                r.skipped += 1;
-                continue;
+            let entry = match serde_json::from_slice::<Entry>(&line) {
+                Ok(e) => e,
+                Err(_) => {
+                    if lines.peek().is_none() {
+                        r.torn = true;
+                    } else {
+                        r.skipped += 1;
+                        if let Some(rule) = state_line_rule(&line) {
+                            r.uncertain.insert(rule);
+                        }
+                    }
+                    continue;
+                }
             };
             r.entries += 1;
             match entry {
@@ -147,6 +168,10 @@ impl Journal {
                     shared,
                     pages,
                 } => {
+                    if !state.times_in_range() {
+                        r.out_of_range += 1;
+                    }
+                    r.uncertain.remove(&rule);
                     r.states.insert(rule, *state);
                     if let Some(shared) = shared {
                         r.shared = Some(shared);
@@ -255,16 +280,27 @@ impl Journal {
     }
 }
 
+/// The rule an unreadable line was a state of, if its bytes still say so.
+fn state_line_rule(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    if !text.contains("\"type\":\"state\"") {
+        return None;
+    }
+    let start = text.find("\"rule\":\"")? + "\"rule\":\"".len();
+    let end = text[start..].find('"')? + start;
+    Some(text[start..end].to_string()).filter(|r| !r.is_empty())
+}
+
 /// Reads every entry (for timelines and tests); unreadable lines are skipped.
 pub fn read_all(dir: &Path) -> std::io::Result<Vec<Entry>> {
-    let text = match fs::read_to_string(Journal::path(dir)) {
+    let bytes = match fs::read(Journal::path(dir)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
         .collect())
 }
 
@@ -312,7 +348,8 @@ mod tests {
         f.write_all(b"{\"type\":\"state\",\"ru").unwrap();
         let r = Journal::replay(dir.path()).unwrap();
         assert_eq!(r.entries, 4);
-        assert_eq!(r.skipped, 1);
+        assert!(r.torn);
+        assert_eq!(r.skipped, 0);
         assert_eq!(r.interrupted.len(), 1);
         assert_eq!(r.interrupted[0].step, 1);
         assert!(r.states.contains_key("r"));
@@ -327,5 +364,44 @@ mod tests {
         Journal::open_compacted(dir.path(), &snap).unwrap();
         let r = Journal::replay(dir.path()).unwrap();
         assert_eq!((r.entries, r.skipped, r.interrupted.len()), (1, 0, 0));
+    }
+
+    /// Every phase event holds "→": a crash can cut a line inside it.
+    #[test]
+    fn a_line_torn_inside_a_character_or_any_bad_bytes_are_survived() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open_compacted(dir.path(), &[]).unwrap();
+        let state = |rule: &str| Entry::State {
+            rule: rule.into(),
+            state: Box::default(),
+            shared: None,
+            pages: Vec::new(),
+        };
+        j.append(&state("a")).unwrap();
+        j.append(&Entry::Event {
+            at: Timestamp(1),
+            rule: Some("a".into()),
+            kind: "phase".into(),
+            text: "phase acting → verifying".into(),
+        })
+        .unwrap();
+        drop(j);
+        let path = Journal::path(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        // A state line of rule b damaged in the middle, then a line torn
+        // inside the "→" (its first byte only).
+        let mut middle = b"{\"type\":\"state\",\"rule\":\"b\",\"state\":\xff\xfe}\n".to_vec();
+        let good = serde_json::to_vec(&state("c")).unwrap();
+        middle.extend_from_slice(&good);
+        middle.push(b'\n');
+        let torn = "{\"type\":\"event\",\"text\":\"phase a →".as_bytes();
+        bytes.extend_from_slice(&middle);
+        bytes.extend_from_slice(&torn[..torn.len() - 2]);
+        fs::write(&path, &bytes).unwrap();
+        let r = Journal::replay(dir.path()).unwrap();
+        assert_eq!((r.entries, r.skipped, r.torn), (3, 1, true));
+        assert!(r.uncertain.contains("b"), "{:?}", r.uncertain);
+        assert!(r.states.contains_key("a") && r.states.contains_key("c"));
+        assert_eq!(read_all(dir.path()).unwrap().len(), 3);
     }
 }

@@ -18,6 +18,7 @@ pub const LONG_VERSION: &str = concat!(
 
 pub mod actions;
 pub mod api;
+pub mod body;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -36,6 +36,8 @@ pub enum PromError {
     TooManySeries { query: String, count: usize },
     #[error("query `{query}` returned a {kind}, not a number")]
     NotANumber { query: String, kind: String },
+    #[error("Prometheus's answer to `{query}` is larger than {limit} bytes (prometheus.max_response_bytes): narrow the query")]
+    TooLarge { query: String, limit: usize },
 }
 
 impl PromError {
@@ -213,6 +215,7 @@ pub struct Prom {
     client: reqwest::Client,
     base: String,
     timeout: Duration,
+    max_body: usize,
 }
 
 impl Prom {
@@ -276,6 +279,7 @@ impl Prom {
             client,
             base: cfg.url.trim_end_matches('/').to_string(),
             timeout: cfg.timeout,
+            max_body: cfg.max_response_bytes,
         })
     }
 
@@ -291,10 +295,14 @@ impl Prom {
             .await
             .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let body = self.body(resp, expr).await?;
         let (result, warnings) = decode(status, &body)?;
         for w in warnings {
-            tracing::warn!(query = expr, "Prometheus warning: {w}");
+            tracing::warn!(
+                query = expr,
+                "Prometheus warning: {}",
+                crate::body::one_line(&w)
+            );
         }
         Ok(result)
     }
@@ -322,8 +330,21 @@ impl Prom {
             .await
             .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let body = self.body(resp, expr).await?;
         decode_matrix(status, &body)
+    }
+
+    /// The answer's body, at most `max_response_bytes` of it.
+    async fn body(&self, resp: reqwest::Response, query: &str) -> Result<Vec<u8>, PromError> {
+        crate::body::read_capped(resp, self.max_body)
+            .await
+            .map_err(|e| match e {
+                crate::body::BodyError::TooLarge(limit) => PromError::TooLarge {
+                    query: query.to_string(),
+                    limit,
+                },
+                crate::body::BodyError::Transport(e) => self.transport(e),
+            })
     }
 
     fn transport(&self, e: reqwest::Error) -> PromError {

@@ -399,6 +399,7 @@ fn prometheus_basic_and_bearer_auth_come_from_secret_references() {
             ca_file: None,
             blind_after: Duration::from_secs(60),
             auth: Some(auth),
+            max_response_bytes: ripcord::config::DEFAULT_MAX_RESPONSE_BYTES,
         })
         .expect("client");
         // The recording server does not speak the API: the answer is an error,

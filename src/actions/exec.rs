@@ -59,12 +59,12 @@ pub async fn run_argv(argv: &[String], env: &[(String, String)], timeout: Durati
         let mut err = Vec::new();
         let a = async {
             if let Some(s) = stdout.as_mut() {
-                let _ = s.read_to_end(&mut out).await;
+                read_tail(s, &mut out).await;
             }
         };
         let b = async {
             if let Some(s) = stderr.as_mut() {
-                let _ = s.read_to_end(&mut err).await;
+                read_tail(s, &mut err).await;
             }
         };
         tokio::join!(a, b);
@@ -112,6 +112,25 @@ pub async fn run_argv(argv: &[String], env: &[(String, String)], timeout: Durati
                 "timed out after {}: process group killed",
                 fmt_d(timeout)
             ))
+        }
+    }
+}
+
+/// Reads `r` to its end, keeping only the last [`super::OUTPUT_LIMIT`]
+/// bytes: a step that prints without end (`yes`) costs no memory.
+async fn read_tail<R: tokio::io::AsyncRead + Unpin>(r: &mut R, kept: &mut Vec<u8>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * super::OUTPUT_LIMIT {
+                    let cut = kept.len() - super::OUTPUT_LIMIT;
+                    kept.drain(..cut);
+                    kept.splice(0..0, b"[...] ".iter().copied());
+                }
+            }
         }
     }
 }

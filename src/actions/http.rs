@@ -66,7 +66,7 @@ pub async fn run(step: &HttpStep) -> StepOutcome {
         let outcome = match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let text = resp.bytes().await.map(|b| tail(&b)).unwrap_or_default();
+                let text = tail(&crate::body::read_head(resp, super::OUTPUT_LIMIT).await);
                 let ok = if step.expect_status.is_empty() {
                     (200..300).contains(&status)
                 } else {

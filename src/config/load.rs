@@ -342,8 +342,11 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
             .prometheus
             .url
             .unwrap_or_else(|| "http://127.0.0.1:9090".into());
+        let shown = crate::body::redact_url(&url);
         if !is_http_url(&url) {
-            err(&mut cx, "url", format!("prometheus url `{url}` must start with http:// or https://"));
+            err(&mut cx, "url", format!("prometheus url `{shown}` must start with http:// or https://"));
+        } else if shown != url {
+            err(&mut cx, "url", format!("prometheus url `{shown}` carries credentials: they would reach logs and every page's graph link; write `basic_auth: {{username: NAME, password: \"${{file:/etc/ripcord/prom-pass}}\"}}` instead"));
         }
         let timeout = raw.prometheus.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10));
         if timeout.is_zero() {
@@ -420,6 +423,11 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
                 headers: raw.prometheus.headers,
                 ca_file: raw.prometheus.ca_file.map(|p| base.join(p)),
                 blind_after: raw.prometheus.blind_after.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+                max_response_bytes: raw
+                    .prometheus
+                    .max_response_bytes
+                    .unwrap_or(super::DEFAULT_MAX_RESPONSE_BYTES)
+                    .max(4096),
                 auth,
             },
             rule_globs,

@@ -84,7 +84,12 @@ pub struct PrometheusConfig {
     /// Unreachable this long, ripcord says (and pages, once) that it is blind.
     pub blind_after: Duration,
     pub auth: Option<PromAuth>,
+    /// The largest answer read; a longer one is an error naming the query.
+    pub max_response_bytes: usize,
 }
+
+/// `prometheus.max_response_bytes`'s default: 32 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
 
 #[derive(Clone, Debug)]
 pub enum PromAuth {
@@ -139,7 +144,14 @@ impl Schedule {
         match self {
             Schedule::Every(d) => *d,
             Schedule::Cron(_, s) => {
-                let dt: chrono::DateTime<chrono::Utc> = t.into();
+                // Checked: a damaged journal's time must not panic chrono.
+                let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+                    Ok(d) => i64::try_from(d.as_secs()).ok(),
+                    Err(e) => i64::try_from(e.duration().as_secs()).ok().map(|s| -s),
+                };
+                let Some(dt) = secs.and_then(|s| chrono::DateTime::from_timestamp(s, 0)) else {
+                    return Duration::from_secs(3600);
+                };
                 let mut next = s.after(&dt);
                 match (next.next(), next.next()) {
                     (Some(a), Some(b)) => (b - a).to_std().unwrap_or(Duration::from_secs(3600)),

@@ -48,6 +48,11 @@ impl<'de> Deserialize<'de> for Scalar {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
+/// The longest duration ripcord accepts anywhere (rule keys, `pause --for`,
+/// the API): ten years. Every time ripcord computes from one stays far
+/// inside what timestamps can hold.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" {
@@ -58,9 +63,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. 30s, 2m, 1h30m"
         ));
     }
-    humantime::parse_duration(t).map_err(|_| {
+    let d = humantime::parse_duration(t).map_err(|_| {
         format!("invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. 30s, 2m, 1h30m")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{s}` is too long: the limit is 3650d (ten years)"
+        ));
+    }
+    Ok(d)
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -190,6 +201,7 @@ pub struct RawPrometheus {
     pub headers: BTreeMap<String, SecretString>,
     pub ca_file: Option<String>,
     pub blind_after: Option<Dur>,
+    pub max_response_bytes: Option<usize>,
     pub basic_auth: Option<RawBasicAuth>,
     pub bearer_token: Option<SecretString>,
 }

@@ -32,9 +32,7 @@ fn grouped(modifier: &Option<LabelModifier>) -> Shape {
 pub fn shape(expr: &Expr) -> Shape {
     match expr {
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Shape::One,
-        Expr::VectorSelector(_) | Expr::MatrixSelector(_) | Expr::Extension(_) => {
-            Shape::Many(None)
-        }
+        Expr::VectorSelector(_) | Expr::MatrixSelector(_) | Expr::Extension(_) => Shape::Many(None),
         Expr::Paren(p) => shape(&p.expr),
         Expr::Unary(u) => shape(&u.expr),
         Expr::Subquery(s) => shape(&s.expr),
@@ -51,7 +49,7 @@ pub fn shape(expr: &Expr) -> Shape {
         Expr::Call(c) => match c.func.name {
             "vector" | "scalar" | "time" | "absent" | "absent_over_time" | "pi" => Shape::One,
             // The buckets' `le` is what it folds away.
-            "histogram_quantile" => match c.args.args.iter().map(|a| shape(a)).last() {
+            "histogram_quantile" => match c.args.args.last().map(|a| shape(a)) {
                 Some(Shape::Many(Some(ls))) => {
                     let rest: Vec<String> = ls.into_iter().filter(|l| l != "le").collect();
                     if rest.is_empty() {
@@ -126,7 +124,10 @@ mod tests {
             ("up", None),
             ("up{job=\"importer\"} == 0", None),
             ("rate(x_total[5m])", None),
-            ("sum by (pod, namespace) (rate(x[5m]))", Some(&["pod", "namespace"])),
+            (
+                "sum by (pod, namespace) (rate(x[5m]))",
+                Some(&["pod", "namespace"]),
+            ),
             ("sum without (instance) (x)", None),
             ("topk(3, x)", None),
             (

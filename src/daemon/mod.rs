@@ -513,10 +513,15 @@ impl Engine {
                     .get(*t)
                     .is_some_and(|notifier| notify::wants(notifier, n))
             })
-            .map(|t| QueuedPage {
-                key: page_key(n, extra, t),
-                notifier: t.clone(),
-                notification: n.clone(),
+            .map(|t| {
+                let key = page_key(n, extra, t);
+                let mut notification = n.clone();
+                notification.page_id = crate::notify::outbox::key_hash(&key);
+                QueuedPage {
+                    key,
+                    notifier: t.clone(),
+                    notification,
+                }
             })
             .collect()
     }
@@ -1405,10 +1410,22 @@ pub async fn run(
         problem: format!("cannot be read: {}", state_dir::describe(&e)),
         hint: "ripcord will not start without its journal (open incidents, interrupted steps, cooldowns and the action budget are in it): fix or restore the file".into(),
     })?;
-    if replayed.skipped > 0 {
+    if replayed.torn {
         warn!(
-            "journal: skipped {} unreadable line(s) (a write cut short by a crash)",
-            replayed.skipped
+            "journal: its last line was cut short by a crash and is dropped (it committed nothing)"
+        );
+    }
+    if replayed.skipped > 0 {
+        error!(
+            "journal: skipped {} unreadable line(s) in the middle of {}; rules whose state was among them are kept on the safe side",
+            replayed.skipped,
+            journal_path.display()
+        );
+    }
+    if replayed.out_of_range > 0 {
+        error!(
+            "journal: {} state(s) hold a time outside years 0-9999 (damaged); kept as they are",
+            replayed.out_of_range
         );
     }
     let outbox_dir = dir.join("outbox");
@@ -1510,8 +1527,54 @@ pub async fn run(
         pending_removals: BTreeMap::new(),
     };
 
-    // Steps that were running when ripcord last stopped are never run again.
+    // A rule whose latest state could not be read may have had an incident
+    // open: it is taken as open and unrecovered, so nothing runs again
+    // before the condition clears, and on-call hears of it.
     let at = now();
+    for rule in &replayed.uncertain {
+        if engine
+            .states
+            .get(rule)
+            .is_some_and(|s| s.incident().is_some())
+        {
+            continue;
+        }
+        let mut state = engine.states.get(rule).cloned().unwrap_or_default();
+        let id = format!("{rule}-journal-{}", at.0);
+        state.last_incident = Some(id.clone());
+        state.status = Status::Open(rule::Incident {
+            id: id.clone(),
+            opened_at: at,
+            dry_run: false,
+            drill: false,
+            phase: Phase::Unrecovered(rule::UnrecoveredReason::Interrupted {
+                action: "unknown (its journal line is damaged)".into(),
+            }),
+            done: Vec::new(),
+            veto: None,
+            values: BTreeMap::new(),
+        });
+        error!(rule = %rule, incident = %id, "the rule's latest state in the journal is unreadable: taken as an open, unrecovered incident; nothing runs for it before its condition clears");
+        engine.journal(Entry::State {
+            rule: rule.clone(),
+            state: Box::new(state.clone()),
+            shared: None,
+            pages: Vec::new(),
+        });
+        engine.states.insert(rule.clone(), state);
+        let n = global_notification(
+            "journal_damaged",
+            format!("rule {rule}: its latest state in the journal could not be read; taken as an open, unrecovered incident {id}"),
+            vec![
+                "nothing runs for this rule before its condition clears; check by hand what its actions did".into(),
+            ],
+            at,
+            at,
+        );
+        engine.notify_all(n);
+    }
+
+    // Steps that were running when ripcord last stopped are never run again.
     for i in &replayed.interrupted {
         error!(rule = %i.rule, incident = %i.incident, "step {} of {} was interrupted by a restart: it is not run again ({})", i.step + 1, i.action, i.describe);
         engine.journal(Entry::StepResult {
@@ -1586,7 +1649,7 @@ pub async fn run(
         engine.outbox.clone(),
         engine.shared_notifiers.clone(),
         crate::notify::RenderContext {
-            prometheus_url: config.prometheus.url.clone(),
+            prometheus_url: crate::body::redact_url(&config.prometheus.url),
             host: hostname(),
         },
         engine.wake.clone(),
@@ -1618,7 +1681,7 @@ pub async fn run(
     let mut reload_at: Option<tokio::time::Instant> = None;
     let mut hup_pending = false;
 
-    info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %config.prometheus.url, mode = ?config.mode, "ripcord running");
+    info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %crate::body::redact_url(&config.prometheus.url), mode = ?config.mode, "ripcord running");
     // Ready means ready: config and rules loaded, every task running.
     sd_notify(&[
         sd_notify::NotifyState::Ready,

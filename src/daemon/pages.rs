@@ -52,6 +52,7 @@ pub fn rule_notification(
         drill: false,
         started,
         at,
+        page_id: String::new(),
     }
 }
 
@@ -147,7 +148,7 @@ pub fn global_notification(
         incident: None,
         severity: match event {
             "blind" | "state_unwritable" => crate::config::Severity::Critical,
-            "reload_failed" => crate::config::Severity::Error,
+            "reload_failed" | "journal_damaged" => crate::config::Severity::Error,
             _ => crate::config::Severity::Info,
         },
         summary,
@@ -163,5 +164,6 @@ pub fn global_notification(
         drill: false,
         started,
         at,
+        page_id: String::new(),
     }
 }

@@ -41,6 +41,7 @@ pub const EVENTS: &[&str] = &[
     "state_unwritable",
     "state_writable",
     "reload_failed",
+    "journal_damaged",
 ];
 
 /// One page, as stored in the outbox and rendered for each receiver.
@@ -68,6 +69,11 @@ pub struct Notification {
     /// When the incident opened (or the event happened).
     pub started: Timestamp,
     pub at: Timestamp,
+    /// The same for every delivery of this page to this receiver, retries
+    /// and redeliveries after a crash included: receivers deduplicate on
+    /// it (webhook `id`; PagerDuty uses the incident's `dedup_key`).
+    #[serde(default)]
+    pub page_id: String,
 }
 
 /// What rendering needs besides the notification.

@@ -315,7 +315,8 @@ impl Outbox {
     }
 }
 
-fn key_hash(key: &str) -> String {
+/// A short stable hash of a page key: tombstone names and page ids.
+pub fn key_hash(key: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16])
 }
@@ -382,7 +383,8 @@ async fn attempt(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let after = retry_after(resp.headers());
-                let text = resp.text().await.unwrap_or_default();
+                let head = crate::body::read_head(resp, 1024).await;
+                let text = crate::body::one_line(&String::from_utf8_lossy(&head));
                 let text = super::truncate(text.trim(), 200);
                 match status {
                     200..=299 => {

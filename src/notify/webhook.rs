@@ -19,6 +19,7 @@ pub fn body(n: &Notification, ctx: &RenderContext) -> serde_json::Value {
         .collect();
     json!({
         "version": VERSION,
+        "id": n.page_id,
         "event": n.event,
         "rule": n.rule,
         "incident": n.incident,

@@ -65,9 +65,24 @@ impl Timestamp {
         }
     }
 
-    /// RFC 3339, seconds precision: `2026-11-23T12:48:00Z`.
+    /// The first and last instants RFC 3339 can write (years 0000 to 9999).
+    const MIN_MS: i64 = -62_167_219_200_000;
+    const MAX_MS: i64 = 253_402_300_799_999;
+
+    /// RFC 3339, seconds precision: `2026-11-23T12:48:00Z`. Never panics: a
+    /// time outside years 1970–9999 (only a damaged journal holds one) is
+    /// written as its milliseconds since the epoch.
     pub fn rfc3339(self) -> String {
-        humantime::format_rfc3339_seconds(self.to_system()).to_string()
+        if (0..=Self::MAX_MS).contains(&self.0) {
+            humantime::format_rfc3339_seconds(self.to_system()).to_string()
+        } else {
+            format!("@{}ms", self.0)
+        }
+    }
+
+    /// Within the years RFC 3339 can write: what a journal may hold.
+    pub fn in_range(self) -> bool {
+        (Self::MIN_MS..=Self::MAX_MS).contains(&self.0)
     }
 
     /// `20261123T124800Z`, for incident ids.
@@ -369,6 +384,29 @@ impl RuleState {
             } => "recovered",
             Status::Cooldown { .. } => "closed",
         }
+    }
+
+    /// Every time this state holds is one RFC 3339 can write.
+    pub fn times_in_range(&self) -> bool {
+        let mut times: Vec<Timestamp> = self.last_eval.into_iter().collect();
+        match &self.status {
+            Status::Ok => {}
+            Status::Pending { since, last_breach } => {
+                times.push(*since);
+                times.extend(*last_breach);
+            }
+            Status::Open(i) => {
+                times.push(i.opened_at);
+                match i.phase {
+                    Phase::AwaitingApproval { deadline } => times.push(deadline),
+                    Phase::Verifying { deadline } => times.extend(deadline),
+                    _ => {}
+                }
+            }
+            Status::Cooldown { until, .. } => times.push(*until),
+        }
+        times.extend(self.unevaluable.as_ref().map(|u| u.since));
+        times.iter().all(|t| t.in_range())
     }
 
     /// The open incident's phase, or the state's name.

@@ -4,6 +4,12 @@
 //! know from Prometheus (`percent`, `humanize`, `duration`, plus minijinja's
 //! `round`) and checks at load that a template only names the rule's queries
 //! and known filters.
+//!
+//! Every render is bounded: a fuel budget ([`FUEL`] minijinja instructions)
+//! stops endless loops, and the output is capped at [`MAX_OUTPUT`] bytes. A
+//! template that exceeds either on `check`'s sample values is an error; at
+//! run time the page falls back to a plain summary with a note, so a
+//! template can never hold up the engine.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,8 +83,35 @@ pub fn duration(v: Value) -> String {
     }
 }
 
+/// minijinja instructions one render may spend.
+pub const FUEL: u64 = 20_000;
+/// The longest summary, in bytes.
+pub const MAX_OUTPUT: usize = 4096;
+/// The longest template source, in bytes.
+pub const MAX_SOURCE: usize = 4096;
+
+/// A writer that refuses to grow past `MAX_OUTPUT`.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other(format!(
+                "the summary is longer than {MAX_OUTPUT} bytes"
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
     env.add_filter("percent", percent);
     env.add_filter("humanize", humanize);
     env.add_filter("duration", duration);
@@ -89,6 +122,12 @@ fn environment() -> Environment<'static> {
 impl Template {
     /// Compiles `source` and checks it against the rule's query names.
     pub fn compile(source: &str, queries: &[&str]) -> Result<Template, String> {
+        if source.len() > MAX_SOURCE {
+            return Err(format!(
+                "invalid template: {} bytes long; the limit is {MAX_SOURCE}",
+                source.len()
+            ));
+        }
         let env = environment();
         let tmpl = env
             .template_from_str(source)
@@ -135,9 +174,25 @@ impl Template {
         ctx.insert("rule".into(), Value::from(rule));
         ctx.insert("severity".into(), Value::from(severity));
         ctx.insert("labels".into(), Value::from_serialize(labels));
-        environment()
-            .render_str(&self.source, ctx)
-            .map_err(|e| e.detail().unwrap_or("render error").to_string())
+        let env = environment();
+        let tmpl = env
+            .template_from_str(&self.source)
+            .map_err(|e| e.detail().unwrap_or("syntax error").to_string())?;
+        let mut out = Capped(Vec::new());
+        let rendered = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
+        match rendered {
+            Ok(()) => Ok(String::from_utf8_lossy(&out.0).into_owned()),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(format!(
+                "rendering takes more than {FUEL} steps (a loop too long?)"
+            )),
+            Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => {
+                Err(format!("the summary is longer than {MAX_OUTPUT} bytes"))
+            }
+            Err(e) => Err(match e.detail() {
+                Some(d) => d.to_string(),
+                None => e.to_string(),
+            }),
+        }
     }
 
     /// Renders with the latest values (`None` = no data). A template that
@@ -151,7 +206,10 @@ impl Template {
         values: &BTreeMap<String, Option<f64>>,
     ) -> String {
         self.try_render(rule, severity, labels, values)
-            .unwrap_or_else(|e| format!("{} (template error: {e})", self.source))
+            .unwrap_or_else(|e| {
+                let vals = crate::rule::machine::fmt_values(values).join(" ");
+                format!("{rule} breached: {vals} (summary template failed: {e})")
+            })
     }
 }
 
@@ -196,5 +254,30 @@ mod tests {
         assert!(e.contains("percentage"), "{e}");
         let e = Template::compile("{{ rate ", &["rate"]).unwrap_err();
         assert!(e.starts_with("invalid template"), "{e}");
+    }
+
+    #[test]
+    fn renders_are_bounded_in_steps_and_size() {
+        let t0 = std::time::Instant::now();
+        let e = Template::compile(
+            "{% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}{% endfor %}{% endfor %}",
+            &["rate"],
+        )
+        .unwrap_err();
+        assert!(e.contains("more than 20000 steps"), "{e}");
+        let e = Template::compile("{{ 'x' * 100000 }}", &["rate"]).unwrap_err();
+        assert!(e.contains("longer than 4096 bytes"), "{e}");
+        let e = Template::compile(&"x".repeat(5000), &["rate"]).unwrap_err();
+        assert!(e.contains("limit is 4096"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+        // A template that passed compile but blows up on live values falls
+        // back to a plain summary.
+        let t = Template::compile("{{ 'x' * (rate * 1000) | int }}", &["rate"]).unwrap();
+        let v = BTreeMap::from([("rate".to_string(), Some(100.0))]);
+        let s = t.render("r", "critical", &BTreeMap::new(), &v);
+        assert!(
+            s.starts_with("r breached: rate=100 (summary template failed"),
+            "{s}"
+        );
     }
 }
