@@ -140,7 +140,11 @@ fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
     // Compare in constant time: the token is a secret.
     let ok = given.is_some_and(|g| {
         let (a, b) = (g.as_bytes(), token.expose().as_bytes());

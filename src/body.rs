@@ -54,6 +54,21 @@ pub fn one_line(s: &str) -> String {
         .collect()
 }
 
+/// `e` with its causes, each said once: "error sending request: connection
+/// refused", not the bare "error sending request", nor a cause twice.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = s.source();
+    }
+    msg
+}
+
 /// `url` with any `user:password@` replaced by `***@`: the one place that
 /// makes a URL safe for logs, pages and status.
 pub fn redact_url(url: &str) -> String {

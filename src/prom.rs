@@ -134,8 +134,16 @@ fn envelope(status: u16, body: &[u8]) -> Result<(Data, Vec<String>), PromError> 
     if env.status != "success" {
         return Err(PromError::Api {
             status,
-            error_type: env.error_type.unwrap_or_else(|| "unknown".into()),
-            error: env.error.unwrap_or_default(),
+            // Prometheus's words, on one line and not without end: they
+            // reach logs and pages.
+            error_type: crate::body::one_line(&crate::notify::truncate(
+                &env.error_type.unwrap_or_else(|| "unknown".into()),
+                100,
+            )),
+            error: crate::body::one_line(&crate::notify::truncate(
+                &env.error.unwrap_or_default(),
+                1000,
+            )),
         });
     }
     let data = env
@@ -352,14 +360,7 @@ impl Prom {
             PromError::Timeout(self.timeout)
         } else {
             // Without the URL: it may carry credentials.
-            let e = e.without_url();
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            PromError::Unreachable(msg)
+            PromError::Unreachable(crate::body::error_chain(&e.without_url()))
         }
     }
 }

@@ -52,13 +52,14 @@ fn references_resolve_across_files_and_warnings_do_not_fail() {
             "rules.d/chat.yaml:4:11: warning: rule `chat` acts on a single breaching evaluation: set `for:` so a blip does not roll back",
             "rules.d/chat.yaml:4:11: warning: rule `chat` has no `verify:`: ripcord will not page if the rollback does not restore the metrics",
             "rules.d/chat.yaml:5:18: warning: query `q` can return more than one series (it keeps the series' labels); a rule needs one number, and several series make it unevaluable: aggregate it (e.g. max(...) or sum(...)) if one series is meant",
+            "rules.d/notifiers.yaml:2:37: warning: the PagerDuty routing key cannot be resolved here (environment variable PD_KEY is not set): where ripcord runs, pages to this notifier would fail",
             "rules.d/notifiers.yaml:3:3: warning: notifier `spare` is not used by any rule",
             "rules.d/notifiers.yaml:3:32: warning: the Slack webhook URL is written inline: use ${env:NAME}, ${file:PATH} or ${credential:NAME} so it stays out of the rule file",
         ]
     );
     assert_eq!(
         out.stdout.trim(),
-        "ok: 2 files, 1 rule, 1 action, 2 notifiers (5 warnings)"
+        "ok: 2 files, 1 rule, 1 action, 2 notifiers (6 warnings)"
     );
     // The inline secret never appears in the output.
     assert!(!out.stderr.contains("hooks.slack.example"));

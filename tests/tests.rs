@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod backtest;
 mod check;
+mod fuzz;
 mod live;
 mod malformed;
 mod notify;

@@ -403,6 +403,12 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
                 DEFAULT_LISTEN.parse().ok()?
             }
         };
+        if !listen.ip().is_loopback() && raw.api.token.is_none() && have_doc {
+            cx.warn(
+                &at.key("listen"),
+                format!("listen: {listen} is reachable from other hosts and api.token is not set: /metrics and status are open to them, and the control API is disabled; set api.token or listen on 127.0.0.1"),
+            );
+        }
         let limits = Limits {
             max_actions_per_hour: raw
                 .limits
@@ -737,6 +743,12 @@ fn warn_inline_secret(cx: &mut Ctx, at: &At, s: &SecretString, what: &str) {
         cx.warn(
             at,
             format!("{what} is written inline: use ${{env:NAME}}, ${{file:PATH}} or ${{credential:NAME}} so it stays out of the rule file"),
+        );
+    } else if let Err(e) = s.resolve() {
+        // Where the daemon runs, this notifier could page nobody.
+        cx.warn(
+            at,
+            format!("{what} cannot be resolved here ({e}): where ripcord runs, pages to this notifier would fail"),
         );
     }
 }
@@ -1205,6 +1217,13 @@ fn validate_rule(
         }
         (Some(raw::Dur(d)), None) => Schedule::Every(*d),
         (None, Some(expr)) => match expr.parse::<cron::Schedule>() {
+            Ok(s) if s.upcoming(chrono::Utc).next().is_none() => {
+                cx.error(
+                    &at.key("cron"),
+                    format!("cron expression `{expr}` never fires (no such date): the rule would never be evaluated"),
+                );
+                Schedule::Every(DEFAULT_EVERY)
+            }
             Ok(s) => Schedule::Cron(expr.clone(), Box::new(s)),
             Err(e) => {
                 let fields = expr.split_whitespace().count();

@@ -338,6 +338,9 @@ struct Engine {
     dir: std::path::PathBuf,
     state_problem: Option<(Timestamp, String)>,
     last_probe: std::time::Instant,
+    /// Set when ripcord begins to stop: running steps finish, no new step
+    /// starts.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Rules a reload would remove while their incident is open: since when
     /// they have been missing. Held back until `reload.removal_delay`.
     pending_removals: BTreeMap<String, Timestamp>,
@@ -744,13 +747,14 @@ impl Engine {
         };
         let lock = self.locks.entry(action_name.clone()).or_default().clone();
         let journal = self.journal.clone();
+        let stopping = self.stopping.clone();
         let ctx = StepContext {
             rule: rule_name.clone(),
             incident: incident.clone(),
             values,
         };
         self.running.spawn(async move {
-            let result = run_action(&action, &ctx, dry_run, &journal, &lock, &tx).await;
+            let result = run_action(&action, &ctx, dry_run, &journal, &lock, &tx, &stopping).await;
             let _ = tx
                 .send(Msg::ActionDone {
                     rule: rule_name,
@@ -1278,9 +1282,17 @@ async fn run_action(
     journal: &Mutex<Journal>,
     lock: &tokio::sync::Mutex<()>,
     tx: &mpsc::Sender<Msg>,
+    stopping: &std::sync::atomic::AtomicBool,
 ) -> ActionResult {
     let _guard = lock.lock().await;
     for (i, step) in action.steps.iter().enumerate() {
+        if stopping.load(Ordering::SeqCst) {
+            warn!(rule = %ctx.rule, incident = %ctx.incident, "ripcord is stopping: {} step {} and after are not started", action.name, i + 1);
+            return ActionResult::Failed(format!(
+                "ripcord stopped before step {} started: it and the steps after it did not run",
+                i + 1
+            ));
+        }
         let describe = actions::describe(step);
         let intent = Entry::StepIntent {
             at: now(),
@@ -1440,6 +1452,11 @@ pub async fn run(
         .map(|t| t.resolve())
         .transpose()
         .map_err(|e| DaemonError::Token(e.to_string()))?;
+    if token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+        return Err(DaemonError::Token(
+            "resolves to an empty string: no request could ever match it; put a long random token in it (e.g. `openssl rand -hex 32`)".into(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| DaemonError::Listen {
@@ -1525,6 +1542,7 @@ pub async fn run(
         state_problem: None,
         last_probe: std::time::Instant::now(),
         pending_removals: BTreeMap::new(),
+        stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
 
     // A rule whose latest state could not be read may have had an incident
@@ -1773,7 +1791,8 @@ pub async fn run(
         }
     }
 
-    info!("stopping: no new evaluations; waiting for running steps to finish");
+    info!("stopping: no new evaluations or steps; waiting for running steps to finish");
+    engine.stopping.store(true, Ordering::SeqCst);
     sd_notify(&[sd_notify::NotifyState::Stopping]);
     sched.stop_all().await;
     // Running actions finish (each step has its own timeout); their results

@@ -398,7 +398,7 @@ async fn attempt(
                 }
             }
             // Never with the URL: a Slack webhook URL is a secret.
-            Err(e) => Attempt::Retry(e.without_url().to_string(), None),
+            Err(e) => Attempt::Retry(crate::body::error_chain(&e.without_url()), None),
         };
     }
     // Several Alertmanagers: delivered when one of them took it.

@@ -43,6 +43,8 @@ fn context(values: &BTreeMap<String, f64>) -> Result<HashMapContext, String> {
 pub const MAX_LEN: usize = 4096;
 /// The deepest nesting accepted: parentheses, and unary operators in a row.
 pub const MAX_DEPTH: usize = 64;
+/// The most tokens (names, numbers, operators) a condition may have.
+pub const MAX_TOKENS: usize = 256;
 
 /// Refuses sources whose tree would be too deep to parse or evaluate safely:
 /// nested parentheses and runs of unary operators count as depth; so does a
@@ -79,19 +81,20 @@ fn check_size(source: &str) -> Result<(), String> {
             deepest.max(max_unary)
         ));
     }
-    // Each binary operator adds a level to evalexpr's tree.
-    let operators = source
-        .chars()
-        .filter(|c| {
-            matches!(
-                c,
-                '+' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '&' | '|' | '-'
-            )
-        })
-        .count();
-    if operators > 512 {
+    // evalexpr's parser recurses once per token: bound the tokens (runs
+    // of word characters, and every other character that is not a space).
+    let mut tokens = 0usize;
+    let mut in_word = false;
+    for c in source.chars() {
+        let word = c.is_alphanumeric() || c == '_' || c == '.';
+        if word && !in_word || !word && !c.is_whitespace() {
+            tokens += 1;
+        }
+        in_word = word;
+    }
+    if tokens > MAX_TOKENS {
         return Err(format!(
-            "condition has {operators} operators; the limit is 512: split it into queries"
+            "condition has {tokens} tokens; the limit is {MAX_TOKENS}: split it into queries"
         ));
     }
     Ok(())
@@ -292,6 +295,10 @@ mod tests {
         let long = format!("q{}", " + q".repeat(50_000));
         let e = Condition::compile(&format!("{long} > 1"), &["q"]).unwrap_err();
         assert!(e.contains("limit is 4096"), "{e}");
+        let e = Condition::compile(&format!("q{} > 1", " + q".repeat(200)), &["q"]).unwrap_err();
+        assert!(e.contains("the limit is 256"), "{e}");
+        let e = Condition::compile(&format!("q > 1 {}", ": ".repeat(1000)), &["q"]).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
         let e = Condition::compile(&format!("{}q > 1", "!".repeat(2000)), &["q"]).unwrap_err();
         assert!(e.contains("limit"), "{e}");
         let deep = format!("{}q{} > 1", "(".repeat(100), ")".repeat(100));

@@ -178,6 +178,13 @@ impl ActionBudget {
     }
 
     fn forget_old(&mut self, now: Timestamp) {
+        // An entry from the future (a clock set back, a damaged journal)
+        // counts as taken now, so it expires within the hour.
+        for t in self.started.iter_mut() {
+            if *t > now {
+                *t = now;
+            }
+        }
         let horizon = now.minus(BUDGET_WINDOW);
         while self.started.front().is_some_and(|t| *t <= horizon) {
             self.started.pop_front();

@@ -90,6 +90,41 @@ pub const MAX_OUTPUT: usize = 4096;
 /// The longest template source, in bytes.
 pub const MAX_SOURCE: usize = 4096;
 
+/// The deepest nesting of brackets, and the longest run of unary
+/// operators, a template may have: minijinja's parser recurses on both.
+pub const MAX_NESTING: usize = 32;
+
+fn check_nesting(source: &str) -> Result<(), String> {
+    let (mut depth, mut deepest, mut run, mut longest) = (0usize, 0usize, 0usize, 0usize);
+    for word in source.split_inclusive(|c: char| !c.is_alphanumeric() && c != '_') {
+        for c in word.chars() {
+            match c {
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        let w = word.trim_end_matches(|c: char| !c.is_alphanumeric() && c != '_');
+        let unary = w == "not" || word.trim() == "-" || word.trim() == "+" || word.trim() == "~";
+        if unary {
+            run += 1;
+            longest = longest.max(run);
+        } else if !word.trim().is_empty() {
+            run = 0;
+        }
+    }
+    if deepest > MAX_NESTING || longest > MAX_NESTING {
+        return Err(format!(
+            "invalid template: nests {} levels deep; the limit is {MAX_NESTING}",
+            deepest.max(longest)
+        ));
+    }
+    Ok(())
+}
+
 /// A writer that refuses to grow past `MAX_OUTPUT`.
 struct Capped(Vec<u8>);
 
@@ -128,6 +163,7 @@ impl Template {
                 source.len()
             ));
         }
+        check_nesting(source)?;
         let env = environment();
         let tmpl = env
             .template_from_str(source)
