@@ -7,6 +7,7 @@ mod api;
 mod backtest;
 mod check;
 mod fuzz;
+mod hostile;
 mod live;
 mod malformed;
 mod notify;
