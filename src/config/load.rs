@@ -42,16 +42,76 @@ impl<T> Loaded<T> {
     }
 }
 
+#[derive(Clone)]
 struct Doc {
     path: PathBuf,
-    index: PositionIndex,
+    /// The text, kept to build the index the first time a position is
+    /// needed: a file without problems never pays for it.
+    text: String,
+    index: std::sync::OnceLock<PositionIndex>,
+}
+
+impl Doc {
+    fn index(&self) -> &PositionIndex {
+        self.index.get_or_init(|| PositionIndex::build(&self.text))
+    }
 }
 
 /// Collects diagnostics across the files of one load.
 #[derive(Default)]
 pub(crate) struct Ctx {
-    docs: Vec<Doc>,
+    /// Shared with the workers of [`Ctx::par_map`].
+    docs: Arc<Vec<Doc>>,
     pub(crate) diags: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    /// `f` over `items` on every core (each worker with its own diagnostics,
+    /// merged in order), for the per-rule work of a large load.
+    fn par_map<T: Send, R: Send>(
+        &mut self,
+        items: Vec<T>,
+        f: impl Fn(&mut Ctx, T) -> R + Sync,
+    ) -> Vec<R> {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        if workers < 2 || items.len() < 2000 {
+            return items.into_iter().map(|t| f(self, t)).collect();
+        }
+        let per = items.len().div_ceil(workers);
+        let mut chunks: Vec<Vec<T>> = Vec::new();
+        let mut it = items.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(per).collect());
+        }
+        let docs = self.docs.clone();
+        let f = &f;
+        let done: Vec<(Vec<R>, Vec<Diagnostic>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    let docs = docs.clone();
+                    s.spawn(move || {
+                        let mut cx = Ctx {
+                            docs,
+                            diags: Vec::new(),
+                        };
+                        let out: Vec<R> = chunk.into_iter().map(|t| f(&mut cx, t)).collect();
+                        (out, cx.diags)
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        let mut out = Vec::new();
+        for (rs, diags) in done {
+            out.extend(rs);
+            self.diags.extend(diags);
+        }
+        out
+    }
 }
 
 /// A place in a loaded document.
@@ -90,18 +150,11 @@ fn strip_location(msg: String) -> String {
 
 impl Ctx {
     pub fn pos(&self, at: &At) -> Pos {
-        self.docs[at.doc].index.locate(&at.path)
+        self.docs[at.doc].index().locate(&at.path)
     }
 
     pub fn file(&self, at: &At) -> &Path {
         &self.docs[at.doc].path
-    }
-
-    pub fn origin(&self, at: &At) -> Origin {
-        Origin {
-            file: self.file(at).to_path_buf(),
-            pos: self.pos(at),
-        }
     }
 
     pub fn error(&mut self, at: &At, msg: impl Into<String>) {
@@ -110,13 +163,13 @@ impl Ctx {
     }
 
     pub fn error_key(&mut self, at: &At, msg: impl Into<String>) {
-        let pos = self.docs[at.doc].index.locate_key(&at.path);
+        let pos = self.docs[at.doc].index().locate_key(&at.path);
         let d = Diagnostic::error(self.file(at), pos, msg);
         self.diags.push(d);
     }
 
     pub fn warn_key(&mut self, at: &At, msg: impl Into<String>) {
-        let pos = self.docs[at.doc].index.locate_key(&at.path);
+        let pos = self.docs[at.doc].index().locate_key(&at.path);
         let d = Diagnostic::warning(self.file(at), pos, msg);
         self.diags.push(d);
     }
@@ -173,9 +226,10 @@ impl Ctx {
         // Alertmanager users expect.
         match serde_yaml::from_str::<Value>(text).and_then(|mut v| v.apply_merge().map(|()| v)) {
             Ok(v) => {
-                self.docs.push(Doc {
+                Arc::make_mut(&mut self.docs).push(Doc {
                     path: path.to_path_buf(),
-                    index: PositionIndex::build(text),
+                    text: text.to_string(),
+                    index: std::sync::OnceLock::new(),
                 });
                 Some((
                     At {
@@ -206,6 +260,11 @@ impl Ctx {
     /// To report every problem of an item in one run, a field that fails is
     /// dropped and the item is read again; the item itself is then `None`.
     pub fn de<T: DeserializeOwned>(&mut self, at: &At, v: &Value) -> Option<T> {
+        // The common case reads the value in place; only a problem pays
+        // for the copy the retries below edit.
+        if let Ok(t) = T::deserialize(v) {
+            return Some(t);
+        }
         let mut v = v.clone();
         let mut dropped: Vec<String> = Vec::new();
         for _ in 0..32 {
@@ -248,7 +307,7 @@ impl Ctx {
                 }
                 Some(name)
                     if self.docs[here.doc]
-                        .index
+                        .index()
                         .key(&here.key(name).path)
                         .is_some() =>
                 {
@@ -590,14 +649,15 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
                 "actions" => collect_named(cx, &at, v, "action", &mut actions, &mut action_names),
                 "rules" => match v {
                     Value::Sequence(items) => {
-                        for (i, item) in items.iter().enumerate() {
+                        let read = cx.par_map(items.iter().enumerate().collect(), |cx, (i, item)| {
                             let at = at.index(i);
                             let before = cx.error_count();
-                            if let Some(r) = cx.de::<RawRule>(&at, item) {
-                                let fp = serde_json::to_string(item).unwrap_or_default();
-                                rules.push((at, r, cx.error_count() > before, fp));
-                            }
-                        }
+                            let r = cx.de::<RawRule>(&at, item)?;
+                            let fp = serde_json::to_string(item).unwrap_or_default();
+                            let had_errors = cx.error_count() > before;
+                            Some((at, r, had_errors, fp))
+                        });
+                        rules.extend(read.into_iter().flatten());
                     }
                     Value::Null => {}
                     _ => cx.error(&at, "`rules:` must be a list of rules"),
@@ -639,15 +699,16 @@ fn load_texts(cx: &mut Ctx, texts: Vec<(PathBuf, String)>) -> Option<RuleSet> {
                 .or_insert_with(|| Arc::new(v));
         }
     }
-    for (at, raw, had_errors, fingerprint) in rules {
+    for (_, raw, _, _) in &rules {
         used_actions.extend(raw.actions.iter().cloned());
         used_notifiers.extend(raw.notify.iter().cloned());
-        if let Some(mut r) = validate_rule(cx, &at, raw, had_errors, &action_names, &notifier_names)
-        {
-            r.fingerprint = fingerprint;
-            set.rules.push(Arc::new(r));
-        }
     }
+    let checked = cx.par_map(rules, |cx, (at, raw, had_errors, fingerprint)| {
+        let mut r = validate_rule(cx, &at, raw, had_errors, &action_names, &notifier_names)?;
+        r.fingerprint = fingerprint;
+        Some(Arc::new(r))
+    });
+    set.rules.extend(checked.into_iter().flatten());
     for a in &actions {
         if !used_actions.contains(&a.name) {
             cx.warn_key(
@@ -723,9 +784,9 @@ fn check_duplicates<'a>(
         if let Some(first) = seen.get(name) {
             let first = Origin {
                 file: cx.file(first).to_path_buf(),
-                pos: cx.docs[first.doc].index.locate_key(&first.path),
+                pos: cx.docs[first.doc].index().locate_key(&first.path),
             };
-            let here = cx.docs[at.doc].index.locate_key(&at.path);
+            let here = cx.docs[at.doc].index().locate_key(&at.path);
             let d = Diagnostic::error(
                 cx.file(at),
                 here,
@@ -851,7 +912,6 @@ fn validate_notifier(cx: &mut Ctx, n: &Named<RawNotifier>) -> Option<Notifier> {
     }
     Some(Notifier {
         name: n.name.clone(),
-        origin: cx.origin(&n.at),
         kind,
         events: r.events.as_ref().map(|e| e.iter().cloned().collect()),
         min_severity: r.min_severity.unwrap_or(Severity::Info),
@@ -923,7 +983,6 @@ fn validate_action(cx: &mut Ctx, a: &Named<raw::RawAction>) -> Option<Action> {
     }
     (steps.len() == a.raw.steps.len()).then(|| Action {
         name: a.name.clone(),
-        origin: cx.origin(&a.at),
         description: a.raw.description.clone(),
         steps,
     })
@@ -1273,13 +1332,16 @@ fn validate_rule(
             );
             continue;
         }
-        if let Err(e) = promql_parser::parser::parse(expr) {
-            cx.error(
+        match promql_parser::parser::parse(expr) {
+            Err(e) => cx.error(
                 &qat,
                 format!("invalid PromQL in query `{name}`: {}", e.trim()),
-            );
-        } else if let Some(w) = super::shape::many_series_warning(name, expr) {
-            cx.warn(&qat, w);
+            ),
+            Ok(parsed) => {
+                if let Some(w) = super::shape::many_series_warning(name, &parsed) {
+                    cx.warn(&qat, w);
+                }
+            }
         }
     }
     let names: Vec<&str> = r.queries.keys().map(String::as_str).collect();
@@ -1397,7 +1459,6 @@ fn validate_rule(
 
     Some(Rule {
         fingerprint: String::new(),
-        origin: cx.origin(at),
         name: r.name,
         schedule,
         queries: r.queries,

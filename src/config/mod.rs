@@ -176,7 +176,6 @@ pub struct Rule {
     /// The rule's definition as written (canonical JSON): a reload keeps
     /// the scheduler and state of a rule whose fingerprint is unchanged.
     pub fingerprint: String,
-    pub origin: Origin,
     pub schedule: Schedule,
     /// Query name → PromQL, in the order written.
     pub queries: IndexMap<String, String>,
@@ -219,7 +218,6 @@ impl Rule {
 #[derive(Clone, Debug)]
 pub struct Action {
     pub name: String,
-    pub origin: Origin,
     pub description: Option<String>,
     pub steps: Vec<Step>,
 }
@@ -343,7 +341,6 @@ pub struct HttpStep {
 #[derive(Clone, Debug)]
 pub struct Notifier {
     pub name: String,
-    pub origin: Origin,
     pub kind: NotifierKind,
     /// `None`: every event.
     pub events: Option<std::collections::BTreeSet<String>>,

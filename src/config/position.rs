@@ -6,8 +6,6 @@
 //! so the loader builds this index once per file from yaml-rust2's marked
 //! event stream and looks paths up in it.
 
-use std::collections::HashMap;
-
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
@@ -35,30 +33,51 @@ impl Pos {
     pub const START: Pos = Pos { line: 1, col: 1 };
 }
 
-/// Positions of keys and values by path.
-#[derive(Debug, Default)]
+/// Positions of keys and values, as a tree shaped like the document: built
+/// in one pass without copying paths, looked up by walking a path.
+#[derive(Clone, Debug)]
 pub struct PositionIndex {
-    values: HashMap<Vec<Seg>, Pos>,
-    keys: HashMap<Vec<Seg>, Pos>,
+    nodes: Vec<Node>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Node {
+    /// Where the value starts.
+    value: Option<Pos>,
+    /// Where the key naming it starts (mapping entries only).
+    key: Option<Pos>,
+    /// Mapping entries in document order (a handful each: a linear search
+    /// beats hashing), or sequence items.
+    keyed: Vec<(String, usize)>,
+    items: Vec<usize>,
+}
+
+impl Default for PositionIndex {
+    fn default() -> Self {
+        PositionIndex {
+            nodes: vec![Node::default()],
+        }
+    }
 }
 
 enum Frame {
     Map {
-        path: Vec<Seg>,
-        /// The key whose value comes next; `None` while a key is expected.
-        key: Option<String>,
+        node: usize,
+        /// The entry whose value comes next; `None` while a key is expected.
+        entry: Option<usize>,
         /// No key of this mapping has been seen yet.
         first: bool,
     },
     Seq {
-        path: Vec<Seg>,
-        next: usize,
+        node: usize,
     },
 }
 
 struct Builder {
     stack: Vec<Frame>,
     index: PositionIndex,
+    /// The root has been placed (the first node is the root).
+    rooted: bool,
 }
 
 fn pos(mark: &Marker) -> Pos {
@@ -68,39 +87,62 @@ fn pos(mark: &Marker) -> Pos {
     }
 }
 
+impl PositionIndex {
+    fn push(&mut self) -> usize {
+        self.nodes.push(Node::default());
+        self.nodes.len() - 1
+    }
+
+    /// The entry `name` of mapping `node`, created if new.
+    fn entry(&mut self, node: usize, name: &str) -> (usize, bool) {
+        if let Some((_, i)) = self.nodes[node].keyed.iter().find(|(k, _)| k == name) {
+            return (*i, false);
+        }
+        let i = self.push();
+        self.nodes[node].keyed.push((name.to_string(), i));
+        (i, true)
+    }
+}
+
 impl Builder {
-    /// The path of a node that starts now, or `None` if it is a mapping key.
-    fn node_path(&mut self, ev: &Event, mark: &Marker) -> Option<Vec<Seg>> {
+    /// The node of a value that starts now, or `None` if it is a mapping key.
+    fn node_for(&mut self, ev: &Event, mark: &Marker) -> Option<usize> {
         match self.stack.last_mut() {
-            None => Some(Vec::new()),
-            Some(Frame::Seq { path, next }) => {
-                let mut p = path.clone();
-                p.push(Seg::Index(*next));
-                *next += 1;
-                Some(p)
+            None if !self.rooted => {
+                self.rooted = true;
+                Some(0)
             }
-            Some(Frame::Map { path, key, first }) => match key.take() {
-                Some(k) => {
-                    let mut p = path.clone();
-                    p.push(Seg::Key(k));
-                    Some(p)
-                }
+            // A second document, or a collection used as a key: indexed
+            // where nothing looks it up.
+            None => Some(self.index.push()),
+            Some(Frame::Seq { node }) => {
+                let node = *node;
+                let i = self.index.push();
+                self.index.nodes[node].items.push(i);
+                Some(i)
+            }
+            Some(Frame::Map { node, entry, first }) => match entry.take() {
+                Some(i) => Some(i),
                 None => {
                     // A key. Complex keys (a mapping as a key) are not part of
                     // any ripcord format; they get a placeholder name.
                     let name = match ev {
-                        Event::Scalar(v, ..) => v.clone(),
-                        _ => "?".to_string(),
+                        Event::Scalar(v, ..) => v.as_str(),
+                        _ => "?",
                     };
+                    let node = *node;
                     // A block mapping's start event is marked after its first
                     // key; the first key is where a reader sees it start.
                     if std::mem::take(first) {
-                        self.index.values.insert(path.clone(), pos(mark));
+                        self.index.nodes[node].value = Some(pos(mark));
                     }
-                    let mut p = path.clone();
-                    p.push(Seg::Key(name.clone()));
-                    self.index.keys.entry(p).or_insert(pos(mark));
-                    *key = Some(name);
+                    let (i, new) = self.index.entry(node, name);
+                    if new {
+                        self.index.nodes[i].key = Some(pos(mark));
+                    }
+                    if let Some(Frame::Map { entry, .. }) = self.stack.last_mut() {
+                        *entry = Some(i);
+                    }
                     None
                 }
             },
@@ -112,28 +154,29 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(..) | Event::Alias(..) => {
-                if let Some(p) = self.node_path(&ev, &mark) {
-                    self.index.values.entry(p).or_insert(pos(&mark));
+                if let Some(i) = self.node_for(&ev, &mark) {
+                    self.index.nodes[i].value.get_or_insert(pos(&mark));
                 }
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 let is_map = matches!(ev, Event::MappingStart(..));
-                let path = match self.node_path(&ev, &mark) {
-                    Some(p) => {
-                        self.index.values.entry(p.clone()).or_insert(pos(&mark));
-                        p
+                let node = match self.node_for(&ev, &mark) {
+                    Some(i) => {
+                        self.index.nodes[i].value.get_or_insert(pos(&mark));
+                        i
                     }
-                    // A collection used as a key: index its insides under "?".
-                    None => Vec::new(),
+                    // A collection used as a key: indexed where nothing
+                    // looks it up.
+                    None => self.index.push(),
                 };
                 self.stack.push(if is_map {
                     Frame::Map {
-                        path,
-                        key: None,
+                        node,
+                        entry: None,
                         first: true,
                     }
                 } else {
-                    Frame::Seq { path, next: 0 }
+                    Frame::Seq { node }
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
@@ -151,19 +194,32 @@ impl PositionIndex {
         let mut b = Builder {
             stack: Vec::new(),
             index: PositionIndex::default(),
+            rooted: false,
         };
         let _ = Parser::new_from_str(text).load(&mut b, false);
         b.index
     }
 
+    fn find(&self, path: &[Seg]) -> Option<&Node> {
+        let mut node = self.nodes.first()?;
+        for seg in path {
+            let i = match seg {
+                Seg::Key(k) => node.keyed.iter().find(|(name, _)| name == k)?.1,
+                Seg::Index(i) => *node.items.get(*i)?,
+            };
+            node = self.nodes.get(i)?;
+        }
+        Some(node)
+    }
+
     /// Where the value at `path` starts.
     pub fn value(&self, path: &[Seg]) -> Option<Pos> {
-        self.values.get(path).copied()
+        self.find(path)?.value
     }
 
     /// Where the key that names `path` starts.
     pub fn key(&self, path: &[Seg]) -> Option<Pos> {
-        self.keys.get(path).copied()
+        self.find(path)?.key
     }
 
     /// The best position for a problem with the node at `path`: its value,

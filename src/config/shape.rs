@@ -79,9 +79,8 @@ pub fn shape(expr: &Expr) -> Shape {
 
 /// The warning for a query named `name` of a rule without `by:`, if its
 /// result can have more than one series.
-pub fn many_series_warning(name: &str, source: &str) -> Option<String> {
-    let expr = promql_parser::parser::parse(source).ok()?;
-    match shape(&expr) {
+pub fn many_series_warning(name: &str, expr: &Expr) -> Option<String> {
+    match shape(expr) {
         Shape::One => None,
         Shape::Many(labels) => {
             let keeps = match labels {
@@ -143,8 +142,9 @@ mod tests {
 
     #[test]
     fn the_warning_names_the_query_and_the_labels() {
-        let w = many_series_warning("v", "sum by (pod) (x)").expect("warns");
+        let parse = |q| promql_parser::parser::parse(q).expect("valid");
+        let w = many_series_warning("v", &parse("sum by (pod) (x)")).expect("warns");
         assert!(w.contains("query `v`") && w.contains("labels pod"), "{w}");
-        assert!(many_series_warning("v", "sum(x)").is_none());
+        assert!(many_series_warning("v", &parse("sum(x)")).is_none());
     }
 }

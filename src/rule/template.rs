@@ -144,7 +144,14 @@ impl std::io::Write for Capped {
     }
 }
 
-fn environment() -> Environment<'static> {
+/// One environment for every template (building one registers every
+/// builtin: too slow to do per rule when 100 000 are checked).
+fn environment() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(new_environment)
+}
+
+fn new_environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_fuel(Some(FUEL));
     env.add_filter("percent", percent);
@@ -154,9 +161,68 @@ fn environment() -> Environment<'static> {
     env
 }
 
+/// Renders a parsed template within the fuel and output budgets.
+fn render_with(
+    tmpl: &minijinja::Template<'_, '_>,
+    rule: &str,
+    severity: &str,
+    labels: &BTreeMap<String, String>,
+    values: &BTreeMap<String, Option<f64>>,
+) -> Result<String, String> {
+    let mut ctx: BTreeMap<String, Value> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), v.map(Value::from).unwrap_or(Value::from(()))))
+        .collect();
+    ctx.insert("rule".into(), Value::from(rule));
+    ctx.insert("severity".into(), Value::from(severity));
+    ctx.insert("labels".into(), Value::from_serialize(labels));
+    let mut out = Capped(Vec::new());
+    let rendered = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
+    match rendered {
+        Ok(()) => Ok(String::from_utf8_lossy(&out.0).into_owned()),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(format!(
+            "rendering takes more than {FUEL} steps (a loop too long?)"
+        )),
+        Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => {
+            Err(format!("the summary is longer than {MAX_OUTPUT} bytes"))
+        }
+        Err(e) => Err(match e.detail() {
+            Some(d) => d.to_string(),
+            None => e.to_string(),
+        }),
+    }
+}
+
 impl Template {
     /// Compiles `source` and checks it against the rule's query names.
+    /// Rules made from one pattern share their summary (the default one
+    /// above all): a verdict is remembered for the same source and names.
     pub fn compile(source: &str, queries: &[&str]) -> Result<Template, String> {
+        type Verdicts = std::collections::HashMap<(String, Vec<String>), Result<(), String>>;
+        static SEEN: std::sync::OnceLock<std::sync::Mutex<Verdicts>> = std::sync::OnceLock::new();
+        let key = (
+            source.to_string(),
+            queries.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
+        );
+        let seen = SEEN.get_or_init(Default::default);
+        if let Some(v) = seen.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return v.map(|()| Template {
+                source: source.to_string(),
+            });
+        }
+        let verdict = Self::compile_uncached(source, queries).map(|_| ());
+        if let Ok(mut m) = seen.lock() {
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            m.insert(key, verdict.clone());
+        }
+        verdict.map(|()| Template {
+            source: source.to_string(),
+        })
+    }
+
+    fn compile_uncached(source: &str, queries: &[&str]) -> Result<Template, String> {
         if source.len() > MAX_SOURCE {
             return Err(format!(
                 "invalid template: {} bytes long; the limit is {MAX_SOURCE}",
@@ -180,16 +246,15 @@ impl Template {
                 queries.join(", ")
             ));
         }
-        let t = Template {
-            source: source.to_string(),
-        };
         let sample: BTreeMap<String, Option<f64>> = queries
             .iter()
             .map(|q| (q.to_string(), Some(0.0123)))
             .collect();
-        t.try_render("rule", "critical", &BTreeMap::new(), &sample)
+        render_with(&tmpl, "rule", "critical", &BTreeMap::new(), &sample)
             .map_err(|e| format!("invalid template: {e}"))?;
-        Ok(t)
+        Ok(Template {
+            source: source.to_string(),
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -203,32 +268,10 @@ impl Template {
         labels: &BTreeMap<String, String>,
         values: &BTreeMap<String, Option<f64>>,
     ) -> Result<String, String> {
-        let mut ctx: BTreeMap<String, Value> = values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.map(Value::from).unwrap_or(Value::from(()))))
-            .collect();
-        ctx.insert("rule".into(), Value::from(rule));
-        ctx.insert("severity".into(), Value::from(severity));
-        ctx.insert("labels".into(), Value::from_serialize(labels));
-        let env = environment();
-        let tmpl = env
+        let tmpl = environment()
             .template_from_str(&self.source)
             .map_err(|e| e.detail().unwrap_or("syntax error").to_string())?;
-        let mut out = Capped(Vec::new());
-        let rendered = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
-        match rendered {
-            Ok(()) => Ok(String::from_utf8_lossy(&out.0).into_owned()),
-            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(format!(
-                "rendering takes more than {FUEL} steps (a loop too long?)"
-            )),
-            Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => {
-                Err(format!("the summary is longer than {MAX_OUTPUT} bytes"))
-            }
-            Err(e) => Err(match e.detail() {
-                Some(d) => d.to_string(),
-                None => e.to_string(),
-            }),
-        }
+        render_with(&tmpl, rule, severity, labels, values)
     }
 
     /// Renders with the latest values (`None` = no data). A template that
