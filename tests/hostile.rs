@@ -272,6 +272,7 @@ fn an_endless_prometheus_answer_is_an_error_naming_the_query_in_bounded_memory()
         rc.cli(&["status"], &[]).stdout.contains("UNEVALUABLE")
     });
     let rss = peak_rss_kib(rc.pid().expect("pid"));
+    eprintln!("peak RSS under an endless Prometheus answer: {rss} KiB");
     assert!(rss > 0 && rss < 128 * 1024, "peak RSS {rss} KiB");
 }
 
@@ -299,6 +300,7 @@ rules:\n  - name: chatty\n    every: 1s\n    queries: {{v: max(v)}}\n    conditi
     // `yes` runs for its 3 s: ripcord's memory stays flat.
     rc.wait_event("chatty", "phase acting → action_failed", LONG);
     let rss = peak_rss_kib(rc.pid().expect("pid"));
+    eprintln!("peak RSS under a `yes` step: {rss} KiB");
     assert!(
         rss > 0 && rss < 128 * 1024,
         "peak RSS {rss} KiB under `yes`"
