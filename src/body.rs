@@ -97,4 +97,28 @@ mod tests {
         assert_eq!(redact_url("no url"), "no url");
         assert_eq!(one_line("a\nforged line"), "a\\nforged line");
     }
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error sending request")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_says_its_cause_once() {
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert_eq!(error_chain(&e), "error sending request: connection refused");
+        let same = std::io::Error::other("Permission denied");
+        assert_eq!(error_chain(&same), "Permission denied");
+    }
 }

@@ -166,28 +166,26 @@ fn pause_for_ten_thousand_years_is_refused_and_bearer_is_case_insensitive() {
     let out = rc.cli(&["pause", "--for", "10000y"], &env);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stderr.contains("too long"), "{}", out.stderr);
-    let json = [("Content-Type", "application/json")];
-    let (code, body) = crate::support::net::http_with(
-        "POST",
-        rc.listen,
-        "/api/v1/pause",
-        &[json[0], ("Authorization", "Bearer a-long-test-token")],
-        "{\"for\":\"10000y\"}",
-        Duration::from_secs(5),
-    )
-    .expect("answer");
+    let pause = |scheme: &str, body: &str| {
+        let auth = format!("{scheme} a-long-test-token");
+        crate::support::net::http_with(
+            "POST",
+            rc.listen,
+            "/api/v1/pause",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth),
+            ],
+            body,
+            Duration::from_secs(5),
+        )
+        .expect("answer")
+    };
+    let (code, body) = pause("Bearer", "{\"for\":\"10000y\"}");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("too long"), "{body}");
     // `bearer` in lower case is the same scheme (RFC 9110 §11.1).
-    let (code, body) = crate::support::net::http_with(
-        "POST",
-        rc.listen,
-        "/api/v1/pause",
-        &[json[0], ("Authorization", "bearer a-long-test-token")],
-        "{\"for\":\"1m\"}",
-        Duration::from_secs(5),
-    )
-    .expect("answer");
+    let (code, body) = pause("bearer", "{\"for\":\"1m\"}");
     assert_eq!(code, 200, "{body}");
     let (_, status) = http_get(rc.listen, "/api/v1/status").expect("status");
     assert!(status.contains("\"paused\":{"), "{status}");

@@ -369,3 +369,58 @@ fn a_real_alertmanager_forwards_ripcords_alert_and_its_resolve() {
     );
     assert_eq!(resolved["alerts"][0]["status"], "resolved");
 }
+
+/// A receiver that accepts connections, reads the request and never
+/// answers, until the test ends.
+fn hung_receiver() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_receiver_that_never_answers_delays_only_its_own_pages() {
+    let (exp, prom) = setup();
+    let (hung, accepted) = hung_receiver();
+    let hook = receivers::recorder();
+    // The hung receiver is first: its page is queued before the other's.
+    let notifiers = format!(
+        "  hung: {{webhook: {{url: \"http://127.0.0.1:{hung}/hook\"}}}}\n  hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}}}\n",
+        hook.port
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules(&notifiers, "hung, hook"));
+    rc.start();
+    exp.set("demo_errors_ratio 0.2\n");
+    wait_until("the hung receiver to hold a request", LONG, || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    // A request to a receiver times out after 10 s: only a delivery that
+    // does not wait behind the hung one arrives well within that.
+    wait_until(
+        "the other receiver's opened page while the first still hangs",
+        Duration::from_secs(5),
+        || {
+            hook.requests()
+                .iter()
+                .any(|r| r.body.contains("\"event\":\"opened\""))
+        },
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the hung receiver still holds its one request"
+    );
+}

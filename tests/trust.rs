@@ -89,6 +89,37 @@ fn pd_pages(pd: &Double) -> BTreeMap<(String, String), usize> {
     out
 }
 
+/// A webhook receiver and a recording `exec` step, and a rule file with one
+/// rule `name` on `max(metric) > 0` that runs it and pages the receiver.
+struct Scene {
+    hook: Double,
+    rec: std::path::PathBuf,
+    script: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Scene {
+            hook: receivers::recorder(),
+            rec: dir.path().join("rec"),
+            script: recorder(dir.path()),
+            _dir: dir,
+        }
+    }
+
+    fn rules(&self, name: &str, metric: &str, extra: &str) -> String {
+        format!(
+            "notifiers:\n  hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}}}\n\
+actions:\n  undo: {{steps: [{{exec: {{argv: [\"{}\", undo]}}}}]}}\n\
+rules:\n  - name: {name}\n    every: 1s\n    queries: {{v: max({metric})}}\n    condition: v > 0\n    actions: [undo]\n    notify: [hook]\n{extra}",
+            self.hook.port,
+            self.script.display()
+        )
+    }
+}
+
 fn metric(rc: &Ripcord, name: &str) -> Option<f64> {
     let (_, text) = http_get(rc.listen, "/metrics")?;
     text.lines()
@@ -407,17 +438,11 @@ rules:\n  - name: errs\n    every: 1s\n    unevaluable_after: 3s\n    queries: {
 #[test]
 fn a_truncated_rule_file_or_a_moved_rules_directory_never_loses_the_incident() {
     let (_exp, prom) = setup("chat_errors 1\nother 0\n");
-    let hook = receivers::recorder();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rec_script = recorder(dir.path());
-    let rec = dir.path().join("rec");
-    let chat = format!(
-        "notifiers:\n  hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}}}\n\
-actions:\n  undo: {{steps: [{{exec: {{argv: [\"{}\", undo]}}}}]}}\n\
-rules:\n  - name: chat\n    every: 1s\n    queries: {{v: max(chat_errors)}}\n    condition: v > 0\n    actions: [undo]\n    notify: [hook]\n",
-        hook.port,
-        rec_script.display()
-    );
+    let scene = Scene::new();
+    let chat = scene.rules("chat", "chat_errors", "");
+    let Scene {
+        hook, rec, _dir, ..
+    } = scene;
     let other = "rules:\n  - name: other\n    every: 1s\n    queries: {v: max(other)}\n    condition: v > 0\n";
     let mut rc = Ripcord::new(&prom.url(), "", &chat);
     std::fs::write(rc.path("rules.d/other.yaml"), other).expect("other rules");
@@ -520,17 +545,11 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_state_directory_runs_nothing_pages_why_and_resumes_when_space_returns() {
     let (exp, prom) = setup("demo_breach 0\n");
-    let hook = receivers::recorder();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rec_script = recorder(dir.path());
-    let rec = dir.path().join("rec");
-    let rules = format!(
-        "notifiers:\n  hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}}}\n\
-actions:\n  undo: {{steps: [{{exec: {{argv: [\"{}\", undo]}}}}]}}\n\
-rules:\n  - name: demo\n    every: 1s\n    queries: {{v: max(demo_breach)}}\n    condition: v > 0\n    actions: [undo]\n    notify: [hook]\n    cooldown: 0s\n",
-        hook.port,
-        rec_script.display()
-    );
+    let scene = Scene::new();
+    let rules = scene.rules("demo", "demo_breach", "    cooldown: 0s\n");
+    let Scene {
+        hook, rec, _dir, ..
+    } = scene;
     let mut rc = Ripcord::new(&prom.url(), "", &rules);
     rc.env.push(("REC".into(), rec.display().to_string()));
     let disk = Tmpfs::mount(&rc.path("state"), "256k");

@@ -3,9 +3,10 @@
 //! A page to each notifier is a file in `state_dir/outbox/`, written and
 //! synced before the first delivery attempt and removed after a 2xx. The
 //! delivery task retries with exponential backoff and jitter, honouring
-//! `Retry-After`; keeps order per incident and receiver; spaces requests to
-//! one receiver (Slack: one a second); gives up after `max_age`; and the
-//! outbox is bounded: past `max_items` the oldest page is dropped, and that
+//! `Retry-After`; keeps order per incident and receiver, with one attempt
+//! in flight per receiver, so a receiver that hangs delays only its own
+//! pages; spaces requests to one receiver (Slack: one a second); gives up
+//! after `max_age`; and the outbox is bounded: past `max_items` the oldest page is dropped, and that
 //! is said. Pages survive a restart.
 //!
 //! A page has a key (its incident, event and receiver): pushing a key the
@@ -426,79 +427,112 @@ pub async fn deliver(
         }
     };
     let mut last_sent: HashMap<String, std::time::Instant> = HashMap::new();
+    // One attempt in flight per receiver: a receiver that hangs delays its
+    // own pages, never another's; its own stay in order.
+    let mut in_flight: tokio::task::JoinSet<(Delivery, Attempt)> = tokio::task::JoinSet::new();
+    let mut flying: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
-        let now = crate::daemon::now();
-        let busy: HashSet<String> = last_sent
-            .iter()
-            .filter(|(n, t)| {
-                notifiers
-                    .read()
-                    .ok()
-                    .and_then(|m| m.get(*n).cloned())
-                    .is_some_and(|nf| t.elapsed() < super::min_interval(&nf.kind))
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        let next = outbox.lock().ok().and_then(|o| o.next_due(now, &busy));
-        let Some(d) = next else {
-            let wait = outbox
-                .lock()
+        loop {
+            let now = crate::daemon::now();
+            let mut busy: HashSet<String> = last_sent
+                .iter()
+                .filter(|(n, t)| {
+                    notifiers
+                        .read()
+                        .ok()
+                        .and_then(|m| m.get(*n).cloned())
+                        .is_some_and(|nf| t.elapsed() < super::min_interval(&nf.kind))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            busy.extend(flying.values().cloned());
+            let Some(d) = outbox.lock().ok().and_then(|o| o.next_due(now, &busy)) else {
+                break;
+            };
+            let notifier = notifiers
+                .read()
                 .ok()
-                .and_then(|o| o.next_time())
-                .map(|t| Duration::from_millis(t.0.saturating_sub(now.0).clamp(50, 1000) as u64))
-                .unwrap_or(Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = wake.notified() => {}
-                _ = stop.changed() => return,
-            }
-            continue;
-        };
-        let notifier = notifiers
-            .read()
-            .ok()
-            .and_then(|m| m.get(&d.notifier).cloned());
-        let Some(notifier) = notifier else {
-            if let Ok(mut o) = outbox.lock() {
-                o.rejected(
-                    d.seq,
-                    format!("notifier {} is no longer configured", d.notifier),
-                );
-            }
-            continue;
-        };
-        last_sent.insert(d.notifier.clone(), std::time::Instant::now());
-        let result = attempt(&client, &d, &notifier, &ctx).await;
-        let now = crate::daemon::now();
-        let label = |r: &str| crate::metrics::NotifierLabels {
-            notifier: d.notifier.clone(),
-            result: r.into(),
-        };
-        if let Ok(mut o) = outbox.lock() {
-            let before = o.stats.clone();
-            match result {
-                Attempt::Delivered => {
-                    info!(notifier = %d.notifier, event = %d.notification.event, incident = ?d.notification.incident, "page delivered");
-                    o.delivered(d.seq)
+                .and_then(|m| m.get(&d.notifier).cloned());
+            let Some(notifier) = notifier else {
+                if let Ok(mut o) = outbox.lock() {
+                    o.rejected(
+                        d.seq,
+                        format!("notifier {} is no longer configured", d.notifier),
+                    );
                 }
-                Attempt::Retry(e, after) => o.failed(d.seq, now, e, after),
-                Attempt::Rejected(e) => o.rejected(d.seq, e),
-            }
-            let after = &o.stats;
-            for (name, b, a) in [
-                ("delivered", before.delivered, after.delivered),
-                ("retried", before.retried, after.retried),
-                ("rejected", before.rejected, after.rejected),
-                ("given_up", before.given_up, after.given_up),
-            ] {
-                if a > b {
-                    metrics
-                        .notifications
-                        .get_or_create(&label(name))
-                        .inc_by(a - b);
-                }
-            }
-            metrics.outbox_pages.set(o.len() as i64);
+                continue;
+            };
+            last_sent.insert(d.notifier.clone(), std::time::Instant::now());
+            let name = d.notifier.clone();
+            let (client, ctx) = (client.clone(), ctx.clone());
+            let handle = in_flight.spawn(async move {
+                let result = attempt(&client, &d, &notifier, &ctx).await;
+                (d, result)
+            });
+            flying.insert(handle.id(), name);
         }
+        let now = crate::daemon::now();
+        let wait = outbox
+            .lock()
+            .ok()
+            .and_then(|o| o.next_time())
+            .map(|t| Duration::from_millis(t.0.saturating_sub(now.0).clamp(50, 1000) as u64))
+            .unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                match done {
+                    Ok((id, (d, result))) => {
+                        flying.remove(&id);
+                        settle(&outbox, &metrics, &d, result);
+                    }
+                    Err(e) => {
+                        flying.remove(&e.id());
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Records how an attempt ended, in the outbox and in /metrics.
+fn settle(
+    outbox: &Mutex<Outbox>,
+    metrics: &crate::metrics::Metrics,
+    d: &Delivery,
+    result: Attempt,
+) {
+    let now = crate::daemon::now();
+    let label = |r: &str| crate::metrics::NotifierLabels {
+        notifier: d.notifier.clone(),
+        result: r.into(),
+    };
+    if let Ok(mut o) = outbox.lock() {
+        let before = o.stats.clone();
+        match result {
+            Attempt::Delivered => {
+                info!(notifier = %d.notifier, event = %d.notification.event, incident = ?d.notification.incident, "page delivered");
+                o.delivered(d.seq)
+            }
+            Attempt::Retry(e, after) => o.failed(d.seq, now, e, after),
+            Attempt::Rejected(e) => o.rejected(d.seq, e),
+        }
+        let after = &o.stats;
+        for (name, b, a) in [
+            ("delivered", before.delivered, after.delivered),
+            ("retried", before.retried, after.retried),
+            ("rejected", before.rejected, after.rejected),
+            ("given_up", before.given_up, after.given_up),
+        ] {
+            if a > b {
+                metrics
+                    .notifications
+                    .get_or_create(&label(name))
+                    .inc_by(a - b);
+            }
+        }
+        metrics.outbox_pages.set(o.len() as i64);
     }
 }

@@ -1177,3 +1177,13 @@ fn state_survives_a_serde_round_trip() {
         shared
     );
 }
+
+#[test]
+fn a_budget_entry_from_the_future_counts_as_now_and_expires_within_the_hour() {
+    let mut b = ActionBudget::new(1);
+    // A clock set back, or a damaged journal: an entry dated next year.
+    b.started.push_back(Timestamp(1_000_000_000_000_000));
+    let now = Timestamp(1_800_000_000_000);
+    assert!(!b.try_take(now), "the entry still counts");
+    assert!(b.try_take(now.plus(std::time::Duration::from_secs(3601))));
+}

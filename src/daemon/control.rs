@@ -1,0 +1,208 @@
+//! Requests from the control API (status, approve, veto, pause, resume,
+//! fire) and the status texts: read the engine's state, change it only
+//! through the core.
+use super::*;
+
+impl Engine {
+    /// A control request from the API; the answer says what happened.
+    pub(super) fn control(&mut self, c: Control) -> Result<String, String> {
+        let at = now();
+        match c {
+            Control::Status => {
+                serde_json::to_string(&self.status_snapshot()).map_err(|e| e.to_string())
+            }
+            Control::Approve { incident, by } => {
+                let rule = self.rule_of(&incident)?;
+                let phase = self.states.get(&rule).map(|s| s.phase()).unwrap_or("ok");
+                if phase != "awaiting_approval" {
+                    return Err(format!(
+                        "incident {incident} is not awaiting approval (it is {phase})"
+                    ));
+                }
+                info!(rule = %rule, incident = %incident, by = %by, "approved");
+                self.apply(&rule, Input::Approve { by }, at);
+                Ok(format!("approved {incident}"))
+            }
+            Control::Veto { incident, by } => {
+                let rule = self.rule_of(&incident)?;
+                let phase = self.states.get(&rule).map(|s| s.phase()).unwrap_or("ok");
+                if phase != "awaiting_approval" && phase != "acting" {
+                    return Err(format!(
+                        "incident {incident}: nothing left to veto (it is {phase})"
+                    ));
+                }
+                info!(rule = %rule, incident = %incident, by = %by, "vetoed");
+                self.apply(&rule, Input::Veto { by }, at);
+                Ok(if phase == "acting" {
+                    format!("vetoed {incident}: the running action finishes, nothing after it runs")
+                } else {
+                    format!("vetoed {incident}: nothing runs")
+                })
+            }
+            Control::Pause { for_, reason } => {
+                let until = for_.map(|d| at.plus(d));
+                self.shared.pause = Some(rule::Pause {
+                    until,
+                    reason: reason.clone(),
+                });
+                self.journal(Entry::Shared {
+                    shared: self.shared.clone(),
+                });
+                self.event(at, None, "pause", format!("paused: {reason}"));
+                warn!(until = ?until.map(|u| u.rfc3339()), "paused: {reason}");
+                Ok(match until {
+                    Some(u) => {
+                        format!("paused until {u}: incidents open and page, actions do not run")
+                    }
+                    None => {
+                        "paused until resumed: incidents open and page, actions do not run".into()
+                    }
+                })
+            }
+            Control::Fire { rule, dry_run, by } => {
+                if !self.rules.contains_key(&rule) {
+                    return Err(format!("unknown rule `{rule}`"));
+                }
+                if let Some(i) = self.states.get(&rule).and_then(|s| s.incident()) {
+                    return Err(format!(
+                        "rule {rule} already has an open incident: {}",
+                        i.id
+                    ));
+                }
+                warn!(rule = %rule, by = %by, dry_run, "drill: opening an incident by hand");
+                self.apply(&rule, Input::Fire { by, dry_run }, at);
+                let id = self
+                    .states
+                    .get(&rule)
+                    .and_then(|s| s.incident().map(|i| i.id.clone()))
+                    .unwrap_or_default();
+                Ok(if dry_run {
+                    format!("drill {id} opened (dry-run): steps are resolved and recorded, nothing runs")
+                } else {
+                    format!("drill {id} opened: the rule's actions run now")
+                })
+            }
+            Control::Resume => {
+                if self.shared.pause.take().is_none() {
+                    return Err("ripcord is not paused".into());
+                }
+                self.journal(Entry::Shared {
+                    shared: self.shared.clone(),
+                });
+                self.event(at, None, "resume", "resumed".into());
+                info!("resumed");
+                Ok("resumed".into())
+            }
+        }
+    }
+
+    pub(super) fn status_line(&self) -> String {
+        let firing = self
+            .states
+            .values()
+            .filter(|s| s.incident().is_some())
+            .count();
+        let paused = if self.shared.paused(now()) {
+            ", PAUSED"
+        } else {
+            ""
+        };
+        let mut blind = if self.blind_since.is_some() {
+            ", Prometheus unreachable".to_string()
+        } else {
+            String::new()
+        };
+        let unevaluable = self
+            .rules
+            .keys()
+            .filter(|n| {
+                self.states
+                    .get(*n)
+                    .and_then(|s| s.unevaluable.as_ref())
+                    .is_some_and(|u| u.paged)
+            })
+            .count();
+        if unevaluable > 0 {
+            blind.push_str(&format!(", {unevaluable} rule(s) UNEVALUABLE"));
+        }
+        if let Some((_, why)) = &self.state_problem {
+            blind.push_str(&format!(", STATE DIR UNWRITABLE ({why}): nothing runs"));
+        }
+        if self.rules.is_empty() {
+            return format!("no rules loaded: add rule files and reload{paused}{blind}");
+        }
+        format!(
+            "{} rules, {firing} open incident(s){paused}{blind}",
+            self.rules.len()
+        )
+    }
+
+    pub(super) fn rule_of(&self, incident: &str) -> Result<String, String> {
+        self.states
+            .iter()
+            .find(|(_, s)| s.incident().is_some_and(|i| i.id == incident))
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| format!("no open incident {incident}"))
+    }
+
+    /// What `status` shows, built when asked: with 10 000 rules a snapshot
+    /// is megabytes, too much to rebuild every second for nobody.
+    pub(super) fn status_snapshot(&self) -> Snapshot {
+        let at = now();
+        let outbox_pages = self.outbox.lock().map(|o| o.len()).unwrap_or(0);
+        Snapshot {
+            version: crate::LONG_VERSION.into(),
+            rules: self
+                .rules
+                .keys()
+                .map(|name| {
+                    let s = self.states.get(name).cloned().unwrap_or_default();
+                    RuleStatus {
+                        name: name.clone(),
+                        state: s.name().into(),
+                        phase: s.phase().into(),
+                        incident: s.incident().map(|i| i.id.clone()),
+                        opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
+                        last_evaluation: s.last_eval.map(|t| t.rfc3339()),
+                        values: s.last_values.clone(),
+                        last_error: s.last_error.clone(),
+                        unevaluable_since: s
+                            .unevaluable
+                            .as_ref()
+                            .filter(|u| u.paged)
+                            .map(|u| u.since.rfc3339()),
+                    }
+                })
+                .collect(),
+            paused: self
+                .shared
+                .pause
+                .as_ref()
+                .filter(|_| self.shared.paused(at))
+                .map(|p| crate::api::PauseStatus {
+                    until: p.until.map(|u| u.rfc3339()),
+                    reason: p.reason.clone(),
+                }),
+            mode: match self.shared.mode {
+                crate::config::Mode::Enforce => "enforce".into(),
+                crate::config::Mode::DryRun => "dry-run".into(),
+            },
+            actions_left_this_hour: self.shared.budget.clone().remaining(at),
+            outbox_pages,
+            prometheus_up: self.blind_since.is_none(),
+            blind_since: self.blind_since.map(|t| t.rfc3339()),
+            last_reload: self.last_reload.clone(),
+            state_dir_problem: self
+                .state_problem
+                .as_ref()
+                .map(|(since, why)| format!("since {since}: {why}")),
+            pending_removals: self
+                .pending_removals
+                .iter()
+                .map(|(rule, since)| {
+                    format!("rule {rule} (missing since {since}): its incident is open")
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The engine: the one task that owns every rule's state. It steps the
+//! pure core with each input, commits what changed (state, budget and pages
+//! in one journal write), hands pages to the outbox and starts actions. It
+//! may not wait on I/O other than its own synced journal and outbox writes.
+use super::*;
+
+pub(super) struct Engine {
+    pub(super) rules: BTreeMap<String, Arc<Rule>>,
+    pub(super) actions: BTreeMap<String, Arc<Action>>,
+    pub(super) states: BTreeMap<String, RuleState>,
+    pub(super) shared: Shared,
+    pub(super) journal: Arc<Mutex<Journal>>,
+    /// One lock per action: two incidents never run the same action at once.
+    pub(super) locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    pub(super) running: JoinSet<()>,
+    pub(super) tx: mpsc::Sender<Msg>,
+    /// Last no-data or error reason per rule, so a steady condition is
+    /// journaled once, not on every evaluation.
+    pub(super) last_reason: HashMap<String, String>,
+    pub(super) blind_since: Option<Timestamp>,
+    pub(super) blind_reported: bool,
+    pub(super) blind_after: Duration,
+    pub(super) notifiers: BTreeMap<String, Arc<crate::config::Notifier>>,
+    /// The same map, shared with the delivery task (swapped on reload).
+    pub(super) shared_notifiers:
+        Arc<std::sync::RwLock<BTreeMap<String, Arc<crate::config::Notifier>>>>,
+    /// When an evaluation last reported back (the watchdog's evidence).
+    pub(super) last_progress: std::time::Instant,
+    pub(super) outbox: Arc<Mutex<Outbox>>,
+    pub(super) wake: Arc<tokio::sync::Notify>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) last_reload: Option<crate::api::ReloadStatus>,
+    /// The state directory, and since when and why it cannot be written.
+    pub(super) dir: std::path::PathBuf,
+    pub(super) state_problem: Option<(Timestamp, String)>,
+    pub(super) last_probe: std::time::Instant,
+    /// Set when ripcord begins to stop: running steps finish, no new step
+    /// starts.
+    pub(super) stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Rules a reload would remove while their incident is open: since when
+    /// they have been missing. Held back until `reload.removal_delay`.
+    pub(super) pending_removals: BTreeMap<String, Timestamp>,
+}
+
+pub(super) fn journal_append(journal: &Mutex<Journal>, e: &Entry) -> bool {
+    match journal.lock() {
+        Ok(mut j) => match j.append(e) {
+            Ok(()) => true,
+            Err(err) => {
+                error!("journal write failed: {err}");
+                false
+            }
+        },
+        Err(_) => false,
+    }
+}
+
+impl Engine {
+    pub(super) fn journal(&self, e: Entry) -> bool {
+        journal_append(&self.journal, &e)
+    }
+
+    pub(super) fn event(&self, at: Timestamp, rule: Option<&str>, kind: &str, text: String) {
+        self.journal(Entry::Event {
+            at,
+            rule: rule.map(str::to_string),
+            kind: kind.into(),
+            text,
+        });
+    }
+
+    /// Steps the core for `name` and carries out what it decided. The new
+    /// state, the shared state and the pages it produced are committed to
+    /// the journal in one synced write before anything else happens; only
+    /// then do the pages reach the outbox and the actions start. If that
+    /// write fails, no action starts: each is reported failed, and pages go
+    /// out from memory.
+    pub(super) fn apply(&mut self, name: &str, input: Input, at: Timestamp) {
+        let Some(rule) = self.rules.get(name).cloned() else {
+            return;
+        };
+        let old = self.states.get(name).cloned().unwrap_or_default();
+        let old_shared = self.shared.clone();
+        let (new, effects) = rule::step(&rule, &old, &mut self.shared, input, at);
+        if new.name() != old.name() {
+            self.metrics.set_state(name, new.name());
+        }
+        let started = new
+            .incident()
+            .or(old.incident())
+            .map_or(at, |i| i.opened_at);
+        let mut pages = Vec::new();
+        let mut rest = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Page(p) => {
+                    warn!(rule = name, incident = %p.incident, kind = p.kind.name(), notifiers = ?p.notifiers, "page: {}", p.summary);
+                    let n = page_notification(&rule, &p, started);
+                    let targets = if p.notifiers.is_empty() {
+                        self.notifiers.keys().cloned().collect()
+                    } else {
+                        p.notifiers.clone()
+                    };
+                    pages.extend(self.queued(&targets, &n, ""));
+                    rest.push(Effect::Page(p));
+                }
+                e => rest.push(e),
+            }
+        }
+        let shared_changed = self.shared != old_shared;
+        let commits_pages = !pages.is_empty();
+        let committed = if new.status != old.status
+            || new.last_incident != old.last_incident
+            || new.unevaluable != old.unevaluable
+            || shared_changed
+            || !pages.is_empty()
+        {
+            self.journal(Entry::State {
+                rule: name.to_string(),
+                state: Box::new(new.clone()),
+                shared: shared_changed.then(|| self.shared.clone()),
+                pages: pages.clone(),
+            })
+        } else {
+            true
+        };
+        if commits_pages {
+            crate::notify::outbox::crash_point("state_committed");
+        }
+        // A phase change inside an open incident (acting → budget_exhausted,
+        // → action_failed, → vetoed) is said even when nobody is paged.
+        if new.phase() != old.phase() && new.incident().is_some() && new.phase() != new.name() {
+            let text = format!("phase {} → {}", old.phase(), new.phase());
+            info!(rule = name, "{text}");
+            self.event(at, Some(name), "phase", text);
+        }
+        let values = new.last_values.clone();
+        self.states.insert(name.to_string(), new);
+        self.push_pages(pages);
+        if commits_pages {
+            crate::notify::outbox::crash_point("pages_pushed");
+        }
+        // No step runs unless its record can be written: the commit above
+        // worked, and the directory takes a new synced file right now (a
+        // full disk can still take a few bytes in a file's last block).
+        let runs = rest.iter().any(|e| matches!(e, Effect::RunAction { .. }));
+        let committed = committed
+            && self.state_problem.is_none()
+            && (!runs
+                || match state_dir::probe(&self.dir) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.state_dir_failed(
+                            at,
+                            format!("a probe write failed: {}", state_dir::describe(&e)),
+                        );
+                        false
+                    }
+                });
+        for e in rest {
+            match e {
+                Effect::Record(r) => self.record(name, at, r, &values),
+                Effect::Page(p) => self.event(
+                    at,
+                    Some(name),
+                    "page",
+                    format!(
+                        "{} → {}: {}",
+                        p.kind.name(),
+                        p.notifiers.join(","),
+                        p.summary
+                    ),
+                ),
+                Effect::RunAction {
+                    incident,
+                    action,
+                    dry_run,
+                } if committed => {
+                    self.start_action(&rule, incident, action, dry_run, values.clone())
+                }
+                Effect::RunAction {
+                    incident, action, ..
+                } => {
+                    let why = self
+                        .state_problem
+                        .as_ref()
+                        .map(|(_, why)| why.clone())
+                        .or_else(|| self.journal.lock().ok().and_then(|j| j.failing.clone()))
+                        .unwrap_or_else(|| "unknown error".into());
+                    error!(rule = name, incident = %incident, "{action} not run: the journal cannot be written ({why})");
+                    let _ = self.tx.try_send(Msg::ActionDone {
+                        rule: name.to_string(),
+                        incident,
+                        action,
+                        result: ActionResult::Failed(format!(
+                            "not run: ripcord cannot write its journal under {} ({why}), and never acts without a durable record",
+                            self.dir.display()
+                        )),
+                    });
+                }
+            }
+        }
+        self.check_state_dir(at);
+    }
+
+    /// `n` for each of `targets` that wants it, with its outbox key.
+    pub(super) fn queued(
+        &self,
+        targets: &[String],
+        n: &Notification,
+        extra: &str,
+    ) -> Vec<QueuedPage> {
+        targets
+            .iter()
+            .filter(|t| {
+                self.notifiers
+                    .get(*t)
+                    .is_some_and(|notifier| notify::wants(notifier, n))
+            })
+            .map(|t| {
+                let key = page_key(n, extra, t);
+                let mut notification = n.clone();
+                notification.page_id = crate::notify::outbox::key_hash(&key);
+                QueuedPage {
+                    key,
+                    notifier: t.clone(),
+                    notification,
+                }
+            })
+            .collect()
+    }
+
+    /// Puts pages in the outbox (synced before any delivery attempt; one
+    /// it already has is skipped). A page that cannot be written is still
+    /// delivered from memory, and the state directory is reported.
+    pub(super) fn push_pages(&mut self, pages: Vec<QueuedPage>) {
+        if pages.is_empty() {
+            return;
+        }
+        let mut failed = None;
+        if let Ok(mut outbox) = self.outbox.lock() {
+            for (i, p) in pages.into_iter().enumerate() {
+                let at = p.notification.at;
+                if let Err(e) = outbox.push_keyed(&p.key, &p.notifier, p.notification, at) {
+                    error!(notifier = %p.notifier, "cannot write the page to the outbox, delivering it from memory: {}", state_dir::describe(&e));
+                    failed = Some(state_dir::describe(&e));
+                }
+                if i == 0 {
+                    crate::notify::outbox::crash_point("page_pushed");
+                }
+            }
+        }
+        self.wake.notify_one();
+        if let Some(e) = failed {
+            self.state_dir_failed(
+                crate::daemon::now(),
+                format!("the outbox cannot be written: {e}"),
+            );
+        }
+    }
+
+    /// Queues `n` for each named notifier that wants it.
+    pub(super) fn notify(&mut self, targets: &[String], n: Notification) {
+        self.notify_keyed(targets, n, "");
+    }
+
+    pub(super) fn notify_keyed(&mut self, targets: &[String], n: Notification, extra: &str) {
+        let pages = self.queued(targets, &n, extra);
+        self.push_pages(pages);
+    }
+
+    /// Every notifier: for events about ripcord itself.
+    pub(super) fn notify_all(&mut self, n: Notification) {
+        let all: Vec<String> = self.notifiers.keys().cloned().collect();
+        self.notify(&all, n);
+    }
+
+    pub(super) fn step_page(
+        &mut self,
+        rule: &str,
+        incident: &str,
+        action: &str,
+        step: usize,
+        describe: &str,
+        outcome: Option<&StepOutcome>,
+    ) {
+        let Some(r) = self.rules.get(rule) else {
+            return;
+        };
+        let inc = self.states.get(rule).and_then(|s| s.incident().cloned());
+        let (event, summary) = match outcome {
+            None => (
+                "step_started",
+                format!("{action} step {} started", step + 1),
+            ),
+            Some(o) if o.ok => (
+                "step_succeeded",
+                format!("{action} step {} succeeded: {}", step + 1, o.summary),
+            ),
+            Some(o) => (
+                "step_failed",
+                format!("{action} step {} FAILED: {}", step + 1, o.summary),
+            ),
+        };
+        let mut details = vec![describe.to_string()];
+        if let Some(o) = outcome.filter(|o| !o.output.is_empty()) {
+            let lines: Vec<&str> = o.output.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            details.push(format!("output (tail):\n{tail}"));
+        }
+        let now = now();
+        let mut n = rule_notification(
+            r,
+            event,
+            summary,
+            now,
+            inc.as_ref().map_or(now, |i| i.opened_at),
+        );
+        n.incident = Some(incident.to_string());
+        n.details = details;
+        n.values = inc.map(|i| i.values).unwrap_or_default();
+        let targets = r.notify.clone();
+        self.notify_keyed(&targets, n, &format!("{action}#{step}"));
+    }
+
+    pub(super) fn record(
+        &mut self,
+        rule: &str,
+        at: Timestamp,
+        r: Record,
+        values: &BTreeMap<String, Option<f64>>,
+    ) {
+        let vals: Vec<String> = crate::rule::machine::fmt_values(values);
+        match &r {
+            Record::NoData { .. } | Record::EvaluationFailed { .. } => {
+                let text = r.to_string();
+                if self.last_reason.get(rule) != Some(&text) {
+                    warn!(rule, "{text}");
+                    self.event(at, Some(rule), "hold", text.clone());
+                    self.last_reason.insert(rule.to_string(), text);
+                }
+                return;
+            }
+            Record::Transition { .. } => info!(rule, values = %vals.join(" "), "{r}"),
+            _ => info!(rule, "{r}"),
+        }
+        self.last_reason.remove(rule);
+        self.event(
+            at,
+            Some(rule),
+            "record",
+            format!("{r} ({})", vals.join(" ")),
+        );
+    }
+
+    pub(super) fn start_action(
+        &mut self,
+        rule: &Rule,
+        incident: String,
+        action_name: String,
+        dry_run: bool,
+        values: BTreeMap<String, Option<f64>>,
+    ) {
+        let tx = self.tx.clone();
+        let rule_name = rule.name.clone();
+        let Some(action) = self.actions.get(&action_name).cloned() else {
+            // Cannot happen for a loaded rule set; reported, not panicked on.
+            let _ = tx.try_send(Msg::ActionDone {
+                rule: rule_name,
+                incident,
+                action: action_name.clone(),
+                result: ActionResult::Failed(format!("unknown action {action_name}")),
+            });
+            return;
+        };
+        let lock = self.locks.entry(action_name.clone()).or_default().clone();
+        let journal = self.journal.clone();
+        let stopping = self.stopping.clone();
+        let ctx = StepContext {
+            rule: rule_name.clone(),
+            incident: incident.clone(),
+            values,
+        };
+        self.running.spawn(async move {
+            let result = run_action(&action, &ctx, dry_run, &journal, &lock, &tx, &stopping).await;
+            let _ = tx
+                .send(Msg::ActionDone {
+                    rule: rule_name,
+                    incident,
+                    action: action_name,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    pub(super) fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Step {
+                rule,
+                incident,
+                action,
+                step,
+                describe,
+                outcome,
+            } => self.step_page(&rule, &incident, &action, step, &describe, outcome.as_ref()),
+            Msg::Evaluated {
+                rule,
+                at,
+                obs,
+                blinding,
+            } => {
+                self.last_progress = std::time::Instant::now();
+                self.blindness(at, blinding, &obs);
+                let label = RuleLabel { rule: rule.clone() };
+                self.metrics.evaluations.get_or_create(&label).inc();
+                if matches!(obs, Observation::Failed(_) | Observation::Unevaluable(_)) {
+                    self.metrics.evaluation_failures.get_or_create(&label).inc();
+                }
+                self.metrics.prometheus_up.set(i64::from(!blinding));
+                self.apply(&rule, Input::Evaluate(obs), at);
+                let paged = self
+                    .states
+                    .get(&rule)
+                    .and_then(|s| s.unevaluable.as_ref())
+                    .is_some_and(|u| u.paged);
+                self.metrics
+                    .rule_unevaluable
+                    .get_or_create(&label)
+                    .set(i64::from(paged));
+            }
+            Msg::ActionDone {
+                rule,
+                incident,
+                action,
+                result,
+            } => {
+                let r = match &result {
+                    ActionResult::Succeeded => "succeeded",
+                    ActionResult::Failed(_) => "failed",
+                    ActionResult::Interrupted => "interrupted",
+                };
+                self.metrics
+                    .actions
+                    .get_or_create(&ActionLabels {
+                        action: action.clone(),
+                        result: r.into(),
+                    })
+                    .inc();
+                self.apply(
+                    &rule,
+                    Input::ActionFinished {
+                        incident,
+                        action,
+                        result,
+                    },
+                    now(),
+                );
+            }
+        }
+    }
+
+    /// The watchdog is fed only while evaluations keep reporting back, so a
+    /// wedged evaluator gets the service restarted.
+    pub(super) fn progressing(&self, timeout: Duration) -> bool {
+        let shortest = self
+            .rules
+            .values()
+            .filter_map(|r| match r.schedule {
+                Schedule::Every(d) => Some(d),
+                Schedule::Cron(..) => None,
+            })
+            .min();
+        match shortest {
+            None => true,
+            Some(d) => self.last_progress.elapsed() <= d * 2 + timeout + Duration::from_secs(10),
+        }
+    }
+
+    pub(super) fn blindness(&mut self, at: Timestamp, blinding: bool, obs: &Observation) {
+        if blinding {
+            let since = *self.blind_since.get_or_insert(at);
+            if !self.blind_reported && at.since(since) >= self.blind_after {
+                self.blind_reported = true;
+                let why = match obs {
+                    Observation::Failed(e) | Observation::Unevaluable(e) => e.clone(),
+                    Observation::Samples(_) => String::new(),
+                };
+                error!("ripcord is blind since {since}: every rule holds its state ({why})");
+                self.event(at, None, "blind", format!("blind since {since}: {why}"));
+                let n = global_notification(
+                    "blind",
+                    format!(
+                        "ripcord cannot query Prometheus since {since}: every rule holds its state"
+                    ),
+                    vec![why],
+                    since,
+                    at,
+                );
+                self.notify_all(n);
+            }
+        } else if let Some(since) = self.blind_since.take() {
+            if std::mem::take(&mut self.blind_reported) {
+                info!("ripcord sees again (blind since {since})");
+                self.event(
+                    at,
+                    None,
+                    "seeing",
+                    format!("sees again; was blind since {since}"),
+                );
+                let n = global_notification(
+                    "seeing",
+                    format!("ripcord can query Prometheus again (blind since {since})"),
+                    vec![],
+                    since,
+                    at,
+                );
+                self.notify_all(n);
+            }
+        }
+    }
+
+    /// Time-based transitions: approval and verify deadlines, cooldowns.
+    pub(super) fn tick(&mut self) {
+        let pages = self.outbox.lock().map(|o| o.len()).unwrap_or(0);
+        self.metrics.outbox_pages.set(pages as i64);
+        let at = now();
+        let due: Vec<String> = self
+            .states
+            .iter()
+            .filter(|(_, s)| match &s.status {
+                Status::Open(i) => matches!(
+                    i.phase,
+                    Phase::AwaitingApproval { .. } | Phase::Verifying { deadline: Some(_) }
+                ),
+                Status::Cooldown { .. } => true,
+                _ => false,
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.apply(&name, Input::Tick, at);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Start-up: everything `ripcord run` opens before it evaluates anything.
+//!
+//! Nothing under `state_dir` changes until every piece of state has opened:
+//! the directory is proven writable, the journal replayed, the outbox
+//! opened, the API token read and the listener bound; only then do the
+//! journal's pages go to the outbox (which skips those it has) and the
+//! journal get compacted (a new file, synced, renamed over the old one). A
+//! start that fails leaves the directory as it found it. Then what the
+//! journal means is carried out: a rule whose state line is unreadable is
+//! taken as an open, unrecovered incident, and interrupted steps are
+//! reported, never run again.
+
+use super::*;
+
+/// What [`open`] opened, for the main loop.
+pub(super) struct Opened {
+    pub prom: Prom,
+    pub tx: mpsc::Sender<Msg>,
+    pub rx: mpsc::Receiver<Msg>,
+    pub control_tx: mpsc::Sender<ControlMsg>,
+    pub control_rx: mpsc::Receiver<ControlMsg>,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub rule_map: BTreeMap<String, Arc<Rule>>,
+    pub listener: tokio::net::TcpListener,
+    pub hup: tokio::signal::unix::Signal,
+    pub token: Option<crate::config::Secret>,
+    pub dir: std::path::PathBuf,
+}
+
+/// The journal entries that stand for `states` and `shared`: what a
+/// compaction writes.
+pub(super) fn snapshot_entries(
+    states: &BTreeMap<String, RuleState>,
+    shared: &Shared,
+) -> Vec<Entry> {
+    let mut out: Vec<Entry> = states
+        .iter()
+        .map(|(rule, state)| Entry::State {
+            rule: rule.clone(),
+            state: Box::new(state.clone()),
+            shared: None,
+            pages: Vec::new(),
+        })
+        .collect();
+    out.push(Entry::Shared {
+        shared: shared.clone(),
+    });
+    out
+}
+
+pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, DaemonError> {
+    let prom = Prom::new(&config.prometheus).map_err(DaemonError::Prometheus)?;
+    let dir = config.state_dir.clone();
+    state_dir::prepare(&dir)?;
+    let journal_path = Journal::path(&dir);
+    let mut replayed = Journal::replay(&dir).map_err(|e| state_dir::StateError {
+        path: journal_path.clone(),
+        problem: format!("cannot be read: {}", state_dir::describe(&e)),
+        hint: "ripcord will not start without its journal (open incidents, interrupted steps, cooldowns and the action budget are in it): fix or restore the file".into(),
+    })?;
+    if replayed.torn {
+        warn!(
+            "journal: its last line was cut short by a crash and is dropped (it committed nothing)"
+        );
+    }
+    if replayed.skipped > 0 {
+        error!(
+            "journal: skipped {} unreadable line(s) in the middle of {}; rules whose state was among them are kept on the safe side",
+            replayed.skipped,
+            journal_path.display()
+        );
+    }
+    if replayed.out_of_range > 0 {
+        error!(
+            "journal: {} state(s) hold a time outside years 0-9999 (damaged); kept as they are",
+            replayed.out_of_range
+        );
+    }
+    let outbox_dir = dir.join("outbox");
+    let metrics = Arc::new(Metrics::new());
+    let mut outbox = Outbox::open(&outbox_dir).map_err(|e| state_dir::error(&outbox_dir, &e))?;
+    outbox.max_age = config.outbox.max_age;
+    outbox.max_items = config.outbox.max_pages;
+    outbox.metrics = Some(metrics.clone());
+    let token = config
+        .api_token
+        .as_ref()
+        .map(|t| t.resolve())
+        .transpose()
+        .map_err(|e| DaemonError::Token(e.to_string()))?;
+    if token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+        return Err(DaemonError::Token(
+            "resolves to an empty string: no request could ever match it; put a long random token in it (e.g. `openssl rand -hex 32`)".into(),
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: config.listen,
+            problem: state_dir::describe(&e),
+        })?;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| DaemonError::Signal(e.to_string()))?;
+
+    let rule_map: BTreeMap<String, Arc<Rule>> = rules
+        .rules
+        .iter()
+        .map(|r| (r.name.clone(), r.clone()))
+        .collect();
+    // States of rules no longer configured are kept (not evaluated): a rule
+    // that comes back finds its incident and its cooldown.
+    let states = std::mem::take(&mut replayed.states);
+    for (name, s) in &states {
+        if !rule_map.contains_key(name) {
+            match s.incident() {
+                Some(i) => {
+                    warn!(rule = %name, incident = %i.id, "rule no longer configured while its incident is open: the incident is kept and resumes if the rule comes back")
+                }
+                None => info!(rule = %name, "rule no longer configured: its state is kept"),
+            }
+        }
+    }
+    let mut shared = replayed
+        .shared
+        .unwrap_or_else(|| Shared::new(config.limits.max_actions_per_hour, config.mode));
+    shared.budget.limit = config.limits.max_actions_per_hour;
+    shared.mode = config.mode;
+
+    // Everything opened: now the state directory may change. Pages the
+    // journal committed reach the outbox first, then the journal is compacted.
+    let mut resumed = 0;
+    for p in std::mem::take(&mut replayed.pages) {
+        let at = p.notification.at;
+        if outbox
+            .push_keyed(&p.key, &p.notifier, p.notification, at)
+            .map_err(|e| state_dir::error(&outbox_dir, &e))?
+        {
+            resumed += 1;
+        }
+    }
+    if resumed > 0 {
+        info!(
+            pages = resumed,
+            "outbox: pages the journal committed before a crash are queued again"
+        );
+    }
+    crate::notify::outbox::crash_point("before_compaction");
+    let journal = Journal::open_compacted(&dir, &snapshot_entries(&states, &shared))
+        .map_err(|e| state_dir::error(&journal_path, &e))?;
+    // The compacted journal names no page: the outbox's tombstones can go.
+    outbox.forget_finished();
+
+    let (tx, rx) = mpsc::channel::<Msg>(1024);
+    metrics.rules.set(rule_map.len() as i64);
+    metrics.last_reload_successful.set(1);
+    let (control_tx, control_rx) = mpsc::channel::<ControlMsg>(16);
+    let mut engine = Engine {
+        rules: rule_map.clone(),
+        actions: rules.actions.clone(),
+        states,
+        shared,
+        journal: Arc::new(Mutex::new(journal)),
+        locks: HashMap::new(),
+        running: JoinSet::new(),
+        tx: tx.clone(),
+        last_reason: HashMap::new(),
+        blind_since: None,
+        blind_reported: false,
+        blind_after: config.prometheus.blind_after,
+        notifiers: rules.notifiers.clone(),
+        shared_notifiers: Arc::new(std::sync::RwLock::new(rules.notifiers.clone())),
+        last_progress: std::time::Instant::now(),
+        outbox: Arc::new(Mutex::new(outbox)),
+        wake: Arc::new(tokio::sync::Notify::new()),
+        metrics: metrics.clone(),
+        last_reload: None,
+        dir: dir.clone(),
+        state_problem: None,
+        last_probe: std::time::Instant::now(),
+        pending_removals: BTreeMap::new(),
+        stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+
+    resume(&mut engine, &replayed.uncertain, &replayed.interrupted);
+
+    Ok(Opened {
+        prom,
+        tx,
+        rx,
+        control_tx,
+        control_rx,
+        engine,
+        metrics,
+        rule_map,
+        listener,
+        hup,
+        token,
+        dir,
+    })
+}
+
+/// Carries out what the replayed journal means: a rule whose latest state
+/// could not be read is taken as an open, unrecovered incident, and steps
+/// that were running when ripcord stopped are reported, never run again.
+fn resume(
+    engine: &mut Engine,
+    uncertain: &std::collections::BTreeSet<String>,
+    interrupted: &[crate::journal::Interrupted],
+) {
+    // A rule whose latest state could not be read may have had an incident
+    // open: it is taken as open and unrecovered, so nothing runs again
+    // before the condition clears, and on-call hears of it.
+    let at = now();
+    for rule in uncertain {
+        if engine
+            .states
+            .get(rule)
+            .is_some_and(|s| s.incident().is_some())
+        {
+            continue;
+        }
+        let mut state = engine.states.get(rule).cloned().unwrap_or_default();
+        let id = format!("{rule}-journal-{}", at.0);
+        state.last_incident = Some(id.clone());
+        state.status = Status::Open(rule::Incident {
+            id: id.clone(),
+            opened_at: at,
+            dry_run: false,
+            drill: false,
+            phase: Phase::Unrecovered(rule::UnrecoveredReason::Interrupted {
+                action: "unknown (its journal line is damaged)".into(),
+            }),
+            done: Vec::new(),
+            veto: None,
+            values: BTreeMap::new(),
+        });
+        error!(rule = %rule, incident = %id, "the rule's latest state in the journal is unreadable: taken as an open, unrecovered incident; nothing runs for it before its condition clears");
+        engine.journal(Entry::State {
+            rule: rule.clone(),
+            state: Box::new(state.clone()),
+            shared: None,
+            pages: Vec::new(),
+        });
+        engine.states.insert(rule.clone(), state);
+        let n = global_notification(
+            "journal_damaged",
+            format!("rule {rule}: its latest state in the journal could not be read; taken as an open, unrecovered incident {id}"),
+            vec![
+                "nothing runs for this rule before its condition clears; check by hand what its actions did".into(),
+            ],
+            at,
+            at,
+        );
+        engine.notify_all(n);
+    }
+
+    // Steps that were running when ripcord last stopped are never run again.
+    for i in interrupted {
+        error!(rule = %i.rule, incident = %i.incident, "step {} of {} was interrupted by a restart: it is not run again ({})", i.step + 1, i.action, i.describe);
+        engine.journal(Entry::StepResult {
+            at,
+            rule: i.rule.clone(),
+            incident: i.incident.clone(),
+            action: i.action.clone(),
+            step: i.step,
+            outcome: StepOutcome::failed(
+                "interrupted: ripcord stopped while this step ran; not run again",
+            ),
+        });
+    }
+    let acting: Vec<(String, String, String)> = engine
+        .states
+        .iter()
+        .filter_map(|(name, s)| match &s.status {
+            Status::Open(inc) => match inc.phase {
+                Phase::Acting { index } => {
+                    let action = engine.rules.get(name)?.actions.get(index)?.clone();
+                    Some((name.clone(), inc.id.clone(), action))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    for (rule, incident, action) in acting {
+        engine.apply(
+            &rule,
+            Input::ActionFinished {
+                incident,
+                action,
+                result: ActionResult::Interrupted,
+            },
+            at,
+        );
+    }
+}
