@@ -41,12 +41,15 @@ pub enum PromError {
 }
 
 impl PromError {
-    /// Prometheus itself is down or overloaded, as opposed to a bad query:
-    /// these make ripcord blind.
+    /// Prometheus itself is down or overloaded, or refuses ripcord itself
+    /// (401, 403: every rule is affected), as opposed to one bad query:
+    /// these make ripcord blind. The others make one rule unevaluable.
     pub fn is_blinding(&self) -> bool {
         match self {
             PromError::Unreachable(_) | PromError::Timeout(_) => true,
-            PromError::Api { status, .. } | PromError::Decode { status, .. } => *status >= 500,
+            PromError::Api { status, .. } | PromError::Decode { status, .. } => {
+                *status >= 500 || *status == 401 || *status == 403
+            }
             _ => false,
         }
     }
@@ -425,5 +428,11 @@ mod tests {
         let e = decode(502, b"<html>bad gateway</html>").unwrap_err();
         assert!(e.is_blinding());
         assert!(e.to_string().contains("HTTP 502"));
+        // Refused credentials blind ripcord for every rule, not one.
+        assert!(decode(401, b"Unauthorized").unwrap_err().is_blinding());
+        // Prometheus's words stay on one line in logs and pages.
+        let v = br#"{"status":"error","errorType":"bad_data","error":"x\nFAKE LOG LINE"}"#;
+        let e = decode(400, v).unwrap_err().to_string();
+        assert!(!e.contains('\n') && e.contains("x\\nFAKE"), "{e}");
     }
 }
