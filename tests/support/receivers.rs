@@ -74,7 +74,9 @@ fn respond(conn: &mut TcpStream, status: u16, extra: &str, body: &str) {
     );
 }
 
-/// A server answering with `handler(request) -> (status, extra headers, body)`.
+/// A server answering with `handler(request, violations, n) -> (status,
+/// extra headers, body)`, `n` being the request's rank among those to its
+/// path.
 pub struct Double {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<Received>>>,
@@ -96,13 +98,17 @@ impl Double {
                 let Some(req) = read_request(&mut conn) else {
                     continue;
                 };
-                let n = {
+                // `n` counts requests to this path: receivers that share a
+                // double (two Slack hooks) are rate-limited each on its own,
+                // whichever of them ripcord reaches first.
+                let (index, n) = {
                     let mut list = r.lock().expect("lock");
                     list.push(req.clone());
-                    list.len()
+                    let n = list.iter().filter(|x| x.path == req.path).count();
+                    (list.len() - 1, n)
                 };
                 let (status, extra, body) = handler(&req, &mut v.lock().expect("lock"), n);
-                if let Some(last) = r.lock().expect("lock").get_mut(n - 1) {
+                if let Some(last) = r.lock().expect("lock").get_mut(index) {
                     last.status = status;
                 }
                 respond(&mut conn, status, &extra, &body);
