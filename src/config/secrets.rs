@@ -168,11 +168,25 @@ impl SecretString {
     }
 }
 
+/// The longest secret file read: a key, a token or a URL is far shorter;
+/// a path that points at something huge (a log, a device) is refused.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 fn read_trimmed(path: &PathBuf) -> Result<String, SecretError> {
-    let s = std::fs::read_to_string(path).map_err(|e| SecretError::File {
+    use std::io::Read;
+    let err = |reason: String| SecretError::File {
         path: path.clone(),
-        reason: e.kind().to_string(),
-    })?;
+        reason,
+    };
+    let f = std::fs::File::open(path).map_err(|e| err(e.kind().to_string()))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.kind().to_string()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(err(format!("longer than {MAX_SECRET_FILE} bytes")));
+    }
+    let s = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
     Ok(s.trim_end_matches(['\n', '\r']).to_string())
 }
 
