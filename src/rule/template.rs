@@ -122,8 +122,42 @@ fn check_nesting(source: &str) -> Result<(), String> {
             deepest.max(longest)
         ));
     }
+    // A long chain of operators is a deep tree too (minijinja compiles it
+    // recursively): count them inside `{{ }}` and `{% %}`.
+    let mut operators = 0usize;
+    let mut rest = source;
+    while let Some(open) = rest.find(['{']) {
+        let tag = &rest[open..];
+        let close = match tag.get(..2) {
+            Some("{{") => "}}",
+            Some("{%") => "%}",
+            _ => {
+                rest = &rest[open + 1..];
+                continue;
+            }
+        };
+        let end = tag.find(close).map_or(tag.len(), |e| e + 2);
+        let inside = &tag[..end];
+        operators += inside
+            .chars()
+            .filter(|c| "+-*/%~<>=!|".contains(*c))
+            .count();
+        operators += inside
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .filter(|w| matches!(*w, "and" | "or" | "not" | "in" | "is"))
+            .count();
+        rest = &tag[end..];
+    }
+    if operators > MAX_OPERATORS {
+        return Err(format!(
+            "invalid template: {operators} operators in its tags; the limit is {MAX_OPERATORS}"
+        ));
+    }
     Ok(())
 }
+
+/// The most operators a template's tags may hold together.
+pub const MAX_OPERATORS: usize = 128;
 
 /// A writer that refuses to grow past `MAX_OUTPUT`.
 struct Capped(Vec<u8>);
@@ -348,6 +382,9 @@ mod tests {
         assert!(e.contains("longer than 4096 bytes"), "{e}");
         let e = Template::compile(&"x".repeat(5000), &["rate"]).unwrap_err();
         assert!(e.contains("limit is 4096"), "{e}");
+        let chain = format!("{{% if rate{} > 1 %}}x{{% endif %}}", "*rate".repeat(200));
+        let e = Template::compile(&chain, &["rate"]).unwrap_err();
+        assert!(e.contains("the limit is 128"), "{e}");
         assert!(t0.elapsed() < std::time::Duration::from_secs(5));
         // A template that passed compile but blows up on live values falls
         // back to a plain summary.
