@@ -76,6 +76,8 @@ pub struct Outbox {
     items: BTreeMap<u64, Delivery>,
     /// Hashes of the keys of finished pages (their tombstones).
     finished: HashSet<String>,
+    /// Keys of the pages held: pushing many at start stays linear.
+    keys: HashSet<String>,
     /// Pages that could not be written: kept, and tried, in memory only.
     volatile: HashSet<u64>,
     next_seq: u64,
@@ -116,10 +118,16 @@ impl Outbox {
         if !items.is_empty() {
             info!(pages = items.len(), "outbox: resuming undelivered pages");
         }
+        let keys = items
+            .values()
+            .filter(|d| !d.key.is_empty())
+            .map(|d| d.key.clone())
+            .collect();
         Ok(Outbox {
             dir: dir.to_path_buf(),
             items,
             finished,
+            keys,
             volatile: HashSet::new(),
             next_seq,
             max_items: DEFAULT_MAX_ITEMS,
@@ -153,8 +161,7 @@ impl Outbox {
 
     /// Has a page with this key been pushed (and not forgotten)?
     pub fn knows(&self, key: &str) -> bool {
-        !key.is_empty()
-            && (self.finished.contains(&key_hash(key)) || self.items.values().any(|d| d.key == key))
+        !key.is_empty() && (self.keys.contains(key) || self.finished.contains(&key_hash(key)))
     }
 
     /// Forgets the tombstones of finished pages: call only once no journal
@@ -217,6 +224,9 @@ impl Outbox {
         if written.is_err() {
             self.volatile.insert(d.seq);
         }
+        if !d.key.is_empty() {
+            self.keys.insert(d.key.clone());
+        }
         self.items.insert(d.seq, d);
         written.map(|()| true)
     }
@@ -227,6 +237,7 @@ impl Outbox {
         let Some(d) = self.items.remove(&seq) else {
             return;
         };
+        self.keys.remove(&d.key);
         let path = self.path(seq);
         if self.volatile.remove(&seq) || d.key.is_empty() {
             let _ = std::fs::remove_file(&path);

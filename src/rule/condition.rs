@@ -57,14 +57,10 @@ fn check_size(source: &str) -> Result<(), String> {
             source.len()
         ));
     }
-    let (mut depth, mut deepest, mut unary_run, mut max_unary) = (0usize, 0usize, 0usize, 0);
+    let deepest = super::limits::bracket_depth(source, &['('], &[')']);
+    let (mut unary_run, mut max_unary) = (0usize, 0usize);
     for c in source.chars() {
         match c {
-            '(' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            ')' => depth = depth.saturating_sub(1),
             '!' | '-' => {
                 unary_run += 1;
                 max_unary = max_unary.max(unary_run);

@@ -1,6 +1,7 @@
 //! Rules at run time: the pure state machine and what it needs.
 
 pub mod condition;
+pub mod limits;
 pub mod machine;
 pub mod sim;
 pub mod template;

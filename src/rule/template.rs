@@ -95,20 +95,13 @@ pub const MAX_SOURCE: usize = 4096;
 pub const MAX_NESTING: usize = 32;
 
 fn check_nesting(source: &str) -> Result<(), String> {
-    let (mut depth, mut deepest, mut run, mut longest) = (0usize, 0usize, 0usize, 0usize);
+    let deepest = super::limits::bracket_depth(source, &['(', '[', '{'], &[')', ']', '}']);
+    // Runs of unary operators (`not`, `-`, `+`, `~`), spaces between them
+    // or not.
+    let (mut run, mut longest) = (0usize, 0usize);
     for word in source.split_inclusive(|c: char| !c.is_alphanumeric() && c != '_') {
-        for c in word.chars() {
-            match c {
-                '(' | '[' | '{' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
-                ')' | ']' | '}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
         let w = word.trim_end_matches(|c: char| !c.is_alphanumeric() && c != '_');
-        let unary = w == "not" || word.trim() == "-" || word.trim() == "+" || word.trim() == "~";
+        let unary = w == "not" || matches!(word.trim(), "-" | "+" | "~");
         if unary {
             run += 1;
             longest = longest.max(run);
