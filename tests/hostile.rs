@@ -151,6 +151,41 @@ fn damaged_journals_never_stop_ripcord_nor_its_status() {
 }
 
 #[test]
+fn a_rule_whose_state_line_is_damaged_is_taken_as_an_open_incident_and_paged() {
+    let exp = Exporter::start("v 2\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    let hook = crate::support::receivers::recorder();
+    let rules = format!(
+        "notifiers:\n  hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}}}\nactions:\n  undo: {{steps: [{{exec: {{argv: [/bin/true]}}}}]}}\nrules:\n  - name: s\n    every: 1s\n    queries: {{v: max(v)}}\n    condition: v > 1\n    actions: [undo]\n    notify: [hook]\n",
+        hook.port
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    // s's state line is damaged in the middle of the journal: it may have
+    // recorded an open incident whose action ran.
+    journal_with(
+        &rc,
+        &[
+            b"{\"type\":\"state\",\"rule\":\"s\",\"state\":{\"status\":\xff}}\n",
+            b"{\"type\":\"event\",\"at\":1,\"rule\":null,\"kind\":\"x\",\"text\":\"y\"}\n",
+        ],
+    );
+    prom.wait_for("v", "\"2\"");
+    rc.start();
+    rc.wait_log("the rule's latest state in the journal is unreadable", LONG);
+    wait_until("the journal_damaged page", LONG, || {
+        hook.requests()
+            .iter()
+            .any(|r| r.body.contains("\"event\":\"journal_damaged\""))
+    });
+    // The breach persists: the incident stays open and nothing runs.
+    wait_until("a few evaluations", LONG, || {
+        let out = rc.cli(&["status", "--json"], &[]).stdout;
+        out.contains("\"s-journal-") && out.contains("\"unrecovered\"")
+    });
+    assert!(rc.intents().is_empty(), "{:?}", rc.intents());
+}
+
+#[test]
 fn pause_for_ten_thousand_years_is_refused_and_bearer_is_case_insensitive() {
     let exp = Exporter::start("v 0\n");
     let prom = Prometheus::start(&[exp.port()]);

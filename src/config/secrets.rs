@@ -263,4 +263,14 @@ mod tests {
         let s = SecretString::parse("https://hooks.slack.example/T000/B000/XXXX").unwrap();
         assert_eq!(format!("{s:?}"), "\"***\"");
     }
+
+    #[test]
+    fn a_huge_secret_file_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        std::fs::write(&p, vec![b'x'; 70 * 1024]).unwrap();
+        let s = SecretString::parse(&format!("${{file:{}}}", p.display())).unwrap();
+        let e = s.resolve().unwrap_err().to_string();
+        assert!(e.contains("longer than 65536 bytes"), "{e}");
+    }
 }
