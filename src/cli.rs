@@ -63,7 +63,7 @@ pub enum Command {
     },
     /// Stop all actions: incidents still open and page.
     Pause {
-        /// For how long, e.g. 1h (default: until `ripcord resume`).
+        /// For how long, e.g. 1h, at most 3650d (default: until `ripcord resume`).
         #[arg(long = "for", value_name = "DURATION")]
         for_: Option<String>,
         #[arg(long)]
