@@ -118,9 +118,7 @@ pub struct Journal {
     pub failing: Option<String>,
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+use crate::fsio::sync_dir;
 
 impl Journal {
     pub fn path(dir: &Path) -> PathBuf {
@@ -269,7 +267,7 @@ impl Journal {
             }
             Err(err) => {
                 let _ = self.file.set_len(self.len);
-                self.failing = Some(crate::daemon::state_dir::describe(&err));
+                self.failing = Some(crate::fsio::describe(&err));
                 Err(err)
             }
         }

@@ -19,10 +19,12 @@ pub const LONG_VERSION: &str = concat!(
 pub mod actions;
 pub mod api;
 pub mod body;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod diag;
+pub mod fsio;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

@@ -164,7 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rules: names,
         } => {
             let (config, rules) = load(cli.config)?;
-            let now = ripcord::daemon::now();
+            let now = ripcord::clock::now();
             let from = commands::backtest::parse_time(&from, now).map_err(anyhow::Error::msg)?;
             let to = commands::backtest::parse_time(&to, now).map_err(anyhow::Error::msg)?;
             let step = step

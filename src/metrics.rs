@@ -36,7 +36,7 @@ pub struct BuildLabels {
     pub commit: String,
 }
 
-pub const STATES: &[&str] = crate::rule::machine::STATE_NAMES;
+pub const STATES: &[&str] = crate::rule::types::STATE_NAMES;
 
 pub struct Metrics {
     pub registry: Registry,

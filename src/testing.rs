@@ -20,7 +20,7 @@ use crate::diag::Diagnostic;
 use crate::rule::sim::{Happened, Sim};
 use crate::rule::{Input, Observation, Pause, Sample, Shared, Timestamp};
 
-pub const STATES: &[&str] = crate::rule::machine::STATE_NAMES;
+pub const STATES: &[&str] = crate::rule::types::STATE_NAMES;
 pub const PHASES: &[&str] = &[
     "awaiting_approval",
     "acting",

@@ -126,7 +126,7 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Resu
         "RULE", "STATE", "PHASE", "INCIDENT"
     )?;
     for r in &snap.rules {
-        let mut values: Vec<String> = crate::rule::machine::fmt_values(&r.values);
+        let mut values: Vec<String> = crate::rule::types::fmt_values(&r.values);
         if let Some(since) = &r.unevaluable_since {
             values.push(format!("UNEVALUABLE since {since}, protects nothing"));
         }

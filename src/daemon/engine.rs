@@ -253,7 +253,7 @@ impl Engine {
         self.wake.notify_one();
         if let Some(e) = failed {
             self.state_dir_failed(
-                crate::daemon::now(),
+                crate::clock::now(),
                 format!("the outbox cannot be written: {e}"),
             );
         }
@@ -330,7 +330,7 @@ impl Engine {
         r: Record,
         values: &BTreeMap<String, Option<f64>>,
     ) {
-        let vals: Vec<String> = crate::rule::machine::fmt_values(values);
+        let vals: Vec<String> = crate::rule::types::fmt_values(values);
         match &r {
             Record::NoData { .. } | Record::EvaluationFailed { .. } => {
                 let text = r.to_string();

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -62,9 +62,7 @@ use crate::rule::{
 /// Evaluations running at once, across all rules.
 pub const MAX_CONCURRENT_EVALUATIONS: usize = 32;
 
-pub fn now() -> Timestamp {
-    Timestamp::from_system(SystemTime::now())
-}
+pub use crate::clock::now;
 
 /// Evaluates every query of `rule` at the same instant `at`.
 /// Returns the observation and whether a failure means Prometheus is down.

@@ -3,6 +3,7 @@
 //! overlapping itself, and sends each observation to the engine. It may not
 //! touch rule state.
 use super::*;
+use std::time::SystemTime;
 
 /// The next evaluation time after `after`.
 fn next_tick(schedule: &Schedule, after: SystemTime) -> SystemTime {

@@ -6,7 +6,7 @@
 //! that fails leaves the directory exactly as it found it. Errors say which
 //! path, what is wrong and what to do, once.
 
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 /// What is wrong with a path under the state directory, and what to do.
@@ -18,15 +18,7 @@ pub struct StateError {
     pub hint: String,
 }
 
-/// `e` as people read it: the OS's words once, without Rust's wrapping.
-pub fn describe(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    // "No space left on device (os error 28)" → "No space left on device".
-    match text.rfind(" (os error ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
-}
+pub use crate::fsio::{describe, probe};
 
 /// What to do about `e` at `path`.
 pub fn hint(e: &std::io::Error) -> String {
@@ -64,18 +56,6 @@ pub fn prepare(dir: &Path) -> Result<(), StateError> {
         });
     }
     probe(dir).map_err(|e| error(dir, &e))
-}
-
-/// Writes, syncs and removes a probe file in `dir`.
-pub fn probe(dir: &Path) -> std::io::Result<()> {
-    let p = dir.join(".ripcord-write-probe");
-    let result = (|| {
-        let mut f = std::fs::File::create(&p)?;
-        f.write_all(&[0u8; 512])?;
-        f.sync_all()
-    })();
-    let _ = std::fs::remove_file(&p);
-    result
 }
 
 #[cfg(test)]

@@ -444,7 +444,7 @@ pub async fn deliver(
     let mut flying: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
         loop {
-            let now = crate::daemon::now();
+            let now = crate::clock::now();
             let mut busy: HashSet<String> = last_sent
                 .iter()
                 .filter(|(n, t)| {
@@ -482,7 +482,7 @@ pub async fn deliver(
             });
             flying.insert(handle.id(), name);
         }
-        let now = crate::daemon::now();
+        let now = crate::clock::now();
         let wait = outbox
             .lock()
             .ok()
@@ -515,7 +515,7 @@ fn settle(
     d: &Delivery,
     result: Attempt,
 ) {
-    let now = crate::daemon::now();
+    let now = crate::clock::now();
     let label = |r: &str| crate::metrics::NotifierLabels {
         notifier: d.notifier.clone(),
         result: r.into(),

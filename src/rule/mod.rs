@@ -5,9 +5,11 @@ pub mod limits;
 pub mod machine;
 pub mod sim;
 pub mod template;
+pub mod types;
 
-pub use machine::{
-    step, ActionBudget, ActionResult, Effect, HaltReason, Incident, Input, Observation, Outcome,
-    Page, PageKind, Pause, Phase, Record, RuleState, Sample, Shared, Status, Timestamp,
+pub use machine::step;
+pub use types::{
+    ActionBudget, ActionResult, Effect, HaltReason, Incident, Input, Observation, Outcome, Page,
+    PageKind, Pause, Phase, Record, RuleState, Sample, Shared, Status, Timestamp,
     UnrecoveredReason,
 };

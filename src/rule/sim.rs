@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use super::machine::*;
+use super::machine::step;
+use super::types::*;
 use crate::config::Rule;
 
 #[derive(Clone, Debug, PartialEq)]

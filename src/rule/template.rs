@@ -313,7 +313,7 @@ impl Template {
     ) -> String {
         self.try_render(rule, severity, labels, values)
             .unwrap_or_else(|e| {
-                let vals = crate::rule::machine::fmt_values(values).join(" ");
+                let vals = crate::rule::types::fmt_values(values).join(" ");
                 format!("{rule} breached: {vals} (summary template failed: {e})")
             })
     }
