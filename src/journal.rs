@@ -59,7 +59,7 @@ pub enum Entry {
     Event {
         at: Timestamp,
         rule: Option<String>,
-        kind: String,
+        kind: crate::rule::EventKind,
         text: String,
     },
 }
@@ -73,15 +73,7 @@ pub struct QueuedPage {
     pub notification: Notification,
 }
 
-/// A step that had an intent and no result when the journal was replayed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Interrupted {
-    pub rule: String,
-    pub incident: String,
-    pub action: String,
-    pub step: usize,
-    pub describe: String,
-}
+pub use crate::rule::global::Interrupted;
 
 /// What the journal held.
 #[derive(Debug, Default)]
@@ -379,7 +371,7 @@ mod tests {
         j.append(&Entry::Event {
             at: Timestamp(1),
             rule: Some("a".into()),
-            kind: "phase".into(),
+            kind: crate::rule::EventKind::Phase,
             text: "phase acting → verifying".into(),
         })
         .unwrap();

@@ -36,7 +36,7 @@ pub struct BuildLabels {
     pub commit: String,
 }
 
-pub const STATES: &[&str] = crate::rule::types::STATE_NAMES;
+use crate::rule::StateName;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -150,14 +150,26 @@ impl Metrics {
     }
 
     /// Sets the state gauges of `rule`: 1 for `state`, 0 for the others.
-    pub fn set_state(&self, rule: &str, state: &str) {
-        for s in STATES {
+    pub fn set_state(&self, rule: &str, state: StateName) {
+        for s in StateName::ALL {
             self.rule_state
                 .get_or_create(&RuleStateLabels {
                     rule: rule.to_string(),
-                    state: s.to_string(),
+                    state: s.as_str().to_string(),
                 })
                 .set(i64::from(*s == state));
+        }
+    }
+
+    /// A removed rule: every state gauge 0.
+    pub fn clear_state(&self, rule: &str) {
+        for s in StateName::ALL {
+            self.rule_state
+                .get_or_create(&RuleStateLabels {
+                    rule: rule.to_string(),
+                    state: s.as_str().to_string(),
+                })
+                .set(0);
         }
     }
 

@@ -13,26 +13,12 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use crate::config::load::{load_rule_files_into, At, Ctx};
+use crate::config::load::{load_rule_files_into, At, Ctx, DEFAULT_BLIND_AFTER};
 use crate::config::raw::{RawExpect, RawTestCase, RawTestFile};
 use crate::config::{Mode, Rule, RuleSet};
 use crate::diag::Diagnostic;
 use crate::rule::sim::{Happened, Sim};
-use crate::rule::{Input, Observation, Pause, Sample, Shared, Timestamp};
-
-pub const STATES: &[&str] = crate::rule::types::STATE_NAMES;
-pub const PHASES: &[&str] = &[
-    "awaiting_approval",
-    "acting",
-    "verifying",
-    "verify_timed_out",
-    "action_failed",
-    "interrupted",
-    "vetoed",
-    "aborted",
-    "budget_exhausted",
-    "paused",
-];
+use crate::rule::{Input, Observation, PageEvent, PhaseName, Sample, Shared, StateName, Timestamp};
 
 /// One value of a query at one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -126,6 +112,19 @@ enum InputKind {
     Resume,
 }
 
+/// What a test expects at one evaluation time: about one rule, or (without
+/// a rule) about ripcord itself.
+#[derive(Debug, Default)]
+struct Expect {
+    rule: Option<String>,
+    state: Option<StateName>,
+    phase: Option<PhaseName>,
+    actions: Option<Vec<String>>,
+    would_run: Option<Vec<String>>,
+    pages: Option<Vec<String>>,
+    events: Option<Vec<PageEvent>>,
+}
+
 #[derive(Debug)]
 struct Case {
     name: String,
@@ -137,7 +136,8 @@ struct Case {
     fail_actions: Vec<String>,
     max_actions_per_hour: u32,
     mode: Mode,
-    expect: Vec<(i64, RawExpect)>,
+    blind_after: Duration,
+    expect: Vec<(i64, Expect)>,
 }
 
 /// A test file, loaded and checked.
@@ -209,15 +209,12 @@ pub fn load(path: &Path) -> Result<TestFile, Vec<Diagnostic>> {
     }
 }
 
-fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<Case> {
-    let errors_before = cx.diags.iter().filter(|d| d.is_error()).count();
-    let step = c.step.0;
-    if step.is_zero() {
-        cx.error(&at.key("step"), "step must be greater than 0");
-        return None;
-    }
-    let mut values: IndexMap<String, IndexMap<String, Vec<Value>>> = IndexMap::new();
-    let values_before = cx.error_count();
+type Series = IndexMap<String, IndexMap<String, Vec<Value>>>;
+
+/// Each `RULE.QUERY: series` of a case, checked against the rules; every
+/// query of a tested rule needs one, and all have the same length.
+fn check_values(cx: &mut Ctx, at: &At, c: &RawTestCase, rules: &RuleSet) -> (Series, usize) {
+    let mut values: Series = IndexMap::new();
     let mut lengths: Vec<(String, usize)> = Vec::new();
     for (key, series) in &c.values {
         let vat = at.key("values").key(key);
@@ -271,33 +268,51 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
             format!("`{k}` has {n} values but the longest series has {steps}: give every series the same length"),
         );
     }
-    let last = step.as_millis() as i64 * steps.saturating_sub(1) as i64;
-    let check_at = |cx: &mut Ctx, a: &At, d: Duration| -> Option<i64> {
+    (values, steps)
+}
+
+/// The evaluation times of a case: an `at:` must be one of them.
+struct Times {
+    step: Duration,
+    last: i64,
+}
+
+impl Times {
+    fn check(&self, cx: &mut Ctx, a: &At, d: Duration) -> Option<i64> {
         let ms = d.as_millis() as i64;
-        if !aligned(d, step) {
+        if !aligned(d, self.step) {
             cx.error(
                 a,
                 format!(
                     "{} is not an evaluation time (every {})",
                     fmt_offset(ms),
-                    fmt_offset(step.as_millis() as i64)
+                    fmt_offset(self.step.as_millis() as i64)
                 ),
             );
             None
-        } else if ms > last {
+        } else if ms > self.last {
             cx.error(
                 a,
                 format!(
                     "{} is after the last evaluation ({})",
                     fmt_offset(ms),
-                    fmt_offset(last)
+                    fmt_offset(self.last)
                 ),
             );
             None
         } else {
             Some(ms)
         }
-    };
+    }
+}
+
+fn check_inputs(
+    cx: &mut Ctx,
+    at: &At,
+    c: &RawTestCase,
+    rules: &RuleSet,
+    times: &Times,
+) -> Vec<(i64, String, InputKind)> {
     let mut inputs = Vec::new();
     for (i, inp) in c.inputs.iter().enumerate() {
         let iat = at.key("inputs").index(i);
@@ -319,7 +334,7 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
             continue;
         }
         if let (Some(ms), Some(k)) = (
-            check_at(cx, &iat.key("at"), inp.at.0),
+            times.check(cx, &iat.key("at"), inp.at.0),
             kinds.into_iter().next(),
         ) {
             inputs.push((ms, inp.rule.clone(), k));
@@ -333,43 +348,117 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
             );
         }
     }
-    let mut expect = Vec::new();
-    for (i, e) in c.expect.into_iter().enumerate() {
-        let values_ok = cx.error_count() == values_before;
-        let eat = at.key("expect").index(i);
-        if rules.rule(&e.rule).is_none() {
-            cx.error(&eat.key("rule"), format!("unknown rule `{}`", e.rule));
-        } else if values_ok
-            && !values.contains_key(&e.rule)
-            && !inputs.iter().any(|(_, r, _)| *r == e.rule)
-        {
+    inputs
+}
+
+/// One expectation, its names parsed; `tested` says whether its rule gets
+/// values or inputs in this case (`None`: do not check, the values had
+/// errors).
+fn check_expect(
+    cx: &mut Ctx,
+    eat: &At,
+    e: RawExpect,
+    rules: &RuleSet,
+    tested: Option<bool>,
+) -> Expect {
+    let parse_list =
+        |cx: &mut Ctx, key: &str, names: Option<Vec<String>>| -> Option<Vec<PageEvent>> {
+            let names = names?;
+            let mut out = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                match PageEvent::parse(n) {
+                    Some(ev) => out.push(ev),
+                    None => cx.error(
+                        &eat.key(key).index(i),
+                        format!("unknown page event `{n}` (events: {})", PageEvent::list()),
+                    ),
+                }
+            }
+            Some(out)
+        };
+    match &e.rule {
+        None => {
+            if e.state.is_some()
+                || e.phase.is_some()
+                || e.actions.is_some()
+                || e.would_run.is_some()
+                || e.pages.is_some()
+            {
+                cx.error(eat, "without `rule`, an expectation is about ripcord's own pages: only `events` (e.g. [blind, seeing])");
+            }
+        }
+        Some(rule) if rules.rule(rule).is_none() => {
+            cx.error(&eat.key("rule"), format!("unknown rule `{rule}`"));
+        }
+        Some(rule) if tested == Some(false) => {
             cx.error(
                 &eat.key("rule"),
-                format!("rule `{}` gets no values in this test", e.rule),
+                format!("rule `{rule}` gets no values in this test"),
             );
         }
-        if let Some(s) = &e.state {
-            if !STATES.contains(&s.as_str()) {
-                cx.error(
-                    &eat.key("state"),
-                    format!("unknown state `{s}` (states: {})", STATES.join(", ")),
-                );
-            }
+        Some(_) => {}
+    }
+    let state = e.state.as_deref().and_then(|s| {
+        let parsed = StateName::parse(s);
+        if parsed.is_none() {
+            cx.error(
+                &eat.key("state"),
+                format!("unknown state `{s}` (states: {})", StateName::list()),
+            );
         }
-        if let Some(p) = &e.phase {
-            if !PHASES.contains(&p.as_str()) && !STATES.contains(&p.as_str()) {
-                cx.error(
-                    &eat.key("phase"),
-                    format!("unknown phase `{p}` (phases: {})", PHASES.join(", ")),
-                );
-            }
+        parsed
+    });
+    let phase = e.phase.as_deref().and_then(|p| {
+        let parsed = PhaseName::parse(p);
+        if parsed.is_none() {
+            cx.error(
+                &eat.key("phase"),
+                format!("unknown phase `{p}` (phases: {})", PhaseName::list()),
+            );
         }
-        if let Some(ms) = check_at(cx, &eat.key("at"), e.at.0) {
-            expect.push((ms, e));
+        parsed
+    });
+    let events = parse_list(cx, "events", e.events);
+    Expect {
+        rule: e.rule,
+        state,
+        phase,
+        actions: e.actions,
+        would_run: e.would_run,
+        pages: e.pages,
+        events,
+    }
+}
+
+fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<Case> {
+    let errors_before = cx.error_count();
+    let step = c.step.0;
+    if step.is_zero() {
+        cx.error(&at.key("step"), "step must be greater than 0");
+        return None;
+    }
+    let (values, steps) = check_values(cx, at, &c, rules);
+    let values_ok = cx.error_count() == errors_before;
+    let times = Times {
+        step,
+        last: step.as_millis() as i64 * steps.saturating_sub(1) as i64,
+    };
+    let inputs = check_inputs(cx, at, &c, rules, &times);
+    let mut expect = Vec::new();
+    for (i, e) in c.expect.into_iter().enumerate() {
+        let eat = at.key("expect").index(i);
+        let tested = values_ok.then(|| {
+            e.rule
+                .as_ref()
+                .is_none_or(|r| values.contains_key(r) || inputs.iter().any(|(_, ir, _)| ir == r))
+        });
+        let when = times.check(cx, &eat.key("at"), e.at.0);
+        let parsed = check_expect(cx, &eat, e, rules, tested);
+        if let Some(ms) = when {
+            expect.push((ms, parsed));
         }
     }
-    let errors_after = cx.diags.iter().filter(|d| d.is_error()).count();
-    (errors_after == errors_before).then(|| Case {
+    (cx.error_count() == errors_before).then(|| Case {
         name: c.name,
         step,
         steps,
@@ -378,6 +467,7 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
         fail_actions: c.fail_actions,
         max_actions_per_hour: c.max_actions_per_hour.unwrap_or(5),
         mode: c.mode.unwrap_or_default(),
+        blind_after: c.blind_after.map_or(DEFAULT_BLIND_AFTER, |d| d.0),
         expect,
     })
 }
@@ -398,6 +488,148 @@ fn fmt_value(v: Option<f64>) -> String {
     }
 }
 
+/// What the rule's queries answered at step `k`.
+fn observation(series: &IndexMap<String, Vec<Value>>, k: usize) -> Observation {
+    let mut samples = BTreeMap::new();
+    let (mut failed, mut bad) = (false, None);
+    for (q, s) in series {
+        match s[k] {
+            Value::Num(v) => {
+                samples.insert(q.clone(), Sample::Value(v));
+            }
+            Value::NoData => {
+                samples.insert(q.clone(), Sample::Empty);
+            }
+            Value::Error => failed = true,
+            Value::Bad => bad = Some(q.clone()),
+        }
+    }
+    match (failed, bad) {
+        (true, _) => Observation::Failed("query failed (simulated by the test)".into()),
+        (false, Some(q)) => Observation::Unevaluable(format!(
+            "query `{q}` cannot be used (simulated by the test)"
+        )),
+        (false, None) => Observation::Samples(samples),
+    }
+}
+
+/// The inputs due at `t`, through the same decisions as the daemon.
+fn feed_inputs(sim: &mut Sim, c: &Case, now: Timestamp) {
+    for (_, rule, kind) in c.inputs.iter().filter(|(at, ..)| *at == now.0) {
+        let by = "test".to_string();
+        let input = match kind {
+            InputKind::Approve => Some(Input::Approve { by }),
+            InputKind::Veto => Some(Input::Veto { by }),
+            InputKind::Fire => Some(Input::Fire { by, dry_run: false }),
+            InputKind::Pause => {
+                sim.pause(now, None, "test");
+                None
+            }
+            InputKind::Resume => {
+                sim.resume();
+                None
+            }
+        };
+        if let Some(i) = input {
+            let _ = sim.input(rule, i, now);
+        }
+    }
+}
+
+/// One timeline line per rule for step `t`: state, phase, values and what
+/// happened since `log_start`.
+fn timeline_lines(sim: &Sim, used: &BTreeSet<&String>, log_start: usize, t: i64, out: &mut String) {
+    for e in sim.log[log_start..].iter().filter(|e| e.rule.is_empty()) {
+        if let Happened::Page { kind, .. } = &e.what {
+            let _ = writeln!(
+                out,
+                "{:>8}  {:<24} page {kind} → every notifier",
+                fmt_offset(t),
+                "(ripcord)"
+            );
+        }
+    }
+    for rule in used {
+        let st = sim.state(rule);
+        let vals: Vec<String> = st
+            .last_values
+            .iter()
+            .map(|(q, v)| format!("{q}={}", fmt_value(*v)))
+            .collect();
+        let mut notes: Vec<String> = Vec::new();
+        for e in sim.log[log_start..].iter().filter(|e| &&e.rule == rule) {
+            match &e.what {
+                Happened::Action { name, dry_run } => notes.push(format!(
+                    "{} {name}",
+                    if *dry_run { "would run" } else { "ran" }
+                )),
+                Happened::Page { kind, notifiers } => {
+                    notes.push(format!("page {kind} → {}", notifiers.join(",")))
+                }
+                Happened::Record(r) => match r {
+                    crate::rule::Record::Transition { .. } => {}
+                    other => notes.push(other.to_string()),
+                },
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<24} {:<11} {:<16} {}",
+            fmt_offset(t),
+            rule,
+            st.name(),
+            st.phase(),
+            [vals.join(" "), notes.join("; ")]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("  ")
+        );
+    }
+}
+
+/// What differs from `e` at `now`.
+fn problems(sim: &Sim, e: &Expect, now: Timestamp) -> Vec<String> {
+    let mut out = Vec::new();
+    let rule = e.rule.as_deref().unwrap_or_default();
+    let st = sim.state(rule);
+    if let Some(want) = e.state.filter(|w| *w != st.name()) {
+        out.push(format!("state: expected {want}, got {}", st.name()));
+    }
+    if let Some(want) = e.phase.filter(|w| *w != st.phase()) {
+        out.push(format!("phase: expected {want}, got {}", st.phase()));
+    }
+    let mut differs =
+        |what: &str, want: &dyn std::fmt::Debug, got: &dyn std::fmt::Debug, same: bool| {
+            if !same {
+                out.push(format!("{what} so far: expected {want:?}, got {got:?}"));
+            }
+        };
+    if let Some(want) = &e.actions {
+        let got = sim.actions(rule, now, false);
+        differs("actions run", want, &got, *want == got);
+    }
+    if let Some(want) = &e.would_run {
+        let got = sim.actions(rule, now, true);
+        differs("dry-run actions", want, &got, *want == got);
+    }
+    if let Some(want) = &e.pages {
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        let got = sim.pages(rule, now);
+        differs("notifiers paged", &want, &got, want == got);
+    }
+    if let Some(want) = &e.events {
+        let want: Vec<&str> = want.iter().map(|e| e.as_str()).collect();
+        let got: Vec<&str> = sim
+            .page_events(rule, now)
+            .iter()
+            .map(|e| e.as_str())
+            .collect();
+        differs("page events", &want, &got, want == got);
+    }
+    out
+}
+
 fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
     let used: BTreeSet<&String> = c
         .values
@@ -410,6 +642,7 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
         .collect();
     let mut sim = Sim::new(rule_list, Shared::new(c.max_actions_per_hour, c.mode));
     sim.failing = c.fail_actions.iter().cloned().collect();
+    sim.blind_after = c.blind_after;
     let mut failures = Vec::new();
     let mut timeline = String::new();
     let step_ms = c.step.as_millis() as i64;
@@ -418,137 +651,15 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
         let now = Timestamp(t);
         let log_start = sim.log.len();
         for (rule, series) in &c.values {
-            let mut samples = BTreeMap::new();
-            let (mut failed, mut bad) = (false, None);
-            for (q, s) in series {
-                match s[k] {
-                    Value::Num(v) => {
-                        samples.insert(q.clone(), Sample::Value(v));
-                    }
-                    Value::NoData => {
-                        samples.insert(q.clone(), Sample::Empty);
-                    }
-                    Value::Error => failed = true,
-                    Value::Bad => bad = Some(q.clone()),
-                }
-            }
-            let obs = match (failed, bad) {
-                (true, _) => Observation::Failed("query failed (simulated by the test)".into()),
-                (false, Some(q)) => Observation::Unevaluable(format!(
-                    "query `{q}` cannot be used (simulated by the test)"
-                )),
-                (false, None) => Observation::Samples(samples),
-            };
             // The rule exists: check_case verified every name.
-            let _ = sim.input(rule, Input::Evaluate(obs), now);
+            let _ = sim.evaluate(rule, observation(series, k), now);
         }
-        for (_, rule, kind) in c.inputs.iter().filter(|(at, ..)| *at == t) {
-            let by = "test".to_string();
-            let input = match kind {
-                InputKind::Approve => Some(Input::Approve { by }),
-                InputKind::Veto => Some(Input::Veto { by }),
-                InputKind::Fire => Some(Input::Fire { by, dry_run: false }),
-                InputKind::Pause => {
-                    sim.shared.pause = Some(Pause {
-                        until: None,
-                        reason: "test".into(),
-                    });
-                    None
-                }
-                InputKind::Resume => {
-                    sim.shared.pause = None;
-                    None
-                }
-            };
-            if let Some(i) = input {
-                let _ = sim.input(rule, i, now);
-            }
-        }
-        for rule in &used {
-            let st = sim.state(rule);
-            let vals: Vec<String> = st
-                .last_values
-                .iter()
-                .map(|(q, v)| format!("{q}={}", fmt_value(*v)))
-                .collect();
-            let mut notes: Vec<String> = Vec::new();
-            for e in sim.log[log_start..].iter().filter(|e| &&e.rule == rule) {
-                match &e.what {
-                    Happened::Action { name, dry_run } => notes.push(format!(
-                        "{} {name}",
-                        if *dry_run { "would run" } else { "ran" }
-                    )),
-                    Happened::Page { kind, notifiers } => {
-                        notes.push(format!("page {kind} → {}", notifiers.join(",")))
-                    }
-                    Happened::Record(r) => match r {
-                        crate::rule::Record::Transition { .. } => {}
-                        other => notes.push(other.to_string()),
-                    },
-                }
-            }
-            let _ = writeln!(
-                timeline,
-                "{:>8}  {:<24} {:<11} {:<16} {}",
-                fmt_offset(t),
-                rule,
-                st.name(),
-                st.phase(),
-                [vals.join(" "), notes.join("; ")]
-                    .into_iter()
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            );
-        }
+        feed_inputs(&mut sim, c, now);
+        timeline_lines(&sim, &used, log_start, t, &mut timeline);
         for (_, e) in c.expect.iter().filter(|(at, _)| *at == t) {
-            let st = sim.state(&e.rule);
-            let mut problems = Vec::new();
-            if let Some(want) = &e.state {
-                if want != st.name() {
-                    problems.push(format!("state: expected {want}, got {}", st.name()));
-                }
-            }
-            if let Some(want) = &e.phase {
-                if want != st.phase() {
-                    problems.push(format!("phase: expected {want}, got {}", st.phase()));
-                }
-            }
-            if let Some(want) = &e.actions {
-                let got = sim.actions(&e.rule, now, false);
-                if *want != got {
-                    problems.push(format!(
-                        "actions run so far: expected {want:?}, got {got:?}"
-                    ));
-                }
-            }
-            if let Some(want) = &e.would_run {
-                let got = sim.actions(&e.rule, now, true);
-                if *want != got {
-                    problems.push(format!(
-                        "dry-run actions so far: expected {want:?}, got {got:?}"
-                    ));
-                }
-            }
-            if let Some(want) = &e.pages {
-                let want: BTreeSet<String> = want.iter().cloned().collect();
-                let got = sim.pages(&e.rule, now);
-                if want != got {
-                    problems.push(format!(
-                        "notifiers paged so far: expected {want:?}, got {got:?}"
-                    ));
-                }
-            }
-            if let Some(want) = &e.events {
-                let got = sim.page_events(&e.rule, now);
-                if *want != got {
-                    problems.push(format!(
-                        "page events so far: expected {want:?}, got {got:?}"
-                    ));
-                }
-            }
-            for p in problems {
-                failures.push(format!("at {}, {}: {p}", fmt_offset(t), e.rule));
+            let who = e.rule.as_deref().unwrap_or("ripcord");
+            for p in problems(&sim, e, now) {
+                failures.push(format!("at {}, {who}: {p}", fmt_offset(t)));
             }
         }
     }

@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::config::{Config, Mode, Rule, RuleSet};
 use crate::prom::Prom;
 use crate::rule::sim::{Happened, Sim};
-use crate::rule::{Input, Observation, Record, Sample, Shared, Timestamp};
+use crate::rule::StateName;
+use crate::rule::{Observation, Record, Sample, Shared, Timestamp};
 
 /// Points per query_range request (Prometheus refuses more than 11,000).
 const CHUNK: i64 = 10_000;
@@ -60,7 +61,7 @@ pub struct Summary {
 }
 
 /// One evaluation: (ms, each query's value, the state after it).
-pub type Point = (i64, BTreeMap<String, Option<f64>>, &'static str);
+pub type Point = (i64, BTreeMap<String, Option<f64>>, StateName);
 
 /// One rule's evaluations, for the plot.
 #[derive(Debug, Default)]
@@ -238,13 +239,13 @@ pub async fn run(
                     Observation::Samples(samples)
                 }
             };
-            let _ = sim.input(&r.name, Input::Evaluate(obs), Timestamp(t));
+            let _ = sim.evaluate(&r.name, obs, Timestamp(t));
             let st = sim.state(&r.name);
             if let Some(tr) = traces.get_mut(&r.name) {
                 tr.points.push((t, st.last_values.clone(), st.name()));
             }
             match st.name() {
-                "pending" => {
+                StateName::Pending => {
                     let since = *pending_since.entry(r.name.clone()).or_insert(t);
                     sum.longest_pending_seconds =
                         sum.longest_pending_seconds.max(((t - since) / 1000) as u64);
@@ -263,7 +264,7 @@ pub async fn run(
     for e in &sim.log {
         let what = match &e.what {
             Happened::Record(Record::Transition { from, to }) => {
-                if to == "firing" && from != "firing" {
+                if *to == StateName::Firing && *from != StateName::Firing {
                     if let Some(s) = summaries.get_mut(&e.rule) {
                         s.incidents += 1;
                     }
@@ -453,8 +454,8 @@ pub fn plot(report: &Report, path: &std::path::Path) -> Result<(), String> {
         let step_min = report.step_seconds / 60.0;
         for (t, _, state) in &tr.points {
             let color = match *state {
-                "pending" => RGBColor(255, 200, 80).mix(0.35),
-                "firing" | "unrecovered" => RGBColor(230, 60, 60).mix(0.35),
+                StateName::Pending => RGBColor(255, 200, 80).mix(0.35),
+                StateName::Firing | StateName::Unrecovered => RGBColor(230, 60, 60).mix(0.35),
                 _ => continue,
             };
             let x = (t - first.0) as f64 / 60_000.0;

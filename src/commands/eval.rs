@@ -29,7 +29,7 @@ pub async fn run(
         .iter()
         .filter(|r| names.is_empty() || names.contains(&r.name))
     {
-        let (obs, _) = evaluate(&prom, r, at).await;
+        let obs = evaluate(&prom, r, at).await;
         writeln!(out, "{}", r.name)?;
         match &obs {
             Observation::Failed(e) | Observation::Unevaluable(e) => {
@@ -59,7 +59,7 @@ pub async fn run(
         );
         let verdict = match (state.name(), &state.last_error) {
             (_, Some(e)) => format!("error: {e}"),
-            ("ok", _)
+            (rule::StateName::Ok, _)
                 if effects
                     .iter()
                     .any(|e| matches!(e, Effect::Record(rule::Record::NoData { .. }))) =>
@@ -73,8 +73,8 @@ pub async fn run(
                     }
                 )
             }
-            ("ok", _) => "false → ok: nothing happens".into(),
-            ("pending", _) => format!(
+            (rule::StateName::Ok, _) => "false → ok: nothing happens".into(),
+            (rule::StateName::Pending, _) => format!(
                 "true → pending: an incident opens if it holds for {}",
                 crate::actions::fmt_d(r.for_)
             ),

@@ -20,6 +20,7 @@ use super::*;
 use crate::diag::Diagnostic;
 use crate::rule::condition::Condition;
 use crate::rule::template::Template;
+use crate::rule::PageEvent;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ripcord/ripcord.yaml";
 pub const DEFAULT_RULES: &str = "/etc/ripcord/rules.d/*.yaml";
@@ -27,6 +28,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/ripcord";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9733";
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
+pub const DEFAULT_BLIND_AFTER: Duration = Duration::from_secs(60);
 
 /// The result of loading: the value when there was no error, and every
 /// diagnostic (errors and warnings) either way.
@@ -487,7 +489,7 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
                 timeout,
                 headers: raw.prometheus.headers,
                 ca_file: raw.prometheus.ca_file.map(|p| base.join(p)),
-                blind_after: raw.prometheus.blind_after.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+                blind_after: raw.prometheus.blind_after.map(|d| d.0).unwrap_or(DEFAULT_BLIND_AFTER),
                 max_response_bytes: raw
                     .prometheus
                     .max_response_bytes
@@ -897,23 +899,25 @@ fn validate_notifier(cx: &mut Ctx, n: &Named<RawNotifier>) -> Option<Notifier> {
     } else {
         return None;
     };
-    if let Some(events) = &r.events {
+    let events = r.events.as_ref().map(|events| {
+        let mut known = std::collections::BTreeSet::new();
         for (i, e) in events.iter().enumerate() {
-            if !crate::notify::EVENTS.contains(&e.as_str()) {
-                cx.error(
+            match PageEvent::parse(e) {
+                Some(ev) => {
+                    known.insert(ev);
+                }
+                None => cx.error(
                     &n.at.key("events").index(i),
-                    format!(
-                        "unknown event `{e}` (events: {})",
-                        crate::notify::EVENTS.join(", ")
-                    ),
-                );
+                    format!("unknown event `{e}` (events: {})", PageEvent::list()),
+                ),
             }
         }
-    }
+        known
+    });
     Some(Notifier {
         name: n.name.clone(),
         kind,
-        events: r.events.as_ref().map(|e| e.iter().cloned().collect()),
+        events,
         min_severity: r.min_severity.unwrap_or(Severity::Info),
     })
 }

@@ -343,7 +343,7 @@ pub struct Notifier {
     pub name: String,
     pub kind: NotifierKind,
     /// `None`: every event.
-    pub events: Option<std::collections::BTreeSet<String>>,
+    pub events: Option<std::collections::BTreeSet<crate::rule::PageEvent>>,
     pub min_severity: Severity,
 }
 

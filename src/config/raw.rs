@@ -427,6 +427,9 @@ pub struct RawTestCase {
     pub fail_actions: Vec<String>,
     pub max_actions_per_hour: Option<u32>,
     pub mode: Option<Mode>,
+    /// How long failed queries (`err`) last before the blind page, as
+    /// `prometheus.blind_after` (default 1m).
+    pub blind_after: Option<Dur>,
     pub expect: Vec<RawExpect>,
 }
 
@@ -446,7 +449,9 @@ pub struct RawTestInput {
 #[serde(deny_unknown_fields)]
 pub struct RawExpect {
     pub at: Dur,
-    pub rule: String,
+    /// Without a rule, the expectation is about ripcord itself: its own
+    /// pages (`events`: blind, seeing).
+    pub rule: Option<String>,
     pub state: Option<String>,
     pub phase: Option<String>,
     pub actions: Option<Vec<String>>,

@@ -12,45 +12,32 @@ impl Engine {
                 serde_json::to_string(&self.status_snapshot()).map_err(|e| e.to_string())
             }
             Control::Approve { incident, by } => {
-                let rule = self.rule_of(&incident)?;
-                let phase = self.states.get(&rule).map(|s| s.phase()).unwrap_or("ok");
-                if phase != "awaiting_approval" {
-                    return Err(format!(
-                        "incident {incident} is not awaiting approval (it is {phase})"
-                    ));
-                }
+                let (rule, state) = self.incident_state(&incident)?;
+                global::may_approve(&incident, &state)?;
                 info!(rule = %rule, incident = %incident, by = %by, "approved");
                 self.apply(&rule, Input::Approve { by }, at);
                 Ok(format!("approved {incident}"))
             }
             Control::Veto { incident, by } => {
-                let rule = self.rule_of(&incident)?;
-                let phase = self.states.get(&rule).map(|s| s.phase()).unwrap_or("ok");
-                if phase != "awaiting_approval" && phase != "acting" {
-                    return Err(format!(
-                        "incident {incident}: nothing left to veto (it is {phase})"
-                    ));
-                }
+                let (rule, state) = self.incident_state(&incident)?;
+                let effect = global::may_veto(&incident, &state)?;
                 info!(rule = %rule, incident = %incident, by = %by, "vetoed");
                 self.apply(&rule, Input::Veto { by }, at);
-                Ok(if phase == "acting" {
-                    format!("vetoed {incident}: the running action finishes, nothing after it runs")
-                } else {
-                    format!("vetoed {incident}: nothing runs")
+                Ok(match effect {
+                    global::VetoEffect::RunningFinishes => format!(
+                        "vetoed {incident}: the running action finishes, nothing after it runs"
+                    ),
+                    global::VetoEffect::NothingRuns => format!("vetoed {incident}: nothing runs"),
                 })
             }
             Control::Pause { for_, reason } => {
-                let until = for_.map(|d| at.plus(d));
-                self.shared.pause = Some(rule::Pause {
-                    until,
-                    reason: reason.clone(),
-                });
+                let p = global::pause(&mut self.shared, at, for_, &reason);
                 self.journal(Entry::Shared {
                     shared: self.shared.clone(),
                 });
-                self.event(at, None, "pause", format!("paused: {reason}"));
-                warn!(until = ?until.map(|u| u.rfc3339()), "paused: {reason}");
-                Ok(match until {
+                self.event(at, None, EventKind::Pause, format!("paused: {reason}"));
+                warn!(until = ?p.until.map(|u| u.rfc3339()), "paused: {reason}");
+                Ok(match p.until {
                     Some(u) => {
                         format!("paused until {u}: incidents open and page, actions do not run")
                     }
@@ -60,15 +47,11 @@ impl Engine {
                 })
             }
             Control::Fire { rule, dry_run, by } => {
-                if !self.rules.contains_key(&rule) {
-                    return Err(format!("unknown rule `{rule}`"));
-                }
-                if let Some(i) = self.states.get(&rule).and_then(|s| s.incident()) {
-                    return Err(format!(
-                        "rule {rule} already has an open incident: {}",
-                        i.id
-                    ));
-                }
+                let state = self
+                    .rules
+                    .contains_key(&rule)
+                    .then(|| self.states.get(&rule).cloned().unwrap_or_default());
+                global::may_fire(&rule, state.as_ref())?;
                 warn!(rule = %rule, by = %by, dry_run, "drill: opening an incident by hand");
                 self.apply(&rule, Input::Fire { by, dry_run }, at);
                 let id = self
@@ -83,13 +66,11 @@ impl Engine {
                 })
             }
             Control::Resume => {
-                if self.shared.pause.take().is_none() {
-                    return Err("ripcord is not paused".into());
-                }
+                global::resume(&mut self.shared)?;
                 self.journal(Entry::Shared {
                     shared: self.shared.clone(),
                 });
-                self.event(at, None, "resume", "resumed".into());
+                self.event(at, None, EventKind::Resume, "resumed".into());
                 info!("resumed");
                 Ok("resumed".into())
             }
@@ -107,7 +88,7 @@ impl Engine {
         } else {
             ""
         };
-        let mut blind = if self.blind_since.is_some() {
+        let mut blind = if self.blind.is_blind() {
             ", Prometheus unreachable".to_string()
         } else {
             String::new()
@@ -137,11 +118,12 @@ impl Engine {
         )
     }
 
-    pub(super) fn rule_of(&self, incident: &str) -> Result<String, String> {
+    /// The rule whose open incident is `incident`, and its state.
+    pub(super) fn incident_state(&self, incident: &str) -> Result<(String, RuleState), String> {
         self.states
             .iter()
             .find(|(_, s)| s.incident().is_some_and(|i| i.id == incident))
-            .map(|(n, _)| n.clone())
+            .map(|(n, s)| (n.clone(), s.clone()))
             .ok_or_else(|| format!("no open incident {incident}"))
     }
 
@@ -159,8 +141,8 @@ impl Engine {
                     let s = self.states.get(name).cloned().unwrap_or_default();
                     RuleStatus {
                         name: name.clone(),
-                        state: s.name().into(),
-                        phase: s.phase().into(),
+                        state: s.name().as_str().into(),
+                        phase: s.phase().as_str().into(),
                         incident: s.incident().map(|i| i.id.clone()),
                         opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
                         last_evaluation: s.last_eval.map(|t| t.rfc3339()),
@@ -189,8 +171,8 @@ impl Engine {
             },
             actions_left_this_hour: self.shared.budget.clone().remaining(at),
             outbox_pages,
-            prometheus_up: self.blind_since.is_none(),
-            blind_since: self.blind_since.map(|t| t.rfc3339()),
+            prometheus_up: !self.blind.is_blind(),
+            blind_since: self.blind.since.map(|t| t.rfc3339()),
             last_reload: self.last_reload.clone(),
             state_dir_problem: self
                 .state_problem

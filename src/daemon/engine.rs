@@ -10,15 +10,15 @@ pub(super) struct Engine {
     pub(super) states: BTreeMap<String, RuleState>,
     pub(super) shared: Shared,
     pub(super) journal: Arc<Mutex<Journal>>,
-    /// One lock per action: two incidents never run the same action at once.
-    pub(super) locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// One lock per action: two incidents never run the same action at
+    /// once; a waiting one starts when the holder's action is done.
+    pub(super) locks: Locks<Start>,
     pub(super) running: JoinSet<()>,
     pub(super) tx: mpsc::Sender<Msg>,
     /// Last no-data or error reason per rule, so a steady condition is
     /// journaled once, not on every evaluation.
     pub(super) last_reason: HashMap<String, String>,
-    pub(super) blind_since: Option<Timestamp>,
-    pub(super) blind_reported: bool,
+    pub(super) blind: Blindness,
     pub(super) blind_after: Duration,
     pub(super) notifiers: BTreeMap<String, Arc<crate::config::Notifier>>,
     /// The same map, shared with the delivery task (swapped on reload).
@@ -42,9 +42,18 @@ pub(super) struct Engine {
     pub(super) pending_removals: BTreeMap<String, Timestamp>,
 }
 
+/// An action ready to start for an incident, once it holds its lock.
+pub(super) struct Start {
+    action: Arc<Action>,
+    ctx: StepContext,
+    dry_run: bool,
+}
+
+/// Appends `e` and syncs it, off the async workers (an fsync can take a
+/// while on a busy disk; other tasks keep running meanwhile).
 pub(super) fn journal_append(journal: &Mutex<Journal>, e: &Entry) -> bool {
     match journal.lock() {
-        Ok(mut j) => match j.append(e) {
+        Ok(mut j) => match crate::fsio::blocking(|| j.append(e)) {
             Ok(()) => true,
             Err(err) => {
                 error!("journal write failed: {err}");
@@ -60,11 +69,11 @@ impl Engine {
         journal_append(&self.journal, &e)
     }
 
-    pub(super) fn event(&self, at: Timestamp, rule: Option<&str>, kind: &str, text: String) {
+    pub(super) fn event(&self, at: Timestamp, rule: Option<&str>, kind: EventKind, text: String) {
         self.journal(Entry::Event {
             at,
             rule: rule.map(str::to_string),
-            kind: kind.into(),
+            kind,
             text,
         });
     }
@@ -94,7 +103,7 @@ impl Engine {
         for e in effects {
             match e {
                 Effect::Page(p) => {
-                    warn!(rule = name, incident = %p.incident, kind = p.kind.name(), notifiers = ?p.notifiers, "page: {}", p.summary);
+                    warn!(rule = name, incident = %p.incident, kind = %p.kind.event(), notifiers = ?p.notifiers, "page: {}", p.summary);
                     let n = page_notification(&rule, &p, started);
                     let targets = if p.notifiers.is_empty() {
                         self.notifiers.keys().cloned().collect()
@@ -129,10 +138,10 @@ impl Engine {
         }
         // A phase change inside an open incident (acting → budget_exhausted,
         // → action_failed, → vetoed) is said even when nobody is paged.
-        if new.phase() != old.phase() && new.incident().is_some() && new.phase() != new.name() {
+        if new.phase() != old.phase() && new.in_incident_phase() {
             let text = format!("phase {} → {}", old.phase(), new.phase());
             info!(rule = name, "{text}");
-            self.event(at, Some(name), "phase", text);
+            self.event(at, Some(name), EventKind::Phase, text);
         }
         let values = new.last_values.clone();
         self.states.insert(name.to_string(), new);
@@ -163,10 +172,10 @@ impl Engine {
                 Effect::Page(p) => self.event(
                     at,
                     Some(name),
-                    "page",
+                    EventKind::Page,
                     format!(
                         "{} → {}: {}",
-                        p.kind.name(),
+                        p.kind.event(),
                         p.notifiers.join(","),
                         p.summary
                     ),
@@ -239,16 +248,19 @@ impl Engine {
         }
         let mut failed = None;
         if let Ok(mut outbox) = self.outbox.lock() {
-            for (i, p) in pages.into_iter().enumerate() {
-                let at = p.notification.at;
-                if let Err(e) = outbox.push_keyed(&p.key, &p.notifier, p.notification, at) {
-                    error!(notifier = %p.notifier, "cannot write the page to the outbox, delivering it from memory: {}", state_dir::describe(&e));
-                    failed = Some(state_dir::describe(&e));
+            // Each page is a synced file: written off the async workers.
+            crate::fsio::blocking(|| {
+                for (i, p) in pages.into_iter().enumerate() {
+                    let at = p.notification.at;
+                    if let Err(e) = outbox.push_keyed(&p.key, &p.notifier, p.notification, at) {
+                        error!(notifier = %p.notifier, "cannot write the page to the outbox, delivering it from memory: {}", state_dir::describe(&e));
+                        failed = Some(state_dir::describe(&e));
+                    }
+                    if i == 0 {
+                        crate::notify::outbox::crash_point("page_pushed");
+                    }
                 }
-                if i == 0 {
-                    crate::notify::outbox::crash_point("page_pushed");
-                }
-            }
+            });
         }
         self.wake.notify_one();
         if let Some(e) = failed {
@@ -288,20 +300,8 @@ impl Engine {
             return;
         };
         let inc = self.states.get(rule).and_then(|s| s.incident().cloned());
-        let (event, summary) = match outcome {
-            None => (
-                "step_started",
-                format!("{action} step {} started", step + 1),
-            ),
-            Some(o) if o.ok => (
-                "step_succeeded",
-                format!("{action} step {} succeeded: {}", step + 1, o.summary),
-            ),
-            Some(o) => (
-                "step_failed",
-                format!("{action} step {} FAILED: {}", step + 1, o.summary),
-            ),
-        };
+        let (event, summary) =
+            global::step_page(action, step, outcome.map(|o| (o.ok, o.summary.as_str())));
         let mut details = vec![describe.to_string()];
         if let Some(o) = outcome.filter(|o| !o.output.is_empty()) {
             let lines: Vec<&str> = o.output.lines().collect();
@@ -336,7 +336,7 @@ impl Engine {
                 let text = r.to_string();
                 if self.last_reason.get(rule) != Some(&text) {
                     warn!(rule, "{text}");
-                    self.event(at, Some(rule), "hold", text.clone());
+                    self.event(at, Some(rule), EventKind::Hold, text.clone());
                     self.last_reason.insert(rule.to_string(), text);
                 }
                 return;
@@ -348,11 +348,13 @@ impl Engine {
         self.event(
             at,
             Some(rule),
-            "record",
+            EventKind::Record,
             format!("{r} ({})", vals.join(" ")),
         );
     }
 
+    /// Starts `action_name` for `incident` once it holds the action's lock
+    /// (at once if nobody else runs that action).
     pub(super) fn start_action(
         &mut self,
         rule: &Rule,
@@ -361,33 +363,49 @@ impl Engine {
         dry_run: bool,
         values: BTreeMap<String, Option<f64>>,
     ) {
-        let tx = self.tx.clone();
-        let rule_name = rule.name.clone();
         let Some(action) = self.actions.get(&action_name).cloned() else {
             // Cannot happen for a loaded rule set; reported, not panicked on.
-            let _ = tx.try_send(Msg::ActionDone {
-                rule: rule_name,
+            let _ = self.tx.try_send(Msg::ActionDone {
+                rule: rule.name.clone(),
                 incident,
                 action: action_name.clone(),
                 result: ActionResult::Failed(format!("unknown action {action_name}")),
             });
             return;
         };
-        let lock = self.locks.entry(action_name.clone()).or_default().clone();
+        let start = Start {
+            action,
+            ctx: StepContext {
+                rule: rule.name.clone(),
+                incident: incident.clone(),
+                values,
+            },
+            dry_run,
+        };
+        match self.locks.acquire(&action_name, &incident, start) {
+            Some(start) => self.spawn_action(start),
+            None => {
+                info!(rule = %rule.name, incident = %incident, "{action_name} waits for another incident's run of it to finish")
+            }
+        }
+    }
+
+    fn spawn_action(&mut self, start: Start) {
+        let tx = self.tx.clone();
         let journal = self.journal.clone();
         let stopping = self.stopping.clone();
-        let ctx = StepContext {
-            rule: rule_name.clone(),
-            incident: incident.clone(),
-            values,
-        };
         self.running.spawn(async move {
-            let result = run_action(&action, &ctx, dry_run, &journal, &lock, &tx, &stopping).await;
+            let Start {
+                action,
+                ctx,
+                dry_run,
+            } = start;
+            let result = run_action(&action, &ctx, dry_run, &journal, &tx, &stopping).await;
             let _ = tx
                 .send(Msg::ActionDone {
-                    rule: rule_name,
-                    incident,
-                    action: action_name,
+                    rule: ctx.rule,
+                    incident: ctx.incident,
+                    action: action.name.clone(),
                     result,
                 })
                 .await;
@@ -404,20 +422,17 @@ impl Engine {
                 describe,
                 outcome,
             } => self.step_page(&rule, &incident, &action, step, &describe, outcome.as_ref()),
-            Msg::Evaluated {
-                rule,
-                at,
-                obs,
-                blinding,
-            } => {
+            Msg::Evaluated { rule, at, obs } => {
                 self.last_progress = std::time::Instant::now();
-                self.blindness(at, blinding, &obs);
+                self.blindness(at, &obs);
                 let label = RuleLabel { rule: rule.clone() };
                 self.metrics.evaluations.get_or_create(&label).inc();
                 if matches!(obs, Observation::Failed(_) | Observation::Unevaluable(_)) {
                     self.metrics.evaluation_failures.get_or_create(&label).inc();
                 }
-                self.metrics.prometheus_up.set(i64::from(!blinding));
+                self.metrics
+                    .prometheus_up
+                    .set(i64::from(global::blinding(&obs).is_none()));
                 self.apply(&rule, Input::Evaluate(obs), at);
                 let paged = self
                     .states
@@ -450,12 +465,15 @@ impl Engine {
                 self.apply(
                     &rule,
                     Input::ActionFinished {
-                        incident,
-                        action,
+                        incident: incident.clone(),
+                        action: action.clone(),
                         result,
                     },
                     now(),
                 );
+                if let Some(next) = self.locks.release(&action, &incident) {
+                    self.spawn_action(next);
+                }
             }
         }
     }
@@ -477,47 +495,52 @@ impl Engine {
         }
     }
 
-    pub(super) fn blindness(&mut self, at: Timestamp, blinding: bool, obs: &Observation) {
-        if blinding {
-            let since = *self.blind_since.get_or_insert(at);
-            if !self.blind_reported && at.since(since) >= self.blind_after {
-                self.blind_reported = true;
-                let why = match obs {
-                    Observation::Failed(e) | Observation::Unevaluable(e) => e.clone(),
-                    Observation::Samples(_) => String::new(),
-                };
+    /// Blindness is decided by the core ([`Blindness::observe`]); this
+    /// logs, journals and pages what it decided.
+    pub(super) fn blindness(&mut self, at: Timestamp, obs: &Observation) {
+        let Some(notice) = self
+            .blind
+            .observe(at, global::blinding(obs), self.blind_after)
+        else {
+            return;
+        };
+        let n = match &notice {
+            BlindNotice::Blind { since, why } => {
                 error!("ripcord is blind since {since}: every rule holds its state ({why})");
-                self.event(at, None, "blind", format!("blind since {since}: {why}"));
-                let n = global_notification(
-                    "blind",
+                self.event(
+                    at,
+                    None,
+                    EventKind::Blind,
+                    format!("blind since {since}: {why}"),
+                );
+                global_notification(
+                    PageEvent::Blind,
                     format!(
                         "ripcord cannot query Prometheus since {since}: every rule holds its state"
                     ),
-                    vec![why],
-                    since,
+                    vec![why.clone()],
+                    *since,
                     at,
-                );
-                self.notify_all(n);
+                )
             }
-        } else if let Some(since) = self.blind_since.take() {
-            if std::mem::take(&mut self.blind_reported) {
+            BlindNotice::Seeing { since } => {
                 info!("ripcord sees again (blind since {since})");
                 self.event(
                     at,
                     None,
-                    "seeing",
+                    EventKind::Seeing,
                     format!("sees again; was blind since {since}"),
                 );
-                let n = global_notification(
-                    "seeing",
+                global_notification(
+                    PageEvent::Seeing,
                     format!("ripcord can query Prometheus again (blind since {since})"),
                     vec![],
-                    since,
+                    *since,
                     at,
-                );
-                self.notify_all(n);
+                )
             }
-        }
+        };
+        self.notify_all(n);
     }
 
     /// Time-based transitions: approval and verify deadlines, cooldowns.

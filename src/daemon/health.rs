@@ -19,7 +19,7 @@ impl Engine {
         self.metrics.state_dir_writable.set(0);
         let hint = "free space or fix the state directory's filesystem; ripcord acts again once it can write there";
         let n = global_notification(
-            "state_unwritable",
+            PageEvent::StateUnwritable,
             format!(
                 "ripcord cannot write its state directory {}: no rollback step runs until it can",
                 self.dir.display()
@@ -52,7 +52,7 @@ impl Engine {
         let ok = self.journal(Entry::Event {
             at,
             rule: None,
-            kind: "state_dir".into(),
+            kind: EventKind::StateDir,
             text: format!("writable again (failing since {since})"),
         });
         if !ok {
@@ -65,7 +65,7 @@ impl Engine {
             self.dir.display()
         );
         let n = global_notification(
-            "state_writable",
+            PageEvent::StateWritable,
             format!(
                 "ripcord can write its state directory {} again: rollbacks run as configured",
                 self.dir.display()

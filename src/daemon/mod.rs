@@ -54,9 +54,10 @@ use crate::metrics::{ActionLabels, Metrics, RuleLabel};
 use crate::notify::outbox::Outbox;
 use crate::notify::{self, Notification};
 use crate::prom::Prom;
+use crate::rule::global::{self, BlindNotice, Blindness, Locks};
 use crate::rule::{
-    self, ActionResult, Effect, Input, Observation, Phase, Record, RuleState, Shared, Status,
-    Timestamp,
+    self, ActionResult, Effect, EventKind, Input, Observation, PageEvent, Phase, Record, RuleState,
+    Shared, Status, Timestamp,
 };
 
 /// Evaluations running at once, across all rules.
@@ -64,9 +65,10 @@ pub const MAX_CONCURRENT_EVALUATIONS: usize = 32;
 
 pub use crate::clock::now;
 
-/// Evaluates every query of `rule` at the same instant `at`.
-/// Returns the observation and whether a failure means Prometheus is down.
-pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> (Observation, bool) {
+/// Evaluates every query of `rule` at the same instant `at`. A failure
+/// that means Prometheus cannot answer is `Observation::Failed` (it makes
+/// ripcord blind); one of this rule's own is `Unevaluable`.
+pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> Observation {
     let futs = rule.queries.iter().map(|(name, expr)| async move {
         let r = prom.query(expr, at).await;
         (name.clone(), r.and_then(|res| res.to_sample(name)))
@@ -79,12 +81,12 @@ pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> (Observation, 
                 samples.insert(name, s);
             }
             Err(e) if e.is_blinding() => {
-                return (Observation::Failed(format!("query `{name}`: {e}")), true);
+                return Observation::Failed(format!("query `{name}`: {e}"));
             }
-            Err(e) => return (Observation::Unevaluable(e.to_string()), false),
+            Err(e) => return Observation::Unevaluable(e.to_string()),
         }
     }
-    (Observation::Samples(samples), false)
+    Observation::Samples(samples)
 }
 
 enum Msg {
@@ -101,7 +103,6 @@ enum Msg {
         rule: String,
         at: Timestamp,
         obs: Observation,
-        blinding: bool,
     },
     ActionDone {
         rule: String,
@@ -171,7 +172,10 @@ pub async fn run(
     sched.sync(&engine.rules);
     drop(tx);
     for name in rule_map.keys() {
-        let state = engine.states.get(name).map(|s| s.name()).unwrap_or("ok");
+        let state = engine
+            .states
+            .get(name)
+            .map_or(rule::StateName::Ok, |s| s.name());
         metrics.set_state(name, state);
     }
     let app = crate::api::router(metrics.clone(), token, control_tx);

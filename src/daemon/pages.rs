@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::actions;
 use crate::config::Rule;
 use crate::notify::Notification;
-use crate::rule::{Page, PageKind, Timestamp};
+use crate::rule::{Page, PageEvent, PageKind, Timestamp};
 
 /// The outbox key of `n` to `notifier`: the incident (or the rule, or the
 /// event's start for global events), the event, what distinguishes repeats
@@ -19,19 +19,23 @@ pub fn page_key(n: &Notification, extra: &str, notifier: &str) -> String {
         .clone()
         .or_else(|| n.rule.clone())
         .unwrap_or_else(|| "ripcord".into());
-    format!("{subject}/{}/{}/{extra}/{notifier}", n.event, n.started.0)
+    format!(
+        "{subject}/{}/{}/{extra}/{notifier}",
+        n.event.as_str(),
+        n.started.0
+    )
 }
 
 /// A notification about `rule` with its queries, condition and links.
 pub fn rule_notification(
     r: &Rule,
-    event: &str,
+    event: PageEvent,
     summary: String,
     at: Timestamp,
     started: Timestamp,
 ) -> Notification {
     Notification {
-        event: event.to_string(),
+        event,
         rule: Some(r.name.clone()),
         incident: None,
         severity: r.severity,
@@ -58,7 +62,7 @@ pub fn rule_notification(
 
 /// The core's page, as a notification with what it is about.
 pub fn page_notification(r: &Rule, p: &Page, started: Timestamp) -> Notification {
-    let mut n = rule_notification(r, p.kind.name(), p.summary.clone(), p.at, started);
+    let mut n = rule_notification(r, p.kind.event(), p.summary.clone(), p.at, started);
     match &p.kind {
         PageKind::RuleUnevaluable { since, error } => {
             n.summary = format!(
@@ -136,19 +140,19 @@ pub fn page_notification(r: &Rule, p: &Page, started: Timestamp) -> Notification
 }
 
 pub fn global_notification(
-    event: &str,
+    event: PageEvent,
     summary: String,
     details: Vec<String>,
     started: Timestamp,
     at: Timestamp,
 ) -> Notification {
     Notification {
-        event: event.into(),
+        event,
         rule: None,
         incident: None,
         severity: match event {
-            "blind" | "state_unwritable" => crate::config::Severity::Critical,
-            "reload_failed" | "journal_damaged" => crate::config::Severity::Error,
+            PageEvent::Blind | PageEvent::StateUnwritable => crate::config::Severity::Critical,
+            PageEvent::ReloadFailed | PageEvent::JournalDamaged => crate::config::Severity::Error,
             _ => crate::config::Severity::Info,
         },
         summary,
@@ -159,7 +163,7 @@ pub fn global_notification(
         labels: BTreeMap::new(),
         runbook_url: None,
         dashboard_url: None,
-        resolve: matches!(event, "seeing" | "state_writable"),
+        resolve: matches!(event, PageEvent::Seeing | PageEvent::StateWritable),
         dry_run: false,
         drill: false,
         started,

@@ -98,7 +98,7 @@ impl Engine {
                 if let Some(i) = self.states.get(name).and_then(|s| s.incident()) {
                     warn!(rule = %name, incident = %i.id, "rule removed while its incident is open: the incident is kept and resumes if the rule comes back");
                 }
-                self.metrics.set_state(name, "");
+                self.metrics.clear_state(name);
             }
         }
         for (name, r) in &new_rules {
@@ -133,7 +133,10 @@ impl Engine {
         self.metrics.rules.set(self.rules.len() as i64);
         self.metrics.last_reload_successful.set(1);
         for name in self.rules.keys() {
-            let state = self.states.get(name).map(|s| s.name()).unwrap_or("ok");
+            let state = self
+                .states
+                .get(name)
+                .map_or(rule::StateName::Ok, |s| s.name());
             self.metrics.set_state(name, state);
         }
         self.last_reload = Some(crate::api::ReloadStatus {
@@ -146,7 +149,7 @@ impl Engine {
             self.rules.len()
         );
         info!("{text}");
-        self.event(at, None, "reload", text);
+        self.event(at, None, EventKind::Reload, text);
         true
     }
 
@@ -183,11 +186,11 @@ impl Engine {
         self.event(
             at,
             None,
-            "reload_failed",
+            EventKind::ReloadFailed,
             format!("{summary}: {}", errors.join("; ")),
         );
         let details: Vec<String> = errors.into_iter().take(10).collect();
-        let n = global_notification("reload_failed", summary, details, at, at);
+        let n = global_notification(PageEvent::ReloadFailed, summary, details, at, at);
         self.notify_all(n);
         false
     }

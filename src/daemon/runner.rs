@@ -3,18 +3,17 @@
 //! failed step stops the action; a stopping ripcord starts no new step.
 use super::*;
 
-/// Runs one action's steps in order under its lock: intent synced before a
-/// step, result after; a failed step stops the action.
+/// Runs one action's steps in order (the engine has given it the action's
+/// lock): intent synced before a step, result after; a failed step stops
+/// the action.
 pub(super) async fn run_action(
     action: &Action,
     ctx: &StepContext,
     dry_run: bool,
     journal: &Mutex<Journal>,
-    lock: &tokio::sync::Mutex<()>,
     tx: &mpsc::Sender<Msg>,
     stopping: &std::sync::atomic::AtomicBool,
 ) -> ActionResult {
-    let _guard = lock.lock().await;
     for (i, step) in action.steps.iter().enumerate() {
         if stopping.load(Ordering::SeqCst) {
             warn!(rule = %ctx.rule, incident = %ctx.incident, "ripcord is stopping: {} step {} and after are not started", action.name, i + 1);

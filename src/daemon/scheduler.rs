@@ -70,7 +70,7 @@ async fn rule_loop(
         };
         let at = now();
         let started = std::time::Instant::now();
-        let (obs, blinding) = evaluate(&prom, &rule, at).await;
+        let obs = evaluate(&prom, &rule, at).await;
         metrics
             .evaluation_duration
             .observe(started.elapsed().as_secs_f64());
@@ -80,7 +80,6 @@ async fn rule_loop(
                 rule: rule.name.clone(),
                 at,
                 obs,
-                blinding,
             })
             .await
             .is_err()

@@ -161,12 +161,11 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
         states,
         shared,
         journal: Arc::new(Mutex::new(journal)),
-        locks: HashMap::new(),
+        locks: Locks::default(),
         running: JoinSet::new(),
         tx: tx.clone(),
         last_reason: HashMap::new(),
-        blind_since: None,
-        blind_reported: false,
+        blind: Blindness::default(),
         blind_after: config.prometheus.blind_after,
         notifiers: rules.notifiers.clone(),
         shared_notifiers: Arc::new(std::sync::RwLock::new(rules.notifiers.clone())),
@@ -200,98 +199,66 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
     })
 }
 
-/// Carries out what the replayed journal means: a rule whose latest state
-/// could not be read is taken as an open, unrecovered incident, and steps
-/// that were running when ripcord stopped are reported, never run again.
+/// Carries out what the replayed journal means, as the core decided it
+/// ([`global::after_replay`]): rules taken as open and unrecovered are
+/// journaled and paged, interrupted steps are recorded and never run again,
+/// interrupted actions are reported to their rules.
 fn resume(
     engine: &mut Engine,
     uncertain: &std::collections::BTreeSet<String>,
-    interrupted: &[crate::journal::Interrupted],
+    interrupted: &[global::Interrupted],
 ) {
-    // A rule whose latest state could not be read may have had an incident
-    // open: it is taken as open and unrecovered, so nothing runs again
-    // before the condition clears, and on-call hears of it.
     let at = now();
-    for rule in uncertain {
-        if engine
-            .states
-            .get(rule)
-            .is_some_and(|s| s.incident().is_some())
-        {
-            continue;
-        }
-        let mut state = engine.states.get(rule).cloned().unwrap_or_default();
-        let id = format!("{rule}-journal-{}", at.0);
-        state.last_incident = Some(id.clone());
-        state.status = Status::Open(rule::Incident {
-            id: id.clone(),
-            opened_at: at,
-            dry_run: false,
-            drill: false,
-            phase: Phase::Unrecovered(rule::UnrecoveredReason::Interrupted {
-                action: "unknown (its journal line is damaged)".into(),
-            }),
-            done: Vec::new(),
-            veto: None,
-            values: BTreeMap::new(),
-        });
-        error!(rule = %rule, incident = %id, "the rule's latest state in the journal is unreadable: taken as an open, unrecovered incident; nothing runs for it before its condition clears");
-        engine.journal(Entry::State {
-            rule: rule.clone(),
-            state: Box::new(state.clone()),
-            shared: None,
-            pages: Vec::new(),
-        });
-        engine.states.insert(rule.clone(), state);
-        let n = global_notification(
-            "journal_damaged",
-            format!("rule {rule}: its latest state in the journal could not be read; taken as an open, unrecovered incident {id}"),
-            vec![
-                "nothing runs for this rule before its condition clears; check by hand what its actions did".into(),
-            ],
-            at,
-            at,
-        );
-        engine.notify_all(n);
-    }
-
-    // Steps that were running when ripcord last stopped are never run again.
-    for i in interrupted {
-        error!(rule = %i.rule, incident = %i.incident, "step {} of {} was interrupted by a restart: it is not run again ({})", i.step + 1, i.action, i.describe);
-        engine.journal(Entry::StepResult {
-            at,
-            rule: i.rule.clone(),
-            incident: i.incident.clone(),
-            action: i.action.clone(),
-            step: i.step,
-            outcome: StepOutcome::failed(
-                "interrupted: ripcord stopped while this step ran; not run again",
-            ),
-        });
-    }
-    let acting: Vec<(String, String, String)> = engine
-        .states
-        .iter()
-        .filter_map(|(name, s)| match &s.status {
-            Status::Open(inc) => match inc.phase {
-                Phase::Acting { index } => {
-                    let action = engine.rules.get(name)?.actions.get(index)?.clone();
-                    Some((name.clone(), inc.id.clone(), action))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    for (rule, incident, action) in acting {
-        engine.apply(
-            &rule,
-            Input::ActionFinished {
+    let decided = global::after_replay(&engine.rules, &engine.states, uncertain, interrupted, at);
+    for d in decided {
+        match d {
+            global::AfterReplay::TakenAsOpen { rule, state } => {
+                let id = state.incident().map(|i| i.id.clone()).unwrap_or_default();
+                error!(rule = %rule, incident = %id, "the rule's latest state in the journal is unreadable: taken as an open, unrecovered incident; nothing runs for it before its condition clears");
+                engine.journal(Entry::State {
+                    rule: rule.clone(),
+                    state: state.clone(),
+                    shared: None,
+                    pages: Vec::new(),
+                });
+                engine.states.insert(rule.clone(), *state);
+                let n = global_notification(
+                    PageEvent::JournalDamaged,
+                    format!("rule {rule}: its latest state in the journal could not be read; taken as an open, unrecovered incident {id}"),
+                    vec![
+                        "nothing runs for this rule before its condition clears; check by hand what its actions did".into(),
+                    ],
+                    at,
+                    at,
+                );
+                engine.notify_all(n);
+            }
+            global::AfterReplay::StepInterrupted(i) => {
+                error!(rule = %i.rule, incident = %i.incident, "step {} of {} was interrupted by a restart: it is not run again ({})", i.step + 1, i.action, i.describe);
+                engine.journal(Entry::StepResult {
+                    at,
+                    rule: i.rule.clone(),
+                    incident: i.incident.clone(),
+                    action: i.action.clone(),
+                    step: i.step,
+                    outcome: StepOutcome::failed(
+                        "interrupted: ripcord stopped while this step ran; not run again",
+                    ),
+                });
+            }
+            global::AfterReplay::ActionInterrupted {
+                rule,
                 incident,
                 action,
-                result: ActionResult::Interrupted,
-            },
-            at,
-        );
+            } => engine.apply(
+                &rule,
+                Input::ActionFinished {
+                    incident,
+                    action,
+                    result: ActionResult::Interrupted,
+                },
+                at,
+            ),
+        }
     }
 }

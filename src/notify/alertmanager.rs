@@ -38,7 +38,7 @@ pub fn render(
     if let Some(u) = &n.runbook_url {
         annotations.insert("runbook_url".into(), json!(u));
     }
-    let ends = if n.resolve || n.event == "seeing" {
+    let ends = if n.resolve || n.event == crate::rule::PageEvent::Seeing {
         n.at
     } else {
         n.at.plus(Duration::from_secs(24 * 3600))

@@ -14,40 +14,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Notifier, NotifierKind, Secret, Severity};
-use crate::rule::Timestamp;
-
-/// Every event a notifier can be told about (its `events:` filter).
-pub const EVENTS: &[&str] = &[
-    "opened",
-    "approval_requested",
-    "approved",
-    "vetoed",
-    "approval_timed_out",
-    "actions_succeeded",
-    "action_failed",
-    "action_interrupted",
-    "budget_exhausted",
-    "paused",
-    "recovered",
-    "unrecovered",
-    "closed",
-    "step_started",
-    "step_succeeded",
-    "step_failed",
-    "blind",
-    "seeing",
-    "rule_unevaluable",
-    "rule_evaluable",
-    "state_unwritable",
-    "state_writable",
-    "reload_failed",
-    "journal_damaged",
-];
+use crate::rule::{PageEvent, Timestamp};
 
 /// One page, as stored in the outbox and rendered for each receiver.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
-    pub event: String,
+    pub event: PageEvent,
     pub rule: Option<String>,
     pub incident: Option<String>,
     pub severity: Severity,
@@ -106,7 +78,7 @@ impl Notification {
             t.push_str(r);
             t.push(' ');
         }
-        t.push_str(&self.event.replace('_', " "));
+        t.push_str(&self.event.as_str().replace('_', " "));
         t.push_str(": ");
         t.push_str(&self.summary);
         t

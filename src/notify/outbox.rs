@@ -494,7 +494,9 @@ pub async fn deliver(
                 match done {
                     Ok((id, (d, result))) => {
                         flying.remove(&id);
-                        settle(&outbox, &metrics, &d, result);
+                        // Removing or rewriting the page's file syncs: off
+                        // the async workers.
+                        crate::fsio::blocking(|| settle(&outbox, &metrics, &d, result));
                     }
                     Err(e) => {
                         flying.remove(&e.id());

@@ -6,20 +6,19 @@ use serde_json::json;
 
 use super::{fmt_value, truncate, Notification, RenderContext, Request};
 use crate::config::SecretString;
+use crate::rule::PageEvent;
 
 /// The key for an event that belongs to no incident (blind, seeing).
 pub fn dedup_key(n: &Notification) -> String {
-    n.incident
-        .clone()
-        .unwrap_or_else(|| match n.event.as_str() {
-            "blind" | "seeing" => "ripcord-blind".into(),
-            "state_unwritable" | "state_writable" => "ripcord-state-dir".into(),
-            "rule_unevaluable" | "rule_evaluable" => format!(
-                "ripcord-unevaluable-{}",
-                n.rule.as_deref().unwrap_or_default()
-            ),
-            other => format!("ripcord-{other}"),
-        })
+    n.incident.clone().unwrap_or_else(|| match n.event {
+        PageEvent::Blind | PageEvent::Seeing => "ripcord-blind".into(),
+        PageEvent::StateUnwritable | PageEvent::StateWritable => "ripcord-state-dir".into(),
+        PageEvent::RuleUnevaluable | PageEvent::RuleEvaluable => format!(
+            "ripcord-unevaluable-{}",
+            n.rule.as_deref().unwrap_or_default()
+        ),
+        other => format!("ripcord-{}", other.as_str()),
+    })
 }
 
 pub fn render(
@@ -30,7 +29,7 @@ pub fn render(
 ) -> Result<Vec<Request>, String> {
     let key = routing_key.resolve().map_err(|e| e.to_string())?;
     let dedup = dedup_key(n);
-    let resolve = n.resolve || n.event == "seeing";
+    let resolve = n.resolve || n.event == PageEvent::Seeing;
     let body = if resolve {
         json!({"routing_key": key.expose(), "event_action": "resolve", "dedup_key": dedup})
     } else {

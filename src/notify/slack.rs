@@ -6,15 +6,18 @@ use serde_json::json;
 
 use super::{fmt_value, truncate, Notification, RenderContext, Request};
 use crate::config::SecretString;
+use crate::rule::PageEvent;
 
 fn emoji(n: &Notification) -> &'static str {
-    match n.event.as_str() {
-        "recovered" | "seeing" | "actions_succeeded" | "step_succeeded" | "approved" => {
-            ":white_check_mark:"
-        }
-        "closed" => ":ballot_box_with_check:",
-        "step_started" => ":arrow_forward:",
-        "approval_requested" => ":raised_hand:",
+    match n.event {
+        PageEvent::Recovered
+        | PageEvent::Seeing
+        | PageEvent::ActionsSucceeded
+        | PageEvent::StepSucceeded
+        | PageEvent::Approved => ":white_check_mark:",
+        PageEvent::Closed => ":ballot_box_with_check:",
+        PageEvent::StepStarted => ":arrow_forward:",
+        PageEvent::ApprovalRequested => ":raised_hand:",
         _ => ":rotating_light:",
     }
 }

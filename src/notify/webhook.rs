@@ -58,7 +58,7 @@ pub fn render(
     let bytes = body(n, ctx).to_string().into_bytes();
     let mut headers = vec![
         ("Content-Type".to_string(), "application/json".to_string()),
-        ("X-Ripcord-Event".to_string(), n.event.clone()),
+        ("X-Ripcord-Event".to_string(), n.event.as_str().to_string()),
     ];
     if let Some(s) = secret {
         let s = s.resolve().map_err(|e| e.to_string())?;

@@ -75,8 +75,8 @@ pub fn step(
         m.effects.insert(
             0,
             Effect::Record(Record::Transition {
-                from: before.into(),
-                to: after.into(),
+                from: before,
+                to: after,
             }),
         );
     }

@@ -1,12 +1,16 @@
 //! A synchronous driver of the core for rule tests: it feeds inputs, answers
 //! every action at once (succeeded, or failed for the actions told to fail),
-//! and logs what happened. `ripcord test` and the core's unit tests use it,
-//! so both exercise exactly the effects `ripcord run` carries out.
+//! and logs what happened. `ripcord test`, `ripcord backtest` and the core's
+//! unit tests use it, so all exercise exactly the decisions `ripcord run`
+//! carries out: the rule machine, blindness ([`super::global::Blindness`]),
+//! pause and resume. ripcord's own pages are logged with an empty rule.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use super::global::{blinding, pause, resume, Blindness};
 use super::machine::step;
+use super::names::PageEvent;
 use super::types::*;
 use crate::config::Rule;
 
@@ -17,7 +21,7 @@ pub enum Happened {
         dry_run: bool,
     },
     Page {
-        kind: String,
+        kind: PageEvent,
         notifiers: Vec<String>,
     },
     Record(Record),
@@ -37,6 +41,8 @@ pub struct Sim {
     /// Actions whose runs are reported as failed.
     pub failing: BTreeSet<String>,
     pub log: Vec<Entry>,
+    pub blind: Blindness,
+    pub blind_after: std::time::Duration,
 }
 
 impl Sim {
@@ -53,7 +59,33 @@ impl Sim {
             shared,
             failing: BTreeSet::new(),
             log: Vec::new(),
+            blind: Blindness::default(),
+            blind_after: crate::config::load::DEFAULT_BLIND_AFTER,
         }
+    }
+
+    /// One evaluation of `rule`: blindness first (as the daemon decides
+    /// it, across all rules), then the rule's own step.
+    pub fn evaluate(&mut self, rule: &str, obs: Observation, now: Timestamp) -> Result<(), String> {
+        if let Some(notice) = self.blind.observe(now, blinding(&obs), self.blind_after) {
+            self.log.push(Entry {
+                at: now,
+                rule: String::new(),
+                what: Happened::Page {
+                    kind: notice.event(),
+                    notifiers: Vec::new(),
+                },
+            });
+        }
+        self.input(rule, Input::Evaluate(obs), now)
+    }
+
+    pub fn pause(&mut self, now: Timestamp, duration: Option<std::time::Duration>, reason: &str) {
+        pause(&mut self.shared, now, duration, reason);
+    }
+
+    pub fn resume(&mut self) {
+        let _ = resume(&mut self.shared);
     }
 
     /// Feeds one input to `rule`, then every action result it causes.
@@ -91,7 +123,7 @@ impl Sim {
                         }
                     }
                     Effect::Page(p) => Happened::Page {
-                        kind: p.kind.name().to_string(),
+                        kind: p.kind.event(),
                         notifiers: p.notifiers,
                     },
                     Effect::Record(r) => Happened::Record(r),
@@ -146,10 +178,10 @@ impl Sim {
     }
 
     /// Kinds of the pages sent for `rule` up to `upto`, in order.
-    pub fn page_events(&self, rule: &str, upto: Timestamp) -> Vec<String> {
+    pub fn page_events(&self, rule: &str, upto: Timestamp) -> Vec<PageEvent> {
         self.entries(rule, upto)
             .filter_map(|h| match h {
-                Happened::Page { kind, .. } => Some(kind.clone()),
+                Happened::Page { kind, .. } => Some(*kind),
                 _ => None,
             })
             .collect()

@@ -12,6 +12,7 @@ pub use crate::clock::Timestamp;
 
 use serde::{Deserialize, Serialize};
 
+use super::names::{PageEvent, PhaseName, StateName};
 use crate::config::{Mode, NoData, Rule};
 
 /// One query's result as the driver got it.
@@ -282,31 +283,21 @@ pub fn fmt_values(values: &BTreeMap<String, Option<f64>>) -> Vec<String> {
         .collect()
 }
 
-/// Every name [`RuleState::name`] can return.
-pub const STATE_NAMES: &[&str] = &[
-    "ok",
-    "pending",
-    "firing",
-    "unrecovered",
-    "recovered",
-    "closed",
-];
-
 impl RuleState {
     /// The state's name as users see it in `status`, tests and pages.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> StateName {
         match &self.status {
-            Status::Ok => "ok",
-            Status::Pending { .. } => "pending",
+            Status::Ok => StateName::Ok,
+            Status::Pending { .. } => StateName::Pending,
             Status::Open(i) => match i.phase {
-                Phase::Unrecovered(_) => "unrecovered",
-                _ => "firing",
+                Phase::Unrecovered(_) => StateName::Unrecovered,
+                _ => StateName::Firing,
             },
             Status::Cooldown {
                 outcome: Outcome::Recovered,
                 ..
-            } => "recovered",
-            Status::Cooldown { .. } => "closed",
+            } => StateName::Recovered,
+            Status::Cooldown { .. } => StateName::Closed,
         }
     }
 
@@ -334,22 +325,35 @@ impl RuleState {
     }
 
     /// The open incident's phase, or the state's name.
-    pub fn phase(&self) -> &'static str {
+    pub fn phase(&self) -> PhaseName {
         match &self.status {
             Status::Open(i) => match &i.phase {
-                Phase::AwaitingApproval { .. } => "awaiting_approval",
-                Phase::Acting { .. } => "acting",
-                Phase::Verifying { .. } => "verifying",
-                Phase::Unrecovered(UnrecoveredReason::VerifyTimedOut) => "verify_timed_out",
-                Phase::Unrecovered(UnrecoveredReason::ActionFailed { .. }) => "action_failed",
-                Phase::Unrecovered(UnrecoveredReason::Interrupted { .. }) => "interrupted",
-                Phase::Halted(HaltReason::Vetoed { .. }) => "vetoed",
-                Phase::Halted(HaltReason::Aborted) => "aborted",
-                Phase::Halted(HaltReason::BudgetExhausted) => "budget_exhausted",
-                Phase::Halted(HaltReason::Paused) => "paused",
+                Phase::AwaitingApproval { .. } => PhaseName::AwaitingApproval,
+                Phase::Acting { .. } => PhaseName::Acting,
+                Phase::Verifying { .. } => PhaseName::Verifying,
+                Phase::Unrecovered(UnrecoveredReason::VerifyTimedOut) => PhaseName::VerifyTimedOut,
+                Phase::Unrecovered(UnrecoveredReason::ActionFailed { .. }) => {
+                    PhaseName::ActionFailed
+                }
+                Phase::Unrecovered(UnrecoveredReason::Interrupted { .. }) => PhaseName::Interrupted,
+                Phase::Halted(HaltReason::Vetoed { .. }) => PhaseName::Vetoed,
+                Phase::Halted(HaltReason::Aborted) => PhaseName::Aborted,
+                Phase::Halted(HaltReason::BudgetExhausted) => PhaseName::BudgetExhausted,
+                Phase::Halted(HaltReason::Paused) => PhaseName::Paused,
             },
-            _ => self.name(),
+            Status::Ok => PhaseName::Ok,
+            Status::Pending { .. } => PhaseName::Pending,
+            Status::Cooldown {
+                outcome: Outcome::Recovered,
+                ..
+            } => PhaseName::Recovered,
+            Status::Cooldown { .. } => PhaseName::Closed,
         }
+    }
+
+    /// The phase is the incident's own, not the state's name.
+    pub fn in_incident_phase(&self) -> bool {
+        matches!(self.status, Status::Open(_))
     }
 
     pub fn incident(&self) -> Option<&Incident> {
@@ -402,23 +406,23 @@ pub enum PageKind {
 }
 
 impl PageKind {
-    pub fn name(&self) -> &'static str {
+    pub fn event(&self) -> PageEvent {
         match self {
-            PageKind::Opened => "opened",
-            PageKind::ApprovalRequested { .. } => "approval_requested",
-            PageKind::Approved { .. } => "approved",
-            PageKind::Vetoed { .. } => "vetoed",
-            PageKind::ApprovalTimedOut { .. } => "approval_timed_out",
-            PageKind::ActionsSucceeded => "actions_succeeded",
-            PageKind::ActionFailed { .. } => "action_failed",
-            PageKind::ActionInterrupted { .. } => "action_interrupted",
-            PageKind::BudgetExhausted => "budget_exhausted",
-            PageKind::Paused => "paused",
-            PageKind::Recovered => "recovered",
-            PageKind::Unrecovered => "unrecovered",
-            PageKind::Closed => "closed",
-            PageKind::RuleUnevaluable { .. } => "rule_unevaluable",
-            PageKind::RuleEvaluable { .. } => "rule_evaluable",
+            PageKind::Opened => PageEvent::Opened,
+            PageKind::ApprovalRequested { .. } => PageEvent::ApprovalRequested,
+            PageKind::Approved { .. } => PageEvent::Approved,
+            PageKind::Vetoed { .. } => PageEvent::Vetoed,
+            PageKind::ApprovalTimedOut { .. } => PageEvent::ApprovalTimedOut,
+            PageKind::ActionsSucceeded => PageEvent::ActionsSucceeded,
+            PageKind::ActionFailed { .. } => PageEvent::ActionFailed,
+            PageKind::ActionInterrupted { .. } => PageEvent::ActionInterrupted,
+            PageKind::BudgetExhausted => PageEvent::BudgetExhausted,
+            PageKind::Paused => PageEvent::Paused,
+            PageKind::Recovered => PageEvent::Recovered,
+            PageKind::Unrecovered => PageEvent::Unrecovered,
+            PageKind::Closed => PageEvent::Closed,
+            PageKind::RuleUnevaluable { .. } => PageEvent::RuleUnevaluable,
+            PageKind::RuleEvaluable { .. } => PageEvent::RuleEvaluable,
         }
     }
 
@@ -457,8 +461,8 @@ pub struct Page {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     Transition {
-        from: String,
-        to: String,
+        from: StateName,
+        to: StateName,
     },
     /// Queries without a usable value, and what the policy made of it.
     NoData {

@@ -306,7 +306,7 @@ impl Ripcord {
                     kind,
                     text,
                     ..
-                } if r == rule => Some((kind, text)),
+                } if r == rule => Some((kind.as_str().to_string(), text)),
                 _ => None,
             })
             .collect()
