@@ -7,25 +7,127 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use super::{fmt_d, StepOutcome};
-use crate::config::{FileFormat, FileStep};
+use serde::Deserialize;
 
-pub async fn run(step: &FileStep) -> StepOutcome {
-    let s = step.clone();
-    let work = tokio::task::spawn_blocking(move || apply(&s.path, s.format, &s.set));
-    match tokio::time::timeout(step.timeout, work).await {
-        Ok(Ok(Ok(summary))) => StepOutcome {
-            ok: true,
-            summary,
-            output: String::new(),
-        },
-        Ok(Ok(Err(e))) => StepOutcome::failed(format!("{}: {e}", step.path.display())),
-        Ok(Err(e)) => StepOutcome::failed(format!("{}: {e}", step.path.display())),
-        Err(_) => StepOutcome::failed(format!("timed out after {}", fmt_d(step.timeout))),
+use super::{StepContext, StepKind, StepOutcome};
+use crate::config::scalar::{Dur, Scalar};
+use crate::config::source::{is_identifier, positive, At, Ctx};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub path: String,
+    pub set: IndexMap<String, Scalar>,
+    pub format: Option<FileFormat>,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    Env,
+    Yaml,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct FileStep {
+    pub path: PathBuf,
+    pub set: IndexMap<String, String>,
+    pub format: FileFormat,
+    pub timeout: Duration,
+}
+
+impl StepKind for FileStep {
+    const NAME: &'static str = "file";
+    const ON_TIMEOUT: &'static str = "the write may still finish";
+    type Raw = RawFile;
+
+    fn validate(cx: &mut Ctx, at: &At, f: &RawFile) -> Option<FileStep> {
+        let at = at.key("file");
+        let path = PathBuf::from(&f.path);
+        if !path.is_absolute() {
+            cx.error(
+                &at.key("path"),
+                format!("path `{}` must be absolute", f.path),
+            );
+        }
+        if f.set.is_empty() {
+            cx.error(&at.key("set"), "set needs at least one KEY: value");
+        }
+        let format = f
+            .format
+            .unwrap_or(match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => FileFormat::Yaml,
+                Some("json") => FileFormat::Json,
+                _ => FileFormat::Env,
+            });
+        for (k, v) in &f.set {
+            let kat = at.key("set").key(k);
+            if format == FileFormat::Env && !is_identifier(k) {
+                cx.error_key(
+                    &kat,
+                    format!("`{k}` is not a valid variable name for an env file"),
+                );
+            }
+            if format != FileFormat::Env && (k.is_empty() || k.split('.').any(str::is_empty)) {
+                cx.error_key(
+                    &kat,
+                    format!("`{k}` is not a key path (e.g. flags.v2.enabled)"),
+                );
+            }
+            if v.0.contains(['\n', '\r']) {
+                cx.error(&kat, "a value must fit on one line");
+            }
+        }
+        Some(FileStep {
+            path,
+            set: f
+                .set
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+            format,
+            timeout: positive(
+                cx,
+                &at.key("timeout"),
+                f.timeout,
+                Duration::from_secs(10),
+                "timeout",
+            ),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let kv: Vec<String> = self.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "set {} in {} ({:?})",
+            kv.join(" "),
+            self.path.display(),
+            self.format
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn run(&self, _ctx: &StepContext) -> StepOutcome {
+        let s = self.clone();
+        match tokio::task::spawn_blocking(move || apply(&s.path, s.format, &s.set)).await {
+            Ok(Ok(summary)) => StepOutcome {
+                ok: true,
+                summary,
+                output: String::new(),
+            },
+            Ok(Err(e)) => StepOutcome::failed(format!("{}: {e}", self.path.display())),
+            Err(e) => StepOutcome::failed(format!("{}: {e}", self.path.display())),
+        }
     }
 }
 

@@ -6,14 +6,109 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderName, HeaderValue};
 
-use super::{fmt_d, tail, StepOutcome};
-use crate::config::HttpStep;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{fmt_d, tail, StepContext, StepKind, StepOutcome};
+use crate::config::scalar::Dur;
+use crate::config::secrets::SecretString;
+use crate::config::source::{is_http_url, positive, At, Ctx};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub method: Option<String>,
+    pub url: SecretString,
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretString>,
+    pub body: Option<SecretString>,
+    #[serde(default)]
+    pub expect_status: Vec<u16>,
+    pub timeout: Option<Dur>,
+    pub retries: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpStep {
+    pub method: String,
+    pub url: SecretString,
+    pub headers: BTreeMap<String, SecretString>,
+    pub body: Option<SecretString>,
+    /// Empty: any 2xx.
+    pub expect_status: Vec<u16>,
+    pub timeout: Duration,
+    /// Retries on failure; only idempotent methods retry unless set.
+    pub retries: Option<u32>,
+}
+
+impl StepKind for HttpStep {
+    const NAME: &'static str = "http";
+    const ON_TIMEOUT: &'static str = "request abandoned";
+    type Raw = RawHttp;
+
+    fn validate(cx: &mut Ctx, at: &At, h: &RawHttp) -> Option<HttpStep> {
+        let at = at.key("http");
+        let method = h
+            .method
+            .clone()
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
+        if !["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&method.as_str())
+        {
+            cx.error(&at.key("method"), format!("unknown HTTP method `{method}`"));
+        }
+        if !h.url.has_refs() && !is_http_url(h.url.as_written()) {
+            cx.error(&at.key("url"), "url must start with http:// or https://");
+        }
+        for (i, code) in h.expect_status.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                cx.error(
+                    &at.key("expect_status").index(i),
+                    format!("{code} is not an HTTP status code"),
+                );
+            }
+        }
+        Some(HttpStep {
+            method,
+            url: h.url.clone(),
+            headers: h.headers.clone(),
+            body: h.body.clone(),
+            expect_status: h.expect_status.clone(),
+            timeout: positive(
+                cx,
+                &at.key("timeout"),
+                h.timeout,
+                Duration::from_secs(30),
+                "timeout",
+            ),
+            retries: h.retries,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} {} (timeout {})",
+            self.method,
+            self.url.as_written(),
+            fmt_d(self.timeout)
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn run(&self, _ctx: &StepContext) -> StepOutcome {
+        run(self).await
+    }
+}
 
 fn idempotent(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
 }
 
-pub async fn run(step: &HttpStep) -> StepOutcome {
+async fn run(step: &HttpStep) -> StepOutcome {
     let start = Instant::now();
     let url = match step.url.resolve() {
         Ok(u) => u,

@@ -1,11 +1,165 @@
 //! `kubectl`: undo a rollout, set an image or scale, then wait with
 //! `kubectl rollout status`. kubectl is found on PATH.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::exec::run_argv;
-use super::{StepContext, StepOutcome};
-use crate::config::{KubectlStep, KubectlVerb};
+use serde::Deserialize;
+
+use super::exec::{run_argv, PROCESS_KILLED};
+use super::{fmt_d, one_of, StepContext, StepKind, StepOutcome};
+use crate::config::scalar::Dur;
+use crate::config::source::{positive, At, Ctx};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubectl {
+    pub rollout_undo: Option<String>,
+    pub to_revision: Option<u64>,
+    pub set_image: Option<RawSetImage>,
+    pub scale: Option<RawScale>,
+    pub namespace: Option<String>,
+    pub context: Option<String>,
+    pub kubeconfig: Option<String>,
+    pub wait: Option<Dur>,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSetImage {
+    pub resource: String,
+    pub container: String,
+    pub image: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScale {
+    pub resource: String,
+    pub replicas: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubectlVerb {
+    RolloutUndo {
+        resource: String,
+        to_revision: Option<u64>,
+    },
+    SetImage {
+        resource: String,
+        container: String,
+        image: String,
+    },
+    Scale {
+        resource: String,
+        replicas: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct KubectlStep {
+    pub verb: KubectlVerb,
+    pub namespace: Option<String>,
+    pub context: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    /// Wait with `kubectl rollout status` this long after the change.
+    pub wait: Option<Duration>,
+    pub timeout: Duration,
+}
+
+impl StepKind for KubectlStep {
+    const NAME: &'static str = "kubectl";
+    const ON_TIMEOUT: &'static str = PROCESS_KILLED;
+    type Raw = RawKubectl;
+
+    fn validate(cx: &mut Ctx, at: &At, k: &RawKubectl) -> Option<KubectlStep> {
+        let at = at.key("kubectl");
+        let verb = one_of(
+            cx,
+            &at,
+            "a kubectl step",
+            &[
+                (
+                    "rollout_undo",
+                    k.rollout_undo.clone().map(|r| KubectlVerb::RolloutUndo {
+                        resource: r,
+                        to_revision: k.to_revision,
+                    }),
+                ),
+                (
+                    "set_image",
+                    k.set_image.as_ref().map(|s| KubectlVerb::SetImage {
+                        resource: s.resource.clone(),
+                        container: s.container.clone(),
+                        image: s.image.clone(),
+                    }),
+                ),
+                (
+                    "scale",
+                    k.scale.as_ref().map(|s| KubectlVerb::Scale {
+                        resource: s.resource.clone(),
+                        replicas: s.replicas,
+                    }),
+                ),
+            ],
+        );
+        if k.to_revision.is_some() && k.rollout_undo.is_none() {
+            cx.error(
+                &at.key("to_revision"),
+                "to_revision only applies to rollout_undo",
+            );
+        }
+        let (verb_name, verb) = verb?;
+        let resource = match &verb {
+            KubectlVerb::RolloutUndo { resource, .. }
+            | KubectlVerb::SetImage { resource, .. }
+            | KubectlVerb::Scale { resource, .. } => resource.clone(),
+        };
+        if !resource.contains('/')
+            || resource.starts_with('/')
+            || resource.ends_with('/')
+            || resource.starts_with('-')
+        {
+            cx.error(
+                &at.key(verb_name),
+                format!("resource `{resource}` must be KIND/NAME, e.g. deployment/chat"),
+            );
+        }
+        let wait = k.wait.map(|d| d.0);
+        let default_timeout = wait.unwrap_or_default() + Duration::from_secs(60);
+        let timeout = positive(
+            cx,
+            &at.key("timeout"),
+            k.timeout,
+            default_timeout,
+            "timeout",
+        );
+        if wait.is_some_and(|w| w > timeout) {
+            cx.error(&at.key("wait"), "wait is longer than the step's timeout");
+        }
+        Some(KubectlStep {
+            verb,
+            namespace: k.namespace.clone(),
+            context: k.context.clone(),
+            kubeconfig: k.kubeconfig.clone().map(PathBuf::from),
+            wait,
+            timeout,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (timeout {})", argv(self).join(" "), fmt_d(self.timeout))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn run(&self, ctx: &StepContext) -> StepOutcome {
+        run(self, ctx).await
+    }
+}
 
 fn common(step: &KubectlStep) -> Vec<String> {
     let mut argv = vec!["kubectl".to_string()];
@@ -73,7 +227,7 @@ pub fn status_argv(step: &KubectlStep, wait: Duration) -> Vec<String> {
     argv
 }
 
-pub async fn run(step: &KubectlStep, ctx: &StepContext) -> StepOutcome {
+async fn run(step: &KubectlStep, ctx: &StepContext) -> StepOutcome {
     let start = Instant::now();
     let env = ctx.env();
     let change = run_argv(&argv(step), &env, step.timeout).await;

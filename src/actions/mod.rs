@@ -1,6 +1,14 @@
-//! Action runners: one file per kind of step. Each step runs with a timeout
-//! and returns its own result; no shell is ever involved, and query values
-//! and labels reach commands only as environment variables.
+//! Steps: one file per kind (`exec.rs`, `kubectl.rs`, `systemctl.rs`,
+//! `file.rs`, `http.rs`), each owning its config shape, its validation
+//! (with positions), its description and its run, behind [`StepKind`].
+//! The list in [`step_kinds!`] below makes the rest: the raw `RawStep`
+//! with one optional field per kind, the `Step` enum, and the dispatch of
+//! validation, description, timeout and run. Adding a kind is one file and
+//! one line there; a kind that misses a piece does not compile.
+//!
+//! No shell is ever involved, and query values and labels reach commands
+//! only as environment variables. Every step's timeout is enforced in one
+//! place, [`with_deadline`].
 
 pub mod exec;
 pub mod file;
@@ -9,9 +17,118 @@ pub mod kubectl;
 pub mod systemctl;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
-use crate::config::Step;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use crate::config::source::one_of;
+use crate::config::source::{At, Ctx};
+
+/// One kind of step.
+pub trait StepKind: Sized + Clone + std::fmt::Debug {
+    /// Its key in a rule file (`exec:`).
+    const NAME: &'static str;
+    /// What a timed-out step of this kind says after "timed out after X".
+    const ON_TIMEOUT: &'static str;
+    /// Its shape in the file, as read (unknown keys are refused).
+    type Raw: DeserializeOwned + std::fmt::Debug;
+    /// Checks `raw` (at `at`, the step) and reports every problem with its
+    /// position; `None` when there was one.
+    fn validate(cx: &mut Ctx, at: &At, raw: &Self::Raw) -> Option<Self>;
+    /// The step as it would run, for dry-run records, pages and logs.
+    /// Secrets appear as written (`${env:TOKEN}`), never resolved.
+    fn describe(&self) -> String;
+    /// The step is stopped at the end of this ([`with_deadline`]).
+    fn timeout(&self) -> Duration;
+    /// Runs the step to its end; the deadline is the caller's.
+    fn run(&self, ctx: &StepContext) -> impl Future<Output = StepOutcome> + Send;
+}
+
+/// The one place a step's timeout is enforced: past `timeout` the run is
+/// dropped (a process group gets SIGTERM, then SIGKILL, from its guard in
+/// `exec.rs`) and the step failed with "timed out after X: `what`".
+pub async fn with_deadline(
+    timeout: Duration,
+    what: &str,
+    run: impl Future<Output = StepOutcome>,
+) -> StepOutcome {
+    match tokio::time::timeout(timeout, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => StepOutcome::failed(format!("timed out after {}: {what}", fmt_d(timeout))),
+    }
+}
+
+macro_rules! step_kinds {
+    ($($key:ident => $variant:ident($ty:ty),)*) => {
+        /// A step as written: exactly one kind is set; [`validate_step`]
+        /// checks that.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawStep {
+            $(pub $key: Option<<$ty as StepKind>::Raw>,)*
+        }
+
+        /// A checked step, ready to run.
+        #[derive(Clone, Debug)]
+        pub enum Step {
+            $($variant($ty),)*
+        }
+
+        impl Step {
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Step::$variant(_) => <$ty as StepKind>::NAME,)*
+                }
+            }
+
+            /// The step is stopped at the end of this.
+            pub fn timeout(&self) -> Duration {
+                match self {
+                    $(Step::$variant(s) => s.timeout(),)*
+                }
+            }
+
+            pub fn describe(&self) -> String {
+                match self {
+                    $(Step::$variant(s) => s.describe(),)*
+                }
+            }
+
+            /// Runs the step to completion or its timeout.
+            pub async fn run(&self, ctx: &StepContext) -> StepOutcome {
+                match self {
+                    $(Step::$variant(s) => {
+                        with_deadline(s.timeout(), <$ty as StepKind>::ON_TIMEOUT, s.run(ctx)).await
+                    })*
+                }
+            }
+        }
+
+        /// Checks one step of an action: exactly one kind, then that kind's
+        /// own validation.
+        pub fn validate_step(cx: &mut Ctx, at: &At, s: &RawStep) -> Option<Step> {
+            let set = [$((<$ty as StepKind>::NAME, s.$key.as_ref().map(|_| ())),)*];
+            one_of(cx, at, "a step", &set)?;
+            let errors_before = cx.error_count();
+            let step = None
+                $(.or_else(|| s.$key.as_ref().map(|raw| {
+                    <$ty as StepKind>::validate(cx, at, raw).map(Step::$variant)
+                })))*
+                .flatten();
+            step.filter(|_| cx.error_count() == errors_before)
+        }
+    };
+}
+
+step_kinds! {
+    exec => Exec(exec::ExecStep),
+    kubectl => Kubectl(kubectl::KubectlStep),
+    systemctl => Systemctl(systemctl::SystemctlStep),
+    file => File(file::FileStep),
+    http => Http(http::HttpStep),
+}
 
 /// What a step gets to know about the incident it runs for.
 #[derive(Clone, Debug, Default)]
@@ -74,36 +191,7 @@ pub fn tail(bytes: &[u8]) -> String {
 /// A step as it would run, for dry-run records and logs. Secrets appear as
 /// written (`${env:TOKEN}`), never resolved.
 pub fn describe(step: &Step) -> String {
-    match step {
-        Step::Exec(e) => format!("exec {:?} (timeout {})", e.argv, fmt_d(e.timeout)),
-        Step::Kubectl(k) => format!(
-            "{} (timeout {})",
-            kubectl::argv(k).join(" "),
-            fmt_d(k.timeout)
-        ),
-        Step::Systemctl(s) => format!(
-            "systemctl {} {} (wait {}, timeout {})",
-            s.verb.as_str(),
-            s.unit,
-            fmt_d(s.wait),
-            fmt_d(s.timeout)
-        ),
-        Step::File(f) => {
-            let kv: Vec<String> = f.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!(
-                "set {} in {} ({:?})",
-                kv.join(" "),
-                f.path.display(),
-                f.format
-            )
-        }
-        Step::Http(h) => format!(
-            "{} {} (timeout {})",
-            h.method,
-            h.url.as_written(),
-            fmt_d(h.timeout)
-        ),
-    }
+    step.describe()
 }
 
 pub fn fmt_d(d: Duration) -> String {
@@ -112,11 +200,5 @@ pub fn fmt_d(d: Duration) -> String {
 
 /// Runs one step to completion or its timeout.
 pub async fn run_step(step: &Step, ctx: &StepContext) -> StepOutcome {
-    match step {
-        Step::Exec(e) => exec::run(e, ctx).await,
-        Step::Kubectl(k) => kubectl::run(k, ctx).await,
-        Step::Systemctl(s) => systemctl::run(s, ctx).await,
-        Step::File(f) => file::run(f).await,
-        Step::Http(h) => http::run(h).await,
-    }
+    step.run(ctx).await
 }

@@ -4,13 +4,130 @@
 
 use std::time::{Duration, Instant};
 
-use super::exec::run_argv;
-use super::{fmt_d, StepContext, StepOutcome};
-use crate::config::{SystemctlStep, SystemctlVerb};
+use serde::Deserialize;
+
+use super::exec::{run_argv, PROCESS_KILLED};
+use super::{fmt_d, one_of, StepContext, StepKind, StepOutcome};
+use crate::config::scalar::Dur;
+use crate::config::source::{positive, At, Ctx};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSystemctl {
+    pub restart: Option<String>,
+    pub stop: Option<String>,
+    pub start: Option<String>,
+    pub reload: Option<String>,
+    pub wait: Option<Dur>,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemctlVerb {
+    Restart,
+    Stop,
+    Start,
+    Reload,
+}
+
+impl SystemctlVerb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SystemctlVerb::Restart => "restart",
+            SystemctlVerb::Stop => "stop",
+            SystemctlVerb::Start => "start",
+            SystemctlVerb::Reload => "reload",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SystemctlStep {
+    pub verb: SystemctlVerb,
+    pub unit: String,
+    /// Wait this long for the unit to reach its expected state.
+    pub wait: Duration,
+    pub timeout: Duration,
+}
+
+impl StepKind for SystemctlStep {
+    const NAME: &'static str = "systemctl";
+    const ON_TIMEOUT: &'static str = PROCESS_KILLED;
+    type Raw = RawSystemctl;
+
+    fn validate(cx: &mut Ctx, at: &At, sc: &RawSystemctl) -> Option<SystemctlStep> {
+        let at = at.key("systemctl");
+        let (verb_name, (verb, unit)) = one_of(
+            cx,
+            &at,
+            "a systemctl step",
+            &[
+                (
+                    "restart",
+                    sc.restart.clone().map(|u| (SystemctlVerb::Restart, u)),
+                ),
+                ("stop", sc.stop.clone().map(|u| (SystemctlVerb::Stop, u))),
+                ("start", sc.start.clone().map(|u| (SystemctlVerb::Start, u))),
+                (
+                    "reload",
+                    sc.reload.clone().map(|u| (SystemctlVerb::Reload, u)),
+                ),
+            ],
+        )?;
+        if unit.is_empty()
+            || unit.starts_with('-')
+            || unit.contains(char::is_whitespace)
+            || unit.contains('/')
+        {
+            cx.error(&at.key(verb_name), format!("`{unit}` is not a unit name"));
+        }
+        let wait = positive(
+            cx,
+            &at.key("wait"),
+            sc.wait,
+            Duration::from_secs(60),
+            "wait",
+        );
+        let timeout = positive(
+            cx,
+            &at.key("timeout"),
+            sc.timeout,
+            wait + Duration::from_secs(30),
+            "timeout",
+        );
+        if wait > timeout {
+            cx.error(&at.key("wait"), "wait is longer than the step's timeout");
+        }
+        Some(SystemctlStep {
+            verb,
+            unit,
+            wait,
+            timeout,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "systemctl {} {} (wait {}, timeout {})",
+            self.verb.as_str(),
+            self.unit,
+            fmt_d(self.wait),
+            fmt_d(self.timeout)
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn run(&self, ctx: &StepContext) -> StepOutcome {
+        run(self, ctx).await
+    }
+}
 
 const POLL: Duration = Duration::from_millis(250);
 
-pub async fn run(step: &SystemctlStep, ctx: &StepContext) -> StepOutcome {
+async fn run(step: &SystemctlStep, ctx: &StepContext) -> StepOutcome {
     let start = Instant::now();
     let env = ctx.env();
     let argv: Vec<String> = vec![

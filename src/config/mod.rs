@@ -6,8 +6,10 @@
 pub mod load;
 pub mod position;
 pub mod raw;
+pub mod scalar;
 pub mod secrets;
 pub mod shape;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +19,13 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-pub use raw::{FileFormat, Mode, NoData, OnTimeout, Severity};
+pub use crate::actions::exec::ExecStep;
+pub use crate::actions::file::{FileFormat, FileStep};
+pub use crate::actions::http::HttpStep;
+pub use crate::actions::kubectl::{KubectlStep, KubectlVerb};
+pub use crate::actions::systemctl::{SystemctlStep, SystemctlVerb};
+pub use crate::actions::Step;
+pub use raw::{Mode, NoData, OnTimeout, Severity};
 pub use secrets::{Secret, SecretString};
 
 use crate::rule::condition::Condition;
@@ -220,122 +228,6 @@ pub struct Action {
     pub name: String,
     pub description: Option<String>,
     pub steps: Vec<Step>,
-}
-
-#[derive(Clone, Debug)]
-pub enum Step {
-    Exec(ExecStep),
-    Kubectl(KubectlStep),
-    Systemctl(SystemctlStep),
-    File(FileStep),
-    Http(HttpStep),
-}
-
-impl Step {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Step::Exec(_) => "exec",
-            Step::Kubectl(_) => "kubectl",
-            Step::Systemctl(_) => "systemctl",
-            Step::File(_) => "file",
-            Step::Http(_) => "http",
-        }
-    }
-
-    /// The step is killed at the end of this.
-    pub fn timeout(&self) -> Duration {
-        match self {
-            Step::Exec(s) => s.timeout,
-            Step::Kubectl(s) => s.timeout,
-            Step::Systemctl(s) => s.timeout,
-            Step::File(s) => s.timeout,
-            Step::Http(s) => s.timeout,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct ExecStep {
-    pub argv: Vec<String>,
-    pub timeout: Duration,
-    pub env: BTreeMap<String, SecretString>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KubectlVerb {
-    RolloutUndo {
-        resource: String,
-        to_revision: Option<u64>,
-    },
-    SetImage {
-        resource: String,
-        container: String,
-        image: String,
-    },
-    Scale {
-        resource: String,
-        replicas: u32,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct KubectlStep {
-    pub verb: KubectlVerb,
-    pub namespace: Option<String>,
-    pub context: Option<String>,
-    pub kubeconfig: Option<PathBuf>,
-    /// Wait with `kubectl rollout status` this long after the change.
-    pub wait: Option<Duration>,
-    pub timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SystemctlVerb {
-    Restart,
-    Stop,
-    Start,
-    Reload,
-}
-
-impl SystemctlVerb {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SystemctlVerb::Restart => "restart",
-            SystemctlVerb::Stop => "stop",
-            SystemctlVerb::Start => "start",
-            SystemctlVerb::Reload => "reload",
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct SystemctlStep {
-    pub verb: SystemctlVerb,
-    pub unit: String,
-    /// Wait this long for the unit to reach its expected state.
-    pub wait: Duration,
-    pub timeout: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct FileStep {
-    pub path: PathBuf,
-    pub set: IndexMap<String, String>,
-    pub format: FileFormat,
-    pub timeout: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct HttpStep {
-    pub method: String,
-    pub url: SecretString,
-    pub headers: BTreeMap<String, SecretString>,
-    pub body: Option<SecretString>,
-    /// Empty: any 2xx.
-    pub expect_status: Vec<u16>,
-    pub timeout: Duration,
-    /// Retries on failure; only idempotent methods retry unless set.
-    pub retries: Option<u32>,
 }
 
 #[derive(Clone, Debug)]

@@ -3,83 +3,14 @@
 //! references, PromQL, conditions, templates) happens in `validate`.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::time::Duration;
 
 use indexmap::IndexMap;
-use serde::{de, Deserialize, Deserializer};
+use serde::Deserialize;
 
 use super::secrets::SecretString;
 
-/// Any YAML scalar read as its text, so that `PERCENT: 0` and `PERCENT: "0"`
-/// mean the same thing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scalar(pub String);
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, number or boolean")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A duration written like Prometheus's: `30s`, `2m`, `1h30m`, `500ms`, `1d`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
-
-/// The longest duration ripcord accepts anywhere (rule keys, `pause --for`,
-/// the API): ten years. Every time ripcord computes from one stays far
-/// inside what timestamps can hold.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.is_empty() || !t.starts_with(|c: char| c.is_ascii_digit()) || t.contains(' ') {
-        return Err(format!(
-            "invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. 30s, 2m, 1h30m"
-        ));
-    }
-    let d = humantime::parse_duration(t).map_err(|_| {
-        format!("invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. 30s, 2m, 1h30m")
-    })?;
-    if d > MAX_DURATION {
-        return Err(format!(
-            "duration `{s}` is too long: the limit is 3650d (ten years)"
-        ));
-    }
-    Ok(d)
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = Scalar::deserialize(d)?;
-        parse_duration(&s.0).map(Dur).map_err(de::Error::custom)
-    }
-}
+pub use super::scalar::{parse_duration, Dur, Scalar, MAX_DURATION};
+pub use crate::actions::RawStep;
 
 /// One string or a list of them (`rules:` in the main config).
 #[derive(Clone, Debug, Deserialize)]
@@ -268,97 +199,6 @@ pub struct RawAlertmanager {
 pub struct RawAction {
     pub description: Option<String>,
     pub steps: Vec<RawStep>,
-}
-
-/// Exactly one kind is set; `validate` checks that.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStep {
-    pub exec: Option<RawExec>,
-    pub kubectl: Option<RawKubectl>,
-    pub systemctl: Option<RawSystemctl>,
-    pub file: Option<RawFile>,
-    pub http: Option<RawHttp>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawExec {
-    pub argv: Vec<Scalar>,
-    pub timeout: Option<Dur>,
-    #[serde(default)]
-    pub env: BTreeMap<String, SecretString>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawKubectl {
-    pub rollout_undo: Option<String>,
-    pub to_revision: Option<u64>,
-    pub set_image: Option<RawSetImage>,
-    pub scale: Option<RawScale>,
-    pub namespace: Option<String>,
-    pub context: Option<String>,
-    pub kubeconfig: Option<String>,
-    pub wait: Option<Dur>,
-    pub timeout: Option<Dur>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSetImage {
-    pub resource: String,
-    pub container: String,
-    pub image: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawScale {
-    pub resource: String,
-    pub replicas: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSystemctl {
-    pub restart: Option<String>,
-    pub stop: Option<String>,
-    pub start: Option<String>,
-    pub reload: Option<String>,
-    pub wait: Option<Dur>,
-    pub timeout: Option<Dur>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFile {
-    pub path: String,
-    pub set: IndexMap<String, Scalar>,
-    pub format: Option<FileFormat>,
-    pub timeout: Option<Dur>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileFormat {
-    Env,
-    Yaml,
-    Json,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHttp {
-    pub method: Option<String>,
-    pub url: SecretString,
-    #[serde(default)]
-    pub headers: BTreeMap<String, SecretString>,
-    pub body: Option<SecretString>,
-    #[serde(default)]
-    pub expect_status: Vec<u16>,
-    pub timeout: Option<Dur>,
-    pub retries: Option<u32>,
 }
 
 // ---------------------------------------------------------------- rules

@@ -203,7 +203,7 @@ impl fmt::Debug for SecretString {
 
 impl<'de> Deserialize<'de> for SecretString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = crate::config::raw::Scalar::deserialize(d)?;
+        let s = super::scalar::Scalar::deserialize(d)?;
         SecretString::parse(&s.0).map_err(serde::de::Error::custom)
     }
 }
