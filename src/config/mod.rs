@@ -6,6 +6,7 @@
 pub mod load;
 pub mod position;
 pub mod raw;
+mod rule_check;
 pub mod scalar;
 pub mod secrets;
 pub mod shape;
@@ -25,6 +26,7 @@ pub use crate::actions::http::HttpStep;
 pub use crate::actions::kubectl::{KubectlStep, KubectlVerb};
 pub use crate::actions::systemctl::{SystemctlStep, SystemctlVerb};
 pub use crate::actions::Step;
+pub use crate::notify::NotifierKind;
 pub use raw::{Mode, NoData, OnTimeout, Severity};
 pub use secrets::{Secret, SecretString};
 
@@ -239,22 +241,4 @@ pub struct Notifier {
     pub min_severity: Severity,
 }
 
-#[derive(Clone, Debug)]
-pub enum NotifierKind {
-    Pagerduty {
-        routing_key: SecretString,
-        url: String,
-    },
-    Slack {
-        webhook_url: SecretString,
-    },
-    Webhook {
-        url: SecretString,
-        secret: Option<SecretString>,
-    },
-    Alertmanager {
-        urls: Vec<String>,
-    },
-}
-
-pub const PAGERDUTY_DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+pub use crate::notify::pagerduty::DEFAULT_URL as PAGERDUTY_DEFAULT_URL;

@@ -11,6 +11,7 @@ use super::secrets::SecretString;
 
 pub use super::scalar::{parse_duration, Dur, Scalar, MAX_DURATION};
 pub use crate::actions::RawStep;
+pub use crate::notify::RawNotifier;
 
 /// One string or a list of them (`rules:` in the main config).
 #[derive(Clone, Debug, Deserialize)]
@@ -151,46 +152,6 @@ pub struct RawLimits {
 }
 
 // ---------------------------------------------------------------- notifiers
-
-/// Exactly one kind is set; `validate` checks that.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawNotifier {
-    pub pagerduty: Option<RawPagerduty>,
-    pub slack: Option<RawSlack>,
-    pub webhook: Option<RawWebhook>,
-    pub alertmanager: Option<RawAlertmanager>,
-    /// Only these events (default: all).
-    pub events: Option<Vec<String>>,
-    /// Only pages of at least this severity (default: info, i.e. all).
-    pub min_severity: Option<Severity>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPagerduty {
-    pub routing_key: SecretString,
-    pub url: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSlack {
-    pub webhook_url: SecretString,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWebhook {
-    pub url: SecretString,
-    pub secret: Option<SecretString>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAlertmanager {
-    pub urls: Vec<String>,
-}
 
 // ---------------------------------------------------------------- actions
 

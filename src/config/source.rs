@@ -13,6 +13,7 @@ use serde_yaml::Value;
 
 use super::position::{Pos, PositionIndex, Seg};
 use super::scalar::Dur;
+use super::secrets::SecretString;
 use crate::diag::Diagnostic;
 
 /// The result of loading: the value when there was no error, and every
@@ -399,5 +400,22 @@ where
             );
             None
         }
+    }
+}
+
+/// A secret written into the file itself: it works, but it belongs in
+/// `${env:}`, `${file:}` or a systemd credential.
+pub fn warn_inline_secret(cx: &mut Ctx, at: &At, s: &SecretString, what: &str) {
+    if !s.has_refs() {
+        cx.warn(
+            at,
+            format!("{what} is written inline: use ${{env:NAME}}, ${{file:PATH}} or ${{credential:NAME}} so it stays out of the rule file"),
+        );
+    } else if let Err(e) = s.resolve() {
+        // Where the daemon runs, this notifier could page nobody.
+        cx.warn(
+            at,
+            format!("{what} cannot be resolved here ({e}): where ripcord runs, pages to this notifier would fail"),
+        );
     }
 }

@@ -8,8 +8,49 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Notification, RenderContext, Request};
+use serde::Deserialize;
+
+use super::{Notification, ReceiverKind, RenderContext, Request};
+use crate::config::source::{is_http_url, At, Ctx};
 use crate::config::Secret;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertmanager {
+    pub urls: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Alertmanager {
+    pub urls: Vec<String>,
+}
+
+impl ReceiverKind for Alertmanager {
+    const NAME: &'static str = "alertmanager";
+    type Raw = RawAlertmanager;
+
+    fn validate(cx: &mut Ctx, at: &At, am: &RawAlertmanager) -> Alertmanager {
+        let at = at.key("urls");
+        if am.urls.is_empty() {
+            cx.error(&at, "alertmanager needs at least one url");
+        }
+        for (i, u) in am.urls.iter().enumerate() {
+            if !is_http_url(u) {
+                cx.error(
+                    &at.index(i),
+                    format!("url `{u}` must start with http:// or https://"),
+                );
+            }
+        }
+        Alertmanager {
+            urls: am.urls.clone(),
+        }
+    }
+
+    fn render(&self, n: &Notification, ctx: &RenderContext) -> Result<Vec<Request>, String> {
+        render(&self.urls, n, ctx)
+    }
+}
 
 pub fn render(
     urls: &[String],

@@ -10,10 +10,84 @@ pub mod slack;
 pub mod webhook;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Notifier, NotifierKind, Secret, Severity};
+use crate::config::source::{one_of, At, Ctx};
+use crate::config::{Notifier, Secret, Severity};
+
+/// One kind of receiver: its config shape, validation and rendering live
+/// in its own file, and the list in [`notifier_kinds!`] makes the rest
+/// (the raw notifier's field, the [`NotifierKind`] variant, the dispatch).
+pub trait ReceiverKind: Sized + Clone + std::fmt::Debug {
+    /// Its key in a rule file (`slack:`).
+    const NAME: &'static str;
+    /// Its shape in the file, as read (unknown keys are refused).
+    type Raw: DeserializeOwned + std::fmt::Debug;
+    /// Checks `raw` (at `at`, the kind's key) and reports every problem
+    /// with its position.
+    fn validate(cx: &mut Ctx, at: &At, raw: &Self::Raw) -> Self;
+    /// The HTTP requests that deliver `n`; `Err` only when a secret cannot
+    /// be resolved.
+    fn render(&self, n: &Notification, ctx: &RenderContext) -> Result<Vec<Request>, String>;
+    /// The smallest gap between two requests to one receiver.
+    fn min_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+macro_rules! notifier_kinds {
+    ($($key:ident => $variant:ident($ty:ty),)*) => {
+        /// A notifier as written: exactly one kind, and its filters.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawNotifier {
+            $(pub $key: Option<<$ty as ReceiverKind>::Raw>,)*
+            /// Only these events (default: all).
+            pub events: Option<Vec<String>>,
+            /// Only pages of at least this severity (default: info, i.e. all).
+            pub min_severity: Option<Severity>,
+        }
+
+        #[derive(Clone, Debug)]
+        pub enum NotifierKind {
+            $($variant($ty),)*
+        }
+
+        impl NotifierKind {
+            pub fn render(&self, n: &Notification, ctx: &RenderContext) -> Result<Vec<Request>, String> {
+                match self {
+                    $(NotifierKind::$variant(k) => k.render(n, ctx),)*
+                }
+            }
+
+            pub fn min_interval(&self) -> Duration {
+                match self {
+                    $(NotifierKind::$variant(k) => k.min_interval(),)*
+                }
+            }
+        }
+
+        /// Exactly one kind, then that kind's own validation.
+        pub fn validate_kind(cx: &mut Ctx, at: &At, name: &str, r: &RawNotifier) -> Option<NotifierKind> {
+            let set = [$((<$ty as ReceiverKind>::NAME, r.$key.as_ref().map(|_| ())),)*];
+            one_of(cx, at, &format!("notifier `{name}`"), &set)?;
+            None
+                $(.or_else(|| r.$key.as_ref().map(|raw| {
+                    NotifierKind::$variant(<$ty as ReceiverKind>::validate(cx, &at.key(stringify!($key)), raw))
+                })))*
+        }
+    };
+}
+
+notifier_kinds! {
+    pagerduty => Pagerduty(pagerduty::Pagerduty),
+    slack => Slack(slack::Slack),
+    webhook => Webhook(webhook::Webhook),
+    alertmanager => Alertmanager(alertmanager::Alertmanager),
+}
 use crate::rule::{PageEvent, Timestamp};
 
 /// One page, as stored in the outbox and rendered for each receiver.
@@ -133,21 +207,12 @@ pub fn render(
     n: &Notification,
     ctx: &RenderContext,
 ) -> Result<Vec<Request>, String> {
-    match kind {
-        NotifierKind::Pagerduty { routing_key, url } => pagerduty::render(routing_key, url, n, ctx),
-        NotifierKind::Slack { webhook_url } => slack::render(webhook_url, n, ctx),
-        NotifierKind::Webhook { url, secret } => webhook::render(url, secret.as_ref(), n, ctx),
-        NotifierKind::Alertmanager { urls } => alertmanager::render(urls, n, ctx),
-    }
+    kind.render(n, ctx)
 }
 
 /// The smallest gap between two requests to one receiver.
-pub fn min_interval(kind: &NotifierKind) -> std::time::Duration {
-    match kind {
-        // Slack: about one message per second per webhook.
-        NotifierKind::Slack { .. } => std::time::Duration::from_secs(1),
-        _ => std::time::Duration::ZERO,
-    }
+pub fn min_interval(kind: &NotifierKind) -> Duration {
+    kind.min_interval()
 }
 
 pub fn truncate(s: &str, max: usize) -> String {

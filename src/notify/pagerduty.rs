@@ -4,9 +4,57 @@
 
 use serde_json::json;
 
-use super::{fmt_value, truncate, Notification, RenderContext, Request};
+use serde::Deserialize;
+
+use super::{fmt_value, truncate, Notification, ReceiverKind, RenderContext, Request};
+use crate::config::source::{is_http_url, warn_inline_secret, At, Ctx};
 use crate::config::SecretString;
 use crate::rule::PageEvent;
+
+/// The Events API v2 endpoint.
+pub const DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagerduty {
+    pub routing_key: SecretString,
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pagerduty {
+    pub routing_key: SecretString,
+    pub url: String,
+}
+
+impl ReceiverKind for Pagerduty {
+    const NAME: &'static str = "pagerduty";
+    type Raw = RawPagerduty;
+
+    fn validate(cx: &mut Ctx, at: &At, pd: &RawPagerduty) -> Pagerduty {
+        warn_inline_secret(
+            cx,
+            &at.key("routing_key"),
+            &pd.routing_key,
+            "the PagerDuty routing key",
+        );
+        let url = pd.url.clone().unwrap_or_else(|| DEFAULT_URL.into());
+        if !is_http_url(&url) {
+            cx.error(
+                &at.key("url"),
+                format!("url `{url}` must start with http:// or https://"),
+            );
+        }
+        Pagerduty {
+            routing_key: pd.routing_key.clone(),
+            url,
+        }
+    }
+
+    fn render(&self, n: &Notification, ctx: &RenderContext) -> Result<Vec<Request>, String> {
+        render(&self.routing_key, &self.url, n, ctx)
+    }
+}
 
 /// The key for an event that belongs to no incident (blind, seeing).
 pub fn dedup_key(n: &Notification) -> String {

@@ -4,9 +4,50 @@
 
 use serde_json::json;
 
-use super::{fmt_value, truncate, Notification, RenderContext, Request};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{fmt_value, truncate, Notification, ReceiverKind, RenderContext, Request};
+use crate::config::source::{is_http_url, warn_inline_secret, At, Ctx};
 use crate::config::SecretString;
 use crate::rule::PageEvent;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlack {
+    pub webhook_url: SecretString,
+}
+
+#[derive(Clone, Debug)]
+pub struct Slack {
+    pub webhook_url: SecretString,
+}
+
+impl ReceiverKind for Slack {
+    const NAME: &'static str = "slack";
+    type Raw = RawSlack;
+
+    fn validate(cx: &mut Ctx, at: &At, s: &RawSlack) -> Slack {
+        let at = at.key("webhook_url");
+        warn_inline_secret(cx, &at, &s.webhook_url, "the Slack webhook URL");
+        if !s.webhook_url.has_refs() && !is_http_url(s.webhook_url.as_written()) {
+            cx.error(&at, "webhook_url must start with http:// or https://");
+        }
+        Slack {
+            webhook_url: s.webhook_url.clone(),
+        }
+    }
+
+    fn render(&self, n: &Notification, ctx: &RenderContext) -> Result<Vec<Request>, String> {
+        render(&self.webhook_url, n, ctx)
+    }
+
+    /// About one message per second per webhook.
+    fn min_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
 
 fn emoji(n: &Notification) -> &'static str {
     match n.event {

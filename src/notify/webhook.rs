@@ -6,8 +6,46 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::{Notification, RenderContext, Request};
+use serde::Deserialize;
+
+use super::{Notification, ReceiverKind, RenderContext, Request};
+use crate::config::source::{is_http_url, warn_inline_secret, At, Ctx};
 use crate::config::SecretString;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: SecretString,
+    pub secret: Option<SecretString>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub url: SecretString,
+    pub secret: Option<SecretString>,
+}
+
+impl ReceiverKind for Webhook {
+    const NAME: &'static str = "webhook";
+    type Raw = RawWebhook;
+
+    fn validate(cx: &mut Ctx, at: &At, w: &RawWebhook) -> Webhook {
+        if !w.url.has_refs() && !is_http_url(w.url.as_written()) {
+            cx.error(&at.key("url"), "url must start with http:// or https://");
+        }
+        if let Some(s) = &w.secret {
+            warn_inline_secret(cx, &at.key("secret"), s, "the webhook secret");
+        }
+        Webhook {
+            url: w.url.clone(),
+            secret: w.secret.clone(),
+        }
+    }
+
+    fn render(&self, n: &Notification, ctx: &RenderContext) -> Result<Vec<Request>, String> {
+        render(&self.url, self.secret.as_ref(), n, ctx)
+    }
+}
 
 pub const VERSION: &str = "1";
 
