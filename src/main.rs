@@ -61,7 +61,7 @@ fn load(
 fn control<F, Fut>(config: Option<PathBuf>, api: Option<String>, f: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(commands::control::Target) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    Fut: std::future::Future<Output = Result<(), commands::control::ControlError>>,
 {
     use ripcord::config::load;
     let explicit = config.is_some();

@@ -122,6 +122,21 @@ async fn history(
         .collect())
 }
 
+/// Why a backtest could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error("unknown rule `{0}`")]
+    UnknownRule(String),
+    #[error("--to must be after --from")]
+    EmptyWindow,
+    #[error("--step must be greater than 0")]
+    ZeroStep,
+    #[error("{0}")]
+    Prometheus(String),
+    #[error(transparent)]
+    Output(#[from] std::io::Error),
+}
+
 pub async fn run(
     config: &Config,
     rules: &RuleSet,
@@ -129,14 +144,12 @@ pub async fn run(
     from: Timestamp,
     to: Timestamp,
     step: Option<Duration>,
-) -> anyhow::Result<Report> {
-    for n in names {
-        if rules.rule(n).is_none() {
-            anyhow::bail!("unknown rule `{n}`");
-        }
+) -> Result<Report, BacktestError> {
+    if let Some(n) = names.iter().find(|n| rules.rule(n).is_none()) {
+        return Err(BacktestError::UnknownRule(n.clone()));
     }
     if to <= from {
-        anyhow::bail!("--to must be after --from");
+        return Err(BacktestError::EmptyWindow);
     }
     let chosen: Vec<Arc<Rule>> = rules
         .rules
@@ -155,16 +168,16 @@ pub async fn run(
             .unwrap_or(Duration::from_secs(60))
     });
     if step.is_zero() {
-        anyhow::bail!("--step must be greater than 0");
+        return Err(BacktestError::ZeroStep);
     }
-    let prom = Prom::new(&config.prometheus).map_err(anyhow::Error::msg)?;
+    let prom = Prom::new(&config.prometheus).map_err(BacktestError::Prometheus)?;
     // rule → query → time → value
     let mut data: BTreeMap<String, BTreeMap<String, History>> = BTreeMap::new();
     for r in &chosen {
         for (q, expr) in &r.queries {
             let h = history(&prom, expr, q, from, to, step)
                 .await
-                .map_err(anyhow::Error::msg)?;
+                .map_err(BacktestError::Prometheus)?;
             data.entry(r.name.clone()).or_default().insert(q.clone(), h);
         }
     }
@@ -173,6 +186,7 @@ pub async fn run(
         chosen.iter().map(|r| r.evaluated_every(step)),
         Shared::new(config.limits.max_actions_per_hour, Mode::Enforce),
     );
+    sim.blind_after = config.prometheus.blind_after;
     let mut summaries: BTreeMap<String, Summary> = chosen
         .iter()
         .map(|r| {
@@ -186,7 +200,6 @@ pub async fn run(
             )
         })
         .collect();
-    let mut pending_since: BTreeMap<String, i64> = BTreeMap::new();
     let mut traces: BTreeMap<String, Trace> = chosen
         .iter()
         .map(|r| {
@@ -199,46 +212,83 @@ pub async fn run(
             )
         })
         .collect();
+    replay(
+        &mut sim,
+        &chosen,
+        &data,
+        &mut summaries,
+        &mut traces,
+        from,
+        to,
+        step,
+    );
+    let timeline = timeline(&sim, &mut summaries);
+    Ok(Report {
+        from: from.rfc3339(),
+        to: to.rfc3339(),
+        step_seconds: step.as_secs_f64(),
+        timeline,
+        summaries: summaries.into_values().collect(),
+        traces,
+    })
+}
+
+/// What the queries answered at `t`, counted into the rule's summary.
+fn observe(queries: &BTreeMap<String, History>, sum: &mut Summary, t: i64) -> Observation {
+    let mut samples = BTreeMap::new();
+    let mut failed = None;
+    for (q, h) in queries {
+        match h.get(&t) {
+            Some(Ok(v)) => {
+                let e = sum.ranges.entry(q.clone()).or_insert((*v, *v));
+                if v.is_finite() {
+                    e.0 = e.0.min(*v);
+                    e.1 = e.1.max(*v);
+                }
+                samples.insert(q.clone(), Sample::Value(*v));
+            }
+            Some(Err(e)) => failed = Some(e.clone()),
+            None => {
+                samples.insert(q.clone(), Sample::Empty);
+            }
+        }
+    }
+    match failed {
+        Some(e) => {
+            sum.error_steps += 1;
+            Observation::Failed(e)
+        }
+        None => {
+            if samples.values().any(|s| *s == Sample::Empty) {
+                sum.no_data_steps += 1;
+            }
+            Observation::Samples(samples)
+        }
+    }
+}
+
+/// Feeds the history through the core, step by step, keeping each rule's
+/// trace and its time pending and firing.
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    sim: &mut Sim,
+    chosen: &[Arc<Rule>],
+    data: &BTreeMap<String, BTreeMap<String, History>>,
+    summaries: &mut BTreeMap<String, Summary>,
+    traces: &mut BTreeMap<String, Trace>,
+    from: Timestamp,
+    to: Timestamp,
+    step: Duration,
+) {
+    let mut pending_since: BTreeMap<String, i64> = BTreeMap::new();
     let step_ms = step.as_millis() as i64;
     let mut t = from.0;
     while t <= to.0 {
-        for r in &chosen {
-            let Some(queries) = data.get(&r.name) else {
+        for r in chosen {
+            let (Some(queries), Some(sum)) = (data.get(&r.name), summaries.get_mut(&r.name)) else {
                 continue;
             };
-            let Some(sum) = summaries.get_mut(&r.name) else {
-                continue;
-            };
-            let mut samples = BTreeMap::new();
-            let mut failed = None;
-            for (q, h) in queries {
-                match h.get(&t) {
-                    Some(Ok(v)) => {
-                        let e = sum.ranges.entry(q.clone()).or_insert((*v, *v));
-                        if v.is_finite() {
-                            e.0 = e.0.min(*v);
-                            e.1 = e.1.max(*v);
-                        }
-                        samples.insert(q.clone(), Sample::Value(*v));
-                    }
-                    Some(Err(e)) => failed = Some(e.clone()),
-                    None => {
-                        samples.insert(q.clone(), Sample::Empty);
-                    }
-                }
-            }
-            let obs = match failed {
-                Some(e) => {
-                    sum.error_steps += 1;
-                    Observation::Failed(e)
-                }
-                None => {
-                    if samples.values().any(|s| *s == Sample::Empty) {
-                        sum.no_data_steps += 1;
-                    }
-                    Observation::Samples(samples)
-                }
-            };
+            let obs = observe(queries, sum, t);
             let _ = sim.evaluate(&r.name, obs, Timestamp(t));
             let st = sim.state(&r.name);
             if let Some(tr) = traces.get_mut(&r.name) {
@@ -260,6 +310,10 @@ pub async fn run(
         }
         t += step_ms;
     }
+}
+
+/// What happened, in order, and the incidents and actions it counts.
+fn timeline(sim: &Sim, summaries: &mut BTreeMap<String, Summary>) -> Vec<Event> {
     let mut timeline = Vec::new();
     for e in &sim.log {
         let what = match &e.what {
@@ -277,6 +331,10 @@ pub async fn run(
                 }
                 format!("would run {name}")
             }
+            // ripcord's own pages (blind, seeing) go to every notifier.
+            Happened::Page { kind, .. } if e.rule.is_empty() => {
+                format!("ripcord would page every notifier ({kind})")
+            }
             Happened::Page { kind, notifiers } if !notifiers.is_empty() => {
                 format!("would page {} ({kind})", notifiers.join(", "))
             }
@@ -289,14 +347,7 @@ pub async fn run(
             what,
         });
     }
-    Ok(Report {
-        from: from.rfc3339(),
-        to: to.rfc3339(),
-        step_seconds: step.as_secs_f64(),
-        timeline,
-        summaries: summaries.into_values().collect(),
-        traces,
-    })
+    timeline
 }
 
 pub fn print(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {

@@ -3,10 +3,31 @@
 
 use std::io::Write;
 
-use anyhow::{anyhow, bail, Context};
-
 use crate::api::Snapshot;
 use crate::config::Config;
+
+/// Why a control command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot build an HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("cannot reach ripcord at {base} (is `ripcord run` running?): {source}")]
+    Unreachable {
+        base: String,
+        source: reqwest::Error,
+    },
+    /// What the daemon answered instead of doing it.
+    #[error("{0}")]
+    Refused(String),
+    #[error("unexpected status answer: {0}")]
+    Answer(reqwest::Error),
+    #[error("api token: {0}")]
+    Token(String),
+    #[error(transparent)]
+    Output(#[from] std::io::Error),
+    #[error("cannot encode the status: {0}")]
+    Encode(#[from] serde_json::Error),
+}
 
 /// Where the daemon listens, and the token to use.
 pub struct Target {
@@ -18,7 +39,7 @@ pub struct Target {
 
 impl Target {
     /// `--api` wins over `listen:`; `$RIPCORD_API_TOKEN` over `api.token`.
-    pub fn new(config: &Config, api: Option<String>) -> anyhow::Result<Target> {
+    pub fn new(config: &Config, api: Option<String>) -> Result<Target, ControlError> {
         let base = api
             .unwrap_or_else(|| format!("http://{}", config.listen))
             .trim_end_matches('/')
@@ -36,27 +57,29 @@ impl Target {
     }
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+fn client() -> Result<reqwest::Client, ControlError> {
+    reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
-        .build()?)
+        .build()
+        .map_err(ControlError::Client)
 }
 
-pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> Result<(), ControlError> {
     let resp = client()?
         .get(format!("{}/api/v1/status", t.base))
         .send()
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach ripcord at {} (is `ripcord run` running?)",
-                t.base
-            )
+        .map_err(|source| ControlError::Unreachable {
+            base: t.base.clone(),
+            source,
         })?;
     if !resp.status().is_success() {
-        bail!("ripcord answered {}", resp.status());
+        return Err(ControlError::Refused(format!(
+            "ripcord answered {}",
+            resp.status()
+        )));
     }
-    let snap: Snapshot = resp.json().await.context("unexpected status answer")?;
+    let snap: Snapshot = resp.json().await.map_err(ControlError::Answer)?;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&snap)?)?;
         return Ok(());
@@ -157,30 +180,34 @@ pub async fn post(
     path: &str,
     body: serde_json::Value,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> Result<(), ControlError> {
     let mut req = client()?.post(format!("{}{path}", t.base)).json(&body);
-    if let Some(tok) = t.token.as_ref().map_err(|e| anyhow!("{e}"))? {
+    if let Some(tok) = t
+        .token
+        .as_ref()
+        .map_err(|e| ControlError::Token(e.clone()))?
+    {
         req = req.bearer_auth(tok);
     }
-    let resp = req.send().await.with_context(|| {
-        format!(
-            "cannot reach ripcord at {} (is `ripcord run` running?)",
-            t.base
-        )
-    })?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|source| ControlError::Unreachable {
+            base: t.base.clone(),
+            source,
+        })?;
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or_default();
     if status.is_success() {
         writeln!(out, "{}", v["ok"].as_str().unwrap_or("ok"))?;
         Ok(())
     } else {
-        bail!(
-            "{}",
+        Err(ControlError::Refused(
             v["error"]
                 .as_str()
                 .map(str::to_string)
-                .unwrap_or_else(|| status.to_string())
-        )
+                .unwrap_or_else(|| status.to_string()),
+        ))
     }
 }
 

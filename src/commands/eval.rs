@@ -15,13 +15,13 @@ pub async fn run(
     rules: &RuleSet,
     names: &[String],
     out: &mut dyn Write,
-) -> anyhow::Result<bool> {
+) -> Result<bool, super::backtest::BacktestError> {
     for n in names {
         if rules.rule(n).is_none() {
-            anyhow::bail!("unknown rule `{n}`");
+            return Err(super::backtest::BacktestError::UnknownRule(n.clone()));
         }
     }
-    let prom = Prom::new(&config.prometheus).map_err(anyhow::Error::msg)?;
+    let prom = Prom::new(&config.prometheus).map_err(super::backtest::BacktestError::Prometheus)?;
     let at = now();
     let mut all_ok = true;
     for r in rules

@@ -38,7 +38,6 @@ pub mod state_dir;
 mod systemd;
 
 use engine::{journal_append, Engine};
-use reload::watch_dirs;
 use runner::run_action;
 use scheduler::Scheduler;
 use startup::{snapshot_entries, Opened};
@@ -178,19 +177,11 @@ pub async fn run(
             .map_or(rule::StateName::Ok, |s| s.name());
         metrics.set_state(name, state);
     }
-    let app = crate::api::router(metrics.clone(), token, control_tx);
-    let mut api_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = api_stop.changed().await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            error!("API listener failed: {e}");
-        }
-    });
+    let server = serve_api(
+        listener,
+        crate::api::router(metrics.clone(), token, control_tx),
+        stop_rx.clone(),
+    );
     let (deliver_stop_tx, deliver_stop_rx) = watch::channel(false);
     let delivery = tokio::spawn(crate::notify::outbox::deliver(
         engine.outbox.clone(),
@@ -205,26 +196,7 @@ pub async fn run(
     ));
     // Reload on SIGHUP, and on edits in the rule directories (debounced:
     // editors write, rename and touch in bursts).
-    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = {
-        use ::notify::Watcher;
-        let mut w = ::notify::recommended_watcher(move |ev: ::notify::Result<::notify::Event>| {
-            if ev.is_ok_and(|e| !matches!(e.kind, ::notify::EventKind::Access(_))) {
-                let _ = watch_tx.send(());
-            }
-        });
-        if let Ok(w) = &mut w {
-            for d in watch_dirs(&config.rule_globs) {
-                if let Err(e) = w.watch(&d, ::notify::RecursiveMode::NonRecursive) {
-                    warn!(
-                        "cannot watch {} for rule changes (SIGHUP still reloads): {e}",
-                        d.display()
-                    );
-                }
-            }
-        }
-        w.ok()
-    };
+    let (_watcher, mut watch_rx) = reload::watch_rule_dirs(&config.rule_globs);
     let mut reload_at: Option<tokio::time::Instant> = None;
     let mut hup_pending = false;
 
@@ -311,6 +283,25 @@ pub async fn run(
     let missed = misses.load(Ordering::Relaxed);
     info!(missed_evaluations = missed, "stopped");
     Ok(())
+}
+
+/// Serves the API until `stop` turns true.
+fn serve_api(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            error!("API listener failed: {e}");
+        }
+    })
 }
 
 /// Stops evaluating and lets running steps finish (each has its timeout);

@@ -212,3 +212,32 @@ pub(super) fn reload_told(engine: &mut Engine, sched: &mut Scheduler, config: &C
         sd_notify::NotifyState::Status(&engine.status_line()),
     ]);
 }
+
+/// Watches the directories of the rule files for edits; each edit (other
+/// than a read) sends a `()`. A directory that cannot be watched is said
+/// once (SIGHUP still reloads).
+pub(super) fn watch_rule_dirs(
+    globs: &[String],
+) -> (
+    Option<::notify::RecommendedWatcher>,
+    mpsc::UnboundedReceiver<()>,
+) {
+    use ::notify::Watcher;
+    let (watch_tx, watch_rx) = mpsc::unbounded_channel::<()>();
+    let mut w = ::notify::recommended_watcher(move |ev: ::notify::Result<::notify::Event>| {
+        if ev.is_ok_and(|e| !matches!(e.kind, ::notify::EventKind::Access(_))) {
+            let _ = watch_tx.send(());
+        }
+    });
+    if let Ok(w) = &mut w {
+        for d in watch_dirs(globs) {
+            if let Err(e) = w.watch(&d, ::notify::RecursiveMode::NonRecursive) {
+                warn!(
+                    "cannot watch {} for rule changes (SIGHUP still reloads): {e}",
+                    d.display()
+                );
+            }
+        }
+    }
+    (w.ok(), watch_rx)
+}
