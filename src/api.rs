@@ -50,8 +50,8 @@ pub struct ReloadStatus {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RuleStatus {
     pub name: String,
-    pub state: String,
-    pub phase: String,
+    pub state: crate::rule::StateName,
+    pub phase: crate::rule::PhaseName,
     pub incident: Option<String>,
     pub opened_at: Option<String>,
     pub last_evaluation: Option<String>,

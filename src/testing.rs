@@ -351,6 +351,27 @@ fn check_inputs(
     inputs
 }
 
+/// `text` (at `key`) as one of the names `parse` knows; an unknown one is
+/// an error that lists them.
+fn parse_name<T>(
+    cx: &mut Ctx,
+    at: &At,
+    key: &str,
+    text: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+    list: fn() -> String,
+) -> Option<T> {
+    let text = text?;
+    let parsed = parse(text);
+    if parsed.is_none() {
+        cx.error(
+            &at.key(key),
+            format!("unknown {key} `{text}` ({key}s: {})", list()),
+        );
+    }
+    parsed
+}
+
 /// One expectation, its names parsed; `tested` says whether its rule gets
 /// values or inputs in this case (`None`: do not check, the values had
 /// errors).
@@ -398,26 +419,22 @@ fn check_expect(
         }
         Some(_) => {}
     }
-    let state = e.state.as_deref().and_then(|s| {
-        let parsed = StateName::parse(s);
-        if parsed.is_none() {
-            cx.error(
-                &eat.key("state"),
-                format!("unknown state `{s}` (states: {})", StateName::list()),
-            );
-        }
-        parsed
-    });
-    let phase = e.phase.as_deref().and_then(|p| {
-        let parsed = PhaseName::parse(p);
-        if parsed.is_none() {
-            cx.error(
-                &eat.key("phase"),
-                format!("unknown phase `{p}` (phases: {})", PhaseName::list()),
-            );
-        }
-        parsed
-    });
+    let state = parse_name(
+        cx,
+        eat,
+        "state",
+        e.state.as_deref(),
+        StateName::parse,
+        StateName::list,
+    );
+    let phase = parse_name(
+        cx,
+        eat,
+        "phase",
+        e.phase.as_deref(),
+        PhaseName::parse,
+        PhaseName::list,
+    );
     let events = parse_list(cx, "events", e.events);
     Expect {
         rule: e.rule,

@@ -64,15 +64,17 @@ fn client() -> Result<reqwest::Client, ControlError> {
         .map_err(ControlError::Client)
 }
 
-pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> Result<(), ControlError> {
-    let resp = client()?
-        .get(format!("{}/api/v1/status", t.base))
-        .send()
+async fn send(t: &Target, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ControlError> {
+    req.send()
         .await
         .map_err(|source| ControlError::Unreachable {
             base: t.base.clone(),
             source,
-        })?;
+        })
+}
+
+pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> Result<(), ControlError> {
+    let resp = send(t, client()?.get(format!("{}/api/v1/status", t.base))).await?;
     if !resp.status().is_success() {
         return Err(ControlError::Refused(format!(
             "ripcord answered {}",
@@ -149,14 +151,14 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> Result<(), C
         "RULE", "STATE", "PHASE", "INCIDENT"
     )?;
     for r in &snap.rules {
-        let mut values: Vec<String> = crate::rule::types::fmt_values(&r.values);
+        let mut values: Vec<String> = crate::rule::template::fmt_values(&r.values);
         if let Some(since) = &r.unevaluable_since {
             values.push(format!("UNEVALUABLE since {since}, protects nothing"));
         }
         if let Some(e) = &r.last_error {
             values.push(format!("error: {e}"));
         }
-        let phase = if r.phase == r.state {
+        let phase = if r.phase.as_str() == r.state.as_str() {
             ""
         } else {
             r.phase.as_str()
@@ -189,13 +191,7 @@ pub async fn post(
     {
         req = req.bearer_auth(tok);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|source| ControlError::Unreachable {
-            base: t.base.clone(),
-            source,
-        })?;
+    let resp = send(t, req).await?;
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or_default();
     if status.is_success() {

@@ -21,14 +21,10 @@ use crate::diag::Diagnostic;
 use crate::rule::PageEvent;
 
 pub use super::source::*;
-
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/ripcord/ripcord.yaml";
-pub const DEFAULT_RULES: &str = "/etc/ripcord/rules.d/*.yaml";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/ripcord";
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9733";
-pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
-pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
-pub const DEFAULT_BLIND_AFTER: Duration = Duration::from_secs(60);
+pub use super::{
+    DEFAULT_BLIND_AFTER, DEFAULT_CONFIG_PATH, DEFAULT_COOLDOWN, DEFAULT_EVERY, DEFAULT_LISTEN,
+    DEFAULT_RULES, DEFAULT_STATE_DIR,
+};
 
 // ---------------------------------------------------------------- main config
 

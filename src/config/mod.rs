@@ -26,11 +26,19 @@ pub use crate::actions::http::HttpStep;
 pub use crate::actions::kubectl::{KubectlStep, KubectlVerb};
 pub use crate::actions::systemctl::{SystemctlStep, SystemctlVerb};
 pub use crate::actions::Step;
-pub use crate::notify::NotifierKind;
 pub use raw::{Mode, NoData, OnTimeout, Severity};
 pub use secrets::{Secret, SecretString};
 
+pub use crate::notify::Notifier;
 use crate::rule::condition::Condition;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ripcord/ripcord.yaml";
+pub const DEFAULT_RULES: &str = "/etc/ripcord/rules.d/*.yaml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ripcord";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9733";
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
+pub const DEFAULT_BLIND_AFTER: Duration = Duration::from_secs(60);
 use crate::rule::template::Template;
 use position::Pos;
 
@@ -231,14 +239,3 @@ pub struct Action {
     pub description: Option<String>,
     pub steps: Vec<Step>,
 }
-
-#[derive(Clone, Debug)]
-pub struct Notifier {
-    pub name: String,
-    pub kind: NotifierKind,
-    /// `None`: every event.
-    pub events: Option<std::collections::BTreeSet<crate::rule::PageEvent>>,
-    pub min_severity: Severity,
-}
-
-pub use crate::notify::pagerduty::DEFAULT_URL as PAGERDUTY_DEFAULT_URL;

@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::secrets::SecretString;
 
-pub use super::scalar::{parse_duration, Dur, Scalar, MAX_DURATION};
+pub use super::scalar::{
+    parse_duration, Dur, Mode, NoData, OnTimeout, Scalar, Severity, MAX_DURATION,
+};
 pub use crate::actions::RawStep;
 pub use crate::notify::RawNotifier;
 
@@ -28,57 +30,6 @@ impl OneOrMany {
             OneOrMany::Many(v) => v,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    DryRun,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NoData {
-    /// Keep the rule's state: neither fire nor clear.
-    #[default]
-    Hold,
-    /// Treat missing data as the condition being false.
-    Ok,
-    /// Treat missing data as a breach (for heartbeats that must exist).
-    Breach,
-}
-
-/// PagerDuty's severities, which every notifier maps from.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Warning,
-    Error,
-    #[default]
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Error => "error",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnTimeout {
-    Proceed,
-    Abort,
 }
 
 // ---------------------------------------------------------------- ripcord.yaml

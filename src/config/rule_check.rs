@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::load::{DEFAULT_COOLDOWN, DEFAULT_EVERY};
 use super::raw::{self, RawRule};
 use super::source::*;
 use super::*;

@@ -1,5 +1,6 @@
-//! The value types of ripcord's files: any YAML scalar read as text, and
-//! durations written like Prometheus's. Below the raw shapes and the
+//! The value types of ripcord's files: any YAML scalar read as text,
+//! durations written like Prometheus's, and the small enums (mode,
+//! no_data, severity, on_timeout). Below the raw shapes and the
 //! secret references that both use them.
 
 use std::fmt;
@@ -76,4 +77,55 @@ impl<'de> Deserialize<'de> for Dur {
         let s = Scalar::deserialize(d)?;
         parse_duration(&s.0).map(Dur).map_err(de::Error::custom)
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    DryRun,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoData {
+    /// Keep the rule's state: neither fire nor clear.
+    #[default]
+    Hold,
+    /// Treat missing data as the condition being false.
+    Ok,
+    /// Treat missing data as a breach (for heartbeats that must exist).
+    Breach,
+}
+
+/// PagerDuty's severities, which every notifier maps from.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+    #[default]
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Proceed,
+    Abort,
 }

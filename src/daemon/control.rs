@@ -141,8 +141,8 @@ impl Engine {
                     let s = self.states.get(name).cloned().unwrap_or_default();
                     RuleStatus {
                         name: name.clone(),
-                        state: s.name().as_str().into(),
-                        phase: s.phase().as_str().into(),
+                        state: s.name(),
+                        phase: s.phase(),
                         incident: s.incident().map(|i| i.id.clone()),
                         opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
                         last_evaluation: s.last_eval.map(|t| t.rfc3339()),

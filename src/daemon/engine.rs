@@ -156,7 +156,7 @@ impl Engine {
         let committed = committed
             && self.state_problem.is_none()
             && (!runs
-                || match state_dir::probe(&self.dir) {
+                || match crate::fsio::blocking(|| state_dir::probe(&self.dir)) {
                     Ok(()) => true,
                     Err(e) => {
                         self.state_dir_failed(
@@ -330,7 +330,7 @@ impl Engine {
         r: Record,
         values: &BTreeMap<String, Option<f64>>,
     ) {
-        let vals: Vec<String> = crate::rule::types::fmt_values(values);
+        let vals: Vec<String> = crate::rule::template::fmt_values(values);
         match &r {
             Record::NoData { .. } | Record::EvaluationFailed { .. } => {
                 let text = r.to_string();

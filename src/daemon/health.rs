@@ -46,7 +46,7 @@ impl Engine {
             return;
         }
         self.last_probe = std::time::Instant::now();
-        if state_dir::probe(&self.dir).is_err() {
+        if crate::fsio::blocking(|| state_dir::probe(&self.dir)).is_err() {
             return;
         }
         let ok = self.journal(Entry::Event {
@@ -91,16 +91,18 @@ impl Engine {
         }
         let snap = snapshot_entries(&self.states, &self.shared);
         let compacted = match self.journal.lock() {
-            Ok(mut j) => match Journal::open_compacted(&self.dir, &snap) {
-                Ok(new) => {
-                    *j = new;
-                    true
+            Ok(mut j) => {
+                match crate::fsio::blocking(|| Journal::open_compacted(&self.dir, &snap)) {
+                    Ok(new) => {
+                        *j = new;
+                        true
+                    }
+                    Err(e) => {
+                        error!("journal compaction failed: {}", state_dir::describe(&e));
+                        false
+                    }
                 }
-                Err(e) => {
-                    error!("journal compaction failed: {}", state_dir::describe(&e));
-                    false
-                }
-            },
+            }
             Err(_) => false,
         };
         if compacted {

@@ -11,8 +11,8 @@ use serde_json::json;
 use serde::Deserialize;
 
 use super::{Notification, ReceiverKind, RenderContext, Request};
+use crate::config::secrets::Secret;
 use crate::config::source::{is_http_url, At, Ctx};
-use crate::config::Secret;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

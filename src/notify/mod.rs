@@ -15,8 +15,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::config::scalar::Severity;
+use crate::config::secrets::Secret;
 use crate::config::source::{one_of, At, Ctx};
-use crate::config::{Notifier, Secret, Severity};
 
 /// One kind of receiver: its config shape, validation and rendering live
 /// in its own file, and the list in [`notifier_kinds!`] makes the rest
@@ -80,6 +81,16 @@ macro_rules! notifier_kinds {
                 })))*
         }
     };
+}
+
+/// A notifier, checked.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    pub name: String,
+    pub kind: NotifierKind,
+    /// `None`: every event.
+    pub events: Option<std::collections::BTreeSet<PageEvent>>,
+    pub min_severity: Severity,
 }
 
 notifier_kinds! {

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
+use super::Notifier;
 use super::{render, Notification, RenderContext};
-use crate::config::Notifier;
 use crate::rule::Timestamp;
 
 pub const DEFAULT_MAX_ITEMS: usize = 10_000;

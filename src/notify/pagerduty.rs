@@ -7,8 +7,8 @@ use serde_json::json;
 use serde::Deserialize;
 
 use super::{fmt_value, truncate, Notification, ReceiverKind, RenderContext, Request};
+use crate::config::secrets::SecretString;
 use crate::config::source::{is_http_url, warn_inline_secret, At, Ctx};
-use crate::config::SecretString;
 use crate::rule::PageEvent;
 
 /// The Events API v2 endpoint.
@@ -124,7 +124,7 @@ pub fn render(
         })
     };
     Ok(vec![Request {
-        url: crate::config::Secret::plain(url),
+        url: crate::config::secrets::Secret::plain(url),
         headers: vec![("Content-Type".into(), "application/json".into())],
         body: body.to_string().into_bytes(),
     }])

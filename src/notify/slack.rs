@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{fmt_value, truncate, Notification, ReceiverKind, RenderContext, Request};
+use crate::config::secrets::SecretString;
 use crate::config::source::{is_http_url, warn_inline_secret, At, Ctx};
-use crate::config::SecretString;
 use crate::rule::PageEvent;
 
 #[derive(Debug, Deserialize)]

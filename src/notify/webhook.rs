@@ -9,8 +9,8 @@ use sha2::Sha256;
 use serde::Deserialize;
 
 use super::{Notification, ReceiverKind, RenderContext, Request};
+use crate::config::secrets::SecretString;
 use crate::config::source::{is_http_url, warn_inline_secret, At, Ctx};
-use crate::config::SecretString;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -40,7 +40,8 @@ macro_rules! names {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, so `{:<11}` lines up columns as a `&str` would.
+                f.pad(self.as_str())
             }
         }
 
@@ -127,6 +128,22 @@ names! {
     }
 }
 
+// Written out: the enums come from `names!`, which derives no Default.
+/// A rule that has not been evaluated yet is ok.
+#[allow(clippy::derivable_impls)]
+impl Default for StateName {
+    fn default() -> Self {
+        StateName::Ok
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for PhaseName {
+    fn default() -> Self {
+        PhaseName::Ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +164,6 @@ mod tests {
         }
         assert_eq!(PageEvent::parse("opend"), None);
         assert!(StateName::list().starts_with("ok, pending, firing"));
+        assert_eq!(format!("[{:<8}]", StateName::Firing), "[firing  ]");
     }
 }

@@ -313,10 +313,23 @@ impl Template {
     ) -> String {
         self.try_render(rule, severity, labels, values)
             .unwrap_or_else(|e| {
-                let vals = crate::rule::types::fmt_values(values).join(" ");
+                let vals = fmt_values(values).join(" ");
                 format!("{rule} breached: {vals} (summary template failed: {e})")
             })
     }
+}
+
+/// `rate=0.02 baseline=_` (`_` is no data), as logs and tables show values.
+pub fn fmt_values(values: &BTreeMap<String, Option<f64>>) -> Vec<String> {
+    values
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.map(|f| f.to_string()).unwrap_or_else(|| "_".into())
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -270,19 +270,6 @@ pub struct RuleState {
     pub unevaluable: Option<Unevaluable>,
 }
 
-/// `rate=0.02 baseline=_` (`_` is no data), as logs and tables show values.
-pub fn fmt_values(values: &BTreeMap<String, Option<f64>>) -> Vec<String> {
-    values
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.map(|f| f.to_string()).unwrap_or_else(|| "_".into())
-            )
-        })
-        .collect()
-}
-
 impl RuleState {
     /// The state's name as users see it in `status`, tests and pages.
     pub fn name(&self) -> StateName {
