@@ -439,3 +439,42 @@ fn dry_run_records_the_resolved_steps_and_runs_nothing_and_eval_acts_on_nothing(
     assert!(rc.log().contains("dry-run: would run a"), "{}", rc.log());
     assert!(!rec.exists(), "a step ran under the global dry-run");
 }
+
+/// The per-action lock, now a decision of the core (`rule::global::Locks`)
+/// carried out by the engine: two incidents that breach together and share
+/// one action both run it, one after the other, never at once.
+#[test]
+fn two_incidents_sharing_an_action_run_it_one_after_the_other() {
+    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.001");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n{}rules:\n  - name: first\n    every: 1s\n    queries: {{ratio: max(demo_errors_ratio)}}\n    condition: ratio > 0.05\n    actions: [shared]\n    cooldown: 1h\n  - name: second\n    every: 1s\n    queries: {{ratio: max(demo_errors_ratio)}}\n    condition: ratio > 0.05\n    actions: [shared]\n    cooldown: 1h\n",
+        record_action("shared", &recorder(tmp.path()), &rec, "2")
+    );
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    rc.wait_log("ripcord running", SECS_30);
+    exp.set("demo_errors_ratio 0.2\n");
+    wait_until("both runs of the shared action to end", SECS_30, || {
+        recorded(&rec).iter().filter(|(_, e, _)| e == "end").count() == 2
+    });
+    let what: Vec<String> = recorded(&rec).into_iter().map(|(_, e, _)| e).collect();
+    assert_eq!(
+        what,
+        ["start", "end", "start", "end"],
+        "the second run starts only after the first ended"
+    );
+    assert!(
+        rc.log()
+            .contains("waits for another incident's run of it to finish"),
+        "the waiting incident says so:\n{}",
+        rc.log()
+    );
+    // Each rule's incident saw its own run finish.
+    for rule in ["first", "second"] {
+        rc.wait_event(rule, "phase acting → verifying", SECS_30);
+    }
+}
