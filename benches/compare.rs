@@ -347,12 +347,15 @@ fn latency_run(
         r == trials && h == trials
     };
     if !poll(deadline, done) {
-        let r = recorded(&rec);
+        let (r, bad) = recorded_lines(&rec);
         let h = hooked.lock().expect("lock").clone();
+        let missing = |seen: &dyn Fn(usize) -> bool| -> Vec<usize> {
+            (0..trials).filter(|i| !seen(*i)).collect()
+        };
         panic!(
-            "not every trial was seen within {deadline:?}: ripcord acted on {:?}, the webhook got {:?}\nripcord: {}\nalertmanager: {}\nprometheus: {}",
-            r.keys().collect::<Vec<_>>(),
-            h.keys().collect::<Vec<_>>(),
+            "not every trial was seen within {deadline:?}: ripcord's step did not record trials {:?}, the peer's webhook did not get trials {:?}; unreadable record lines (a harness fault): {bad:?}\nripcord: {}\nalertmanager: {}\nprometheus: {}",
+            missing(&|i| r.contains_key(&i)),
+            missing(&|i| h.contains_key(&i)),
             ripcord.proc.log_tail(),
             am.log_tail(),
             prom.proc.log_tail()
@@ -366,26 +369,44 @@ fn latency_run(
     (ours, theirs)
 }
 
+/// Appends `TRIAL TIME\n` to `file` in one `write()`: with O_APPEND a
+/// short write lands whole, so two steps recording in the same instant
+/// cannot interleave their lines (`writeln!` on a `File` is several
+/// writes, and did).
 fn record(file: &str, trial: &str) {
-    let at = now();
+    let line = format!("{trial} {:.6}\n", now());
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(file)
         .expect("open record file");
-    writeln!(f, "{trial} {at:.6}").expect("record");
+    f.write_all(line.as_bytes()).expect("record");
 }
 
+/// The first time each trial was recorded.
 fn recorded(file: &Path) -> BTreeMap<usize, f64> {
+    recorded_lines(file).0
+}
+
+/// The first time each trial was recorded, and the lines that could not
+/// be read (a harness fault, said when a trial goes missing).
+fn recorded_lines(file: &Path) -> (BTreeMap<usize, f64>, Vec<String>) {
     let mut m = BTreeMap::new();
+    let mut bad = Vec::new();
     for l in std::fs::read_to_string(file).unwrap_or_default().lines() {
         let mut it = l.split(' ');
-        if let (Some(Ok(t)), Some(Ok(at))) = (it.next().map(str::parse), it.next().map(str::parse))
-        {
-            m.entry(t).or_insert(at);
+        match (
+            it.next().map(str::parse),
+            it.next().map(str::parse),
+            it.next(),
+        ) {
+            (Some(Ok(t)), Some(Ok(at)), None) => {
+                m.entry(t).or_insert(at);
+            }
+            _ => bad.push(l.to_string()),
         }
     }
-    m
+    (m, bad)
 }
 
 // ------------------------------------------------------------------- cost

@@ -1,6 +1,7 @@
 //! Requests from the control API (status, approve, veto, pause, resume,
-//! fire) and the status texts: read the engine's state, change it only
-//! through the core.
+//! fire) and the status texts. Whether a request applies is the core's
+//! decision (`rule::global`); this file carries it out. It may not change a
+//! rule's state other than through the core, nor wait on the network.
 use super::*;
 
 impl Engine {

@@ -1,6 +1,7 @@
 //! The state directory's health, as the engine sees it: a failed journal or
 //! outbox write stops every step and pages (from memory) that ripcord
-//! cannot act; a probe every few seconds says when it can again.
+//! cannot act; a probe every few seconds says when it can again; the
+//! journal is compacted when due. It may not start or stop actions.
 use super::*;
 
 impl Engine {

@@ -1,7 +1,8 @@
 //! Page texts: the core's pages and the daemon's own events (steps,
 //! blindness, reloads, unevaluable rules, an unwritable state directory) as
 //! [`Notification`]s, and the key that makes each page to each receiver
-//! unique, so the outbox can drop a page it already has.
+//! unique, so the outbox can drop a page it already has. Rendering only:
+//! which page goes out is decided by the core, and nothing here does I/O.
 
 use std::collections::BTreeMap;
 

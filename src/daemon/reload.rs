@@ -1,5 +1,7 @@
 //! Reloading the rule files: all or nothing, never losing an incident, and
-//! the directories to watch for edits.
+//! the directories to watch for edits. A failed reload keeps every rule
+//! and state as it was; it may not touch a state other than by keeping or
+//! dropping it whole.
 use super::*;
 
 /// Directories to watch for rule edits: the fixed part of each glob.

@@ -1,6 +1,8 @@
-//! Running one action: its steps in order under the action's lock, the
-//! intent synced to the journal before each step and the result after; a
-//! failed step stops the action; a stopping ripcord starts no new step.
+//! Running one action: its steps in order (the engine has given it the
+//! action's lock), the intent synced to the journal before each step and
+//! the result after; a failed step stops the action; a stopping ripcord
+//! starts no new step. It may not run a step whose intent is not written,
+//! nor touch rule state: the result goes back to the engine.
 use super::*;
 
 /// Runs one action's steps in order (the engine has given it the action's

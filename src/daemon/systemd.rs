@@ -1,5 +1,6 @@
 //! Talking to systemd: sd_notify messages (READY, RELOADING, STOPPING,
-//! STATUS, WATCHDOG) without ever stalling the engine.
+//! STATUS, WATCHDOG) through one thread. It may not stall the engine:
+//! past a short queue, messages are dropped (and said).
 use super::*;
 
 /// Tells the service manager `states`, without ever stalling the caller.

@@ -396,3 +396,55 @@ fn replay_table() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+#[test]
+fn restored_timers_table() {
+    // A state replayed from the journal keeps its absolute times: what ran
+    // out while ripcord was down ends at the first tick, the rest holds.
+    let over = "    approval: {timeout: 5m, on_timeout: abort}\n";
+    let r = rule(over);
+    let waiting = state_in(PhaseName::AwaitingApproval);
+    let cooling = RuleState {
+        status: Status::Cooldown {
+            until: t(600),
+            outcome: Outcome::Recovered,
+            incident: "r-1".into(),
+            suppressed: false,
+        },
+        ..RuleState::default()
+    };
+    // (name, replayed state, first tick at s, phase after it)
+    let table: Vec<(&str, RuleState, i64, PhaseName)> = vec![
+        (
+            "a cooldown still running holds",
+            cooling.clone(),
+            599,
+            PhaseName::Recovered,
+        ),
+        ("a cooldown that ran out ends", cooling, 600, PhaseName::Ok),
+        (
+            "an approval still open waits",
+            waiting.clone(),
+            299,
+            PhaseName::AwaitingApproval,
+        ),
+        (
+            "an approval that timed out while down aborts",
+            waiting,
+            300,
+            PhaseName::Aborted,
+        ),
+    ];
+    for (name, state, at, want) in table {
+        let rules: BTreeMap<String, Arc<Rule>> = [("r".to_string(), r.clone())].into();
+        let states: BTreeMap<String, RuleState> = [("r".to_string(), state.clone())].into();
+        assert_eq!(
+            after_replay(&rules, &states, &BTreeSet::new(), &[], t(at)),
+            vec![],
+            "{name}: nothing to carry out"
+        );
+        let mut shared = Shared::new(5, Mode::Enforce);
+        let (after, _) = super::super::step(&r, &state, &mut shared, Input::Tick, t(at));
+        assert_eq!(after.phase(), want, "{name}");
+    }
+}
