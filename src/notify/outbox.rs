@@ -3,11 +3,12 @@
 //! A page to each notifier is a file in `state_dir/outbox/`, written and
 //! synced before the first delivery attempt and removed after a 2xx. The
 //! delivery task retries with exponential backoff and jitter, honouring
-//! `Retry-After`; keeps order per incident and receiver, with one attempt
-//! in flight per receiver, so a receiver that hangs delays only its own
-//! pages; spaces requests to one receiver (Slack: one a second); gives up
-//! after `max_age`; and the outbox is bounded: past `max_items` the oldest page is dropped, and that
-//! is said. Pages survive a restart.
+//! `Retry-After`. Each receiver has its own queue and one attempt in
+//! flight, so a receiver that hangs or is down delays only its own pages;
+//! within a queue, pages of one incident keep their order. Requests to one
+//! receiver are spaced (Slack: one a second); a page is given up after
+//! `max_age`; the outbox is bounded: past `max_items` the oldest page is
+//! dropped, and that is said. Pages survive a restart.
 //!
 //! A page has a key (its incident, event and receiver): pushing a key the
 //! outbox holds or has finished is a no-op, so the daemon can push again
@@ -17,7 +18,7 @@
 //! ([`Outbox::forget_finished`]). A page that cannot be written (a full or
 //! read-only disk) is kept in memory and delivered all the same.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,10 @@ pub struct Stats {
 pub struct Outbox {
     dir: PathBuf,
     items: BTreeMap<u64, Delivery>,
+    /// Each receiver's own queue (sequence numbers, oldest first): a
+    /// receiver is served from its queue alone, so one that is slow or
+    /// dead holds back only its own pages.
+    queues: BTreeMap<String, BTreeSet<u64>>,
     /// Hashes of the keys of finished pages (their tombstones).
     finished: HashSet<String>,
     /// Keys of the pages held: pushing many at start stays linear.
@@ -123,9 +128,14 @@ impl Outbox {
             .filter(|d| !d.key.is_empty())
             .map(|d| d.key.clone())
             .collect();
+        let mut queues: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for d in items.values() {
+            queues.entry(d.notifier.clone()).or_default().insert(d.seq);
+        }
         Ok(Outbox {
             dir: dir.to_path_buf(),
             items,
+            queues,
             finished,
             keys,
             volatile: HashSet::new(),
@@ -227,6 +237,10 @@ impl Outbox {
         if !d.key.is_empty() {
             self.keys.insert(d.key.clone());
         }
+        self.queues
+            .entry(d.notifier.clone())
+            .or_default()
+            .insert(d.seq);
         self.items.insert(d.seq, d);
         written.map(|()| true)
     }
@@ -237,6 +251,12 @@ impl Outbox {
         let Some(d) = self.items.remove(&seq) else {
             return;
         };
+        if let Some(q) = self.queues.get_mut(&d.notifier) {
+            q.remove(&seq);
+            if q.is_empty() {
+                self.queues.remove(&d.notifier);
+            }
+        }
         self.keys.remove(&d.key);
         let path = self.path(seq);
         if self.volatile.remove(&seq) || d.key.is_empty() {
@@ -258,14 +278,25 @@ impl Outbox {
     /// The next page to try now: due, its receiver not busy, and the oldest
     /// pending one of its incident for that receiver.
     pub fn next_due(&self, now: Timestamp, busy: &HashSet<String>) -> Option<Delivery> {
+        self.queues
+            .iter()
+            .filter(|(notifier, _)| !busy.contains(*notifier))
+            .filter_map(|(_, queue)| self.due_in(queue, now))
+            .min_by_key(|d| d.seq)
+            .cloned()
+    }
+
+    /// The oldest page of one receiver's queue that is due and not behind
+    /// an earlier, not yet due page of the same incident.
+    fn due_in(&self, queue: &BTreeSet<u64>, now: Timestamp) -> Option<&Delivery> {
         let mut blocked: HashSet<(String, String)> = HashSet::new();
-        for d in self.items.values() {
+        for d in queue.iter().filter_map(|seq| self.items.get(seq)) {
             let key = d.order_key();
             if blocked.contains(&key) {
                 continue;
             }
-            if d.next_at <= now && !busy.contains(&d.notifier) {
-                return Some(d.clone());
+            if d.next_at <= now {
+                return Some(d);
             }
             blocked.insert(key);
         }
@@ -547,5 +578,90 @@ fn settle(
             }
         }
         metrics.outbox_pages.set(o.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::PageEvent;
+
+    fn page(incident: &str) -> Notification {
+        Notification {
+            event: PageEvent::Opened,
+            rule: Some("r".into()),
+            incident: Some(incident.into()),
+            severity: crate::config::Severity::Critical,
+            summary: String::new(),
+            details: Vec::new(),
+            values: BTreeMap::new(),
+            condition: None,
+            queries: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            runbook_url: None,
+            dashboard_url: None,
+            resolve: false,
+            dry_run: false,
+            drill: false,
+            started: Timestamp(0),
+            at: Timestamp(0),
+            page_id: String::new(),
+        }
+    }
+
+    /// What `deliver` would send, in turn, marking each receiver busy.
+    fn due(o: &Outbox, now: Timestamp, busy: &[&str]) -> Vec<(String, String)> {
+        let mut busy: HashSet<String> = busy.iter().map(|s| s.to_string()).collect();
+        let mut out = Vec::new();
+        while let Some(d) = o.next_due(now, &busy) {
+            busy.insert(d.notifier.clone());
+            out.push((d.notifier, d.notification.incident.unwrap_or_default()));
+        }
+        out
+    }
+
+    #[test]
+    fn each_receiver_is_served_from_its_own_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path()).unwrap();
+        let t0 = Timestamp(1_000);
+        // The dead receiver's pages are older and many.
+        for i in 0..50 {
+            o.push("dead", page(&format!("i{i}")), t0).unwrap();
+        }
+        o.push("slack", page("i0"), t0).unwrap();
+        o.push("hook", page("i0"), t0).unwrap();
+        // The dead receiver has a request in flight: the others go anyway.
+        assert_eq!(
+            due(&o, t0, &["dead"]),
+            [("slack".into(), "i0".into()), ("hook".into(), "i0".into())]
+        );
+        // Its pages back off after failures: that holds back only its queue.
+        let seqs: Vec<u64> = o.queues["dead"].iter().copied().collect();
+        for seq in seqs {
+            o.failed(seq, t0, "timed out".into(), None);
+        }
+        assert_eq!(
+            due(&o, t0, &[]),
+            [("slack".into(), "i0".into()), ("hook".into(), "i0".into())]
+        );
+    }
+
+    #[test]
+    fn one_incidents_pages_keep_their_order_within_a_receiver() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path()).unwrap();
+        let t0 = Timestamp(1_000);
+        o.push("hook", page("a"), t0).unwrap();
+        o.push("hook", page("a"), t0).unwrap();
+        o.push("hook", page("b"), t0).unwrap();
+        let first = *o.queues["hook"].iter().next().unwrap();
+        o.failed(first, t0, "503".into(), None);
+        // a's second page waits behind a's first; b's goes.
+        assert_eq!(due(&o, t0, &[]), [("hook".into(), "b".into())]);
+        // Reopened from disk, the queues are rebuilt the same.
+        drop(o);
+        let o = Outbox::open(dir.path()).unwrap();
+        assert_eq!(o.queues["hook"].len(), 3);
     }
 }
