@@ -19,3 +19,4 @@ mod runners;
 mod systemd;
 mod trust;
 mod unit_file;
+mod web;

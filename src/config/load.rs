@@ -157,6 +157,11 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
             listen,
             mode: raw.mode.unwrap_or_default(),
             limits,
+            web_read: raw.web.read.unwrap_or(if raw.api.token.is_some() {
+                raw::WebRead::Token
+            } else {
+                raw::WebRead::Open
+            }),
             api_token: raw.api.token,
             removal_delay: raw
                 .reload

@@ -78,6 +78,9 @@ pub struct Config {
     pub api_token: Option<SecretString>,
     /// A rule with an open incident leaves only after missing this long.
     pub removal_delay: Duration,
+    /// Who may read the web page (`web.read`); the default is `token` when
+    /// an API token is configured, `open` otherwise.
+    pub web_read: raw::WebRead,
 }
 
 /// `reload: {removal_delay}`'s default: long enough for an editor's save or

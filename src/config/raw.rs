@@ -51,6 +51,25 @@ pub struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub reload: RawReload,
+    #[serde(default)]
+    pub web: RawWeb,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// Who may read the web page: `open`, or `token` (after logging in).
+    pub read: Option<WebRead>,
+}
+
+/// Who may read the web page and `GET /api/v1/...`-like views of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebRead {
+    /// Anyone who can reach the listener.
+    Open,
+    /// Only after logging in with the API token.
+    Token,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -179,7 +179,7 @@ pub async fn run(
     }
     let server = serve_api(
         listener,
-        crate::api::router(metrics.clone(), token, control_tx),
+        crate::api::router(metrics.clone(), token, control_tx, config.web_read),
         stop_rx.clone(),
     );
     let (deliver_stop_tx, deliver_stop_rx) = watch::channel(false);
@@ -295,6 +295,7 @@ fn serve_api(
         let shutdown = async move {
             let _ = stop.changed().await;
         };
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -1,5 +1,6 @@
-//! The HTTP listener on `listen:`: `/metrics`, `/healthz`, and the API the
-//! `status`, `approve`, `veto`, `pause` and `resume` commands call.
+//! The HTTP listener on `listen:`: `/metrics`, `/healthz`, the API the
+//! `status`, `approve`, `veto`, `pause` and `resume` commands call, and the
+//! web page (`web.rs`).
 //!
 //! Reads ask the engine for a status snapshot (a message, like control
 //! requests); they never reach into live state. Control requests need
@@ -17,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Secret;
 use crate::metrics::Metrics;
+
+mod web;
 
 /// What `status` shows: one entry per rule, and the daemon's own state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -102,6 +105,9 @@ struct AppState {
     metrics: Arc<Metrics>,
     token: Option<Arc<Secret>>,
     control: mpsc::Sender<ControlMsg>,
+    /// Who may read the web page.
+    web_read: crate::config::raw::WebRead,
+    sessions: Arc<web::Sessions>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -309,13 +315,23 @@ pub fn router(
     metrics: Arc<Metrics>,
     token: Option<Secret>,
     control: mpsc::Sender<ControlMsg>,
+    web_read: crate::config::raw::WebRead,
 ) -> Router {
     let state = AppState {
         metrics,
         token: token.map(Arc::new),
         control,
+        web_read,
+        sessions: Arc::new(web::Sessions::default()),
     };
     Router::new()
+        .route("/", get(web::overview))
+        .route("/login", get(web::login_form).post(web::login))
+        .route("/logout", post(web::logout))
+        .route("/web/incidents/{id}/{verb}", post(web::incident_control))
+        .route("/web/pause", post(web::pause))
+        .route("/web/resume", post(web::resume))
+        .route("/static/{name}", get(web::static_file))
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/status", get(status))

@@ -1,0 +1,522 @@
+//! The web page on the listen address: the overview of every rule and of
+//! ripcord's own health, and the controls (approve, veto, pause, resume)
+//! for whoever has logged in with the API token.
+//!
+//! Rendered on the server (minijinja, templates in `templates/`), readable
+//! with JavaScript off; one small script of its own (`/static/refresh.js`)
+//! refreshes the table and the health line without losing scroll. Nothing
+//! is loaded from outside the host, and the Content-Security-Policy says so
+//! to the browser.
+//!
+//! Reading follows `web.read` (`open`, or `token`: after logging in).
+//! Controls always need a session: a login form takes a name and the API
+//! token and sets a cookie (HttpOnly, SameSite=Strict); every control form
+//! carries the session's CSRF token, and what it does is journaled with who
+//! pressed it and from where. The page may not change state other than
+//! through the same control messages the CLI sends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::{context, Environment};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::{AppState, Control, Snapshot};
+use crate::config::raw::WebRead;
+use crate::rule::StateName;
+
+const COOKIE: &str = "ripcord_session";
+/// A login lasts a working day.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Sessions of logged-in people, in memory: a restart logs everyone out.
+#[derive(Default)]
+pub(super) struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    who: String,
+    csrf: String,
+    expires: Instant,
+}
+
+impl Sessions {
+    fn start(&self, who: &str) -> Option<(String, Session)> {
+        let session = Session {
+            who: who.to_string(),
+            csrf: random_hex()?,
+            expires: Instant::now() + SESSION_TTL,
+        };
+        let id = random_hex()?;
+        let mut map = self.map.lock().ok()?;
+        map.retain(|_, s| s.expires > Instant::now());
+        map.insert(id.clone(), session.clone());
+        Some((id, session))
+    }
+
+    fn get(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        let id = cookie(headers, COOKIE)?;
+        let map = self.map.lock().ok()?;
+        map.get(&id)
+            .filter(|s| s.expires > Instant::now())
+            .map(|s| (id.clone(), s.clone()))
+    }
+
+    fn end(&self, id: &str) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(id);
+        }
+    }
+}
+
+/// 32 random bytes as hex, from the OS.
+fn random_hex() -> Option<String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).ok()?;
+    Some(hex::encode(b))
+}
+
+/// The value of cookie `name` in the request.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Compares in constant time: the token is a secret.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn templates() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+    for (name, src) in [
+        ("page.html", include_str!("templates/page.html")),
+        ("overview.html", include_str!("templates/overview.html")),
+        ("health.html", include_str!("templates/health.html")),
+        ("rules.html", include_str!("templates/rules.html")),
+        ("login.html", include_str!("templates/login.html")),
+    ] {
+        // The templates are part of the binary and checked by the tests.
+        if let Err(e) = env.add_template(name, src) {
+            tracing::error!("web template {name}: {e}");
+        }
+    }
+    env
+}
+
+fn env() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(templates)
+}
+
+/// A page: HTML with headers that keep it on this host.
+fn html(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn render(name: &str, ctx: minijinja::Value) -> Response {
+    match env().get_template(name).and_then(|t| t.render(ctx)) {
+        Ok(body) => html(StatusCode::OK, body),
+        Err(e) => html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("template {name}: {e}"),
+        ),
+    }
+}
+
+/// Why a request was not let through.
+enum Refusal {
+    /// Reading needs a login (`web.read: token`).
+    LogIn,
+    /// A control without a session.
+    NoSession,
+    /// A control whose CSRF token is not the session's.
+    Stale,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::LogIn => Redirect::to("/login").into_response(),
+            Refusal::NoSession => html(
+                StatusCode::FORBIDDEN,
+                "refused: log in first (controls need a session)".into(),
+            ),
+            Refusal::Stale => html(
+                StatusCode::FORBIDDEN,
+                "refused: the form is stale or not from this page (CSRF token)".into(),
+            ),
+        }
+    }
+}
+
+/// Whether this request may read, and who is logged in.
+fn reader(s: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Refusal> {
+    let session = s.sessions.get(headers).map(|(_, s)| s);
+    match (s.web_read, &session) {
+        (WebRead::Token, None) => Err(Refusal::LogIn),
+        _ => Ok(session),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct OverviewQuery {
+    /// Only rules in this state.
+    state: Option<String>,
+    /// `rules` or `health`: that part alone, for the refresh script.
+    part: Option<String>,
+    /// What the last control did (shown once).
+    msg: Option<String>,
+}
+
+/// A state as people see it at a glance: a shape and a word, not only a
+/// colour.
+fn symbol(state: StateName) -> &'static str {
+    match state {
+        StateName::Ok => "✓",
+        StateName::Pending => "◐",
+        StateName::Firing => "▲",
+        StateName::Unrecovered => "✖",
+        StateName::Recovered => "↺",
+        StateName::Closed => "■",
+    }
+}
+
+fn rules_context(snap: &Snapshot, filter: Option<StateName>) -> Vec<minijinja::Value> {
+    snap.rules
+        .iter()
+        .filter(|r| filter.is_none_or(|f| r.state == f))
+        .map(|r| {
+            let values = crate::rule::template::fmt_values(&r.values).join(" ");
+            context! {
+                name => r.name,
+                state => r.state.as_str(),
+                symbol => symbol(r.state),
+                phase => (r.phase.as_str() != r.state.as_str()).then(|| r.phase.as_str()),
+                incident => r.incident,
+                opened_at => r.opened_at,
+                values => values,
+                last_evaluation => r.last_evaluation,
+                last_error => r.last_error,
+                unevaluable_since => r.unevaluable_since,
+                can_approve => r.phase == crate::rule::PhaseName::AwaitingApproval,
+                can_veto => matches!(r.phase, crate::rule::PhaseName::AwaitingApproval | crate::rule::PhaseName::Acting),
+            }
+        })
+        .collect()
+}
+
+pub(super) async fn overview(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<OverviewQuery>,
+) -> Response {
+    let session = match reader(&s, &headers) {
+        Ok(session) => session,
+        Err(r) => return r.into_response(),
+    };
+    let snap = match super::snapshot(&s).await {
+        Ok(snap) => snap,
+        Err(r) => return r,
+    };
+    let filter = q.state.as_deref().and_then(StateName::parse);
+    let counts: Vec<minijinja::Value> = StateName::ALL
+        .iter()
+        .map(|st| {
+            context! {
+                state => st.as_str(),
+                symbol => symbol(*st),
+                count => snap.rules.iter().filter(|r| r.state == *st).count(),
+            }
+        })
+        .collect();
+    let ctx = context! {
+        version => snap.version,
+        snap => snap,
+        rules => rules_context(&snap, filter),
+        counts => counts,
+        filter => filter.map(|f| f.as_str()),
+        who => session.as_ref().map(|s| s.who.clone()),
+        csrf => session.as_ref().map(|s| s.csrf.clone()),
+        msg => q.msg,
+        controls => s.token.is_some(),
+    };
+    match q.part.as_deref() {
+        Some("rules") => render("rules.html", ctx),
+        Some("health") => render("health.html", ctx),
+        _ => render("overview.html", ctx),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct LoginQuery {
+    error: Option<String>,
+}
+
+pub(super) async fn login_form(State(s): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
+    render(
+        "login.html",
+        context! {
+            error => q.error,
+            enabled => s.token.is_some(),
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LoginForm {
+    name: String,
+    token: String,
+}
+
+pub(super) async fn login(
+    State(s): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let name = f.name.trim();
+    let Some(token) = &s.token else {
+        return Redirect::to("/login?error=set+api.token+in+ripcord.yaml+to+log+in")
+            .into_response();
+    };
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Redirect::to("/login?error=give+your+name+(up+to+64+characters)").into_response();
+    }
+    if !same(&f.token, token.expose()) {
+        tracing::warn!(name, %from, "web login refused: wrong token");
+        return Redirect::to("/login?error=wrong+token").into_response();
+    }
+    let Some((id, _)) = s.sessions.start(name) else {
+        return html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot start a session".into(),
+        );
+    };
+    tracing::info!(name, %from, "web login");
+    let mut r = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_TTL.as_secs()
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ControlForm {
+    csrf: String,
+    /// Pause: a duration like `1h`; empty: until resumed.
+    #[serde(rename = "for", default)]
+    for_: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// The session behind a control form, if its CSRF token matches.
+fn controller(
+    s: &AppState,
+    headers: &HeaderMap,
+    f: &ControlForm,
+) -> Result<(String, Session), Refusal> {
+    match s.sessions.get(headers) {
+        Some((id, session)) if same(&f.csrf, &session.csrf) => Ok((id, session)),
+        Some(_) => Err(Refusal::Stale),
+        None => Err(Refusal::NoSession),
+    }
+}
+
+pub(super) async fn logout(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<ControlForm>,
+) -> Response {
+    if let Ok((id, _)) = controller(&s, &headers, &f) {
+        s.sessions.end(&id);
+    }
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("ripcord_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    r
+}
+
+/// Sends a control request as the CLI does and says what came of it.
+async fn ask(s: &AppState, c: Control) -> String {
+    let (tx, rx) = oneshot::channel();
+    if s.control.send((c, tx)).await.is_err() {
+        return "ripcord is stopping".into();
+    }
+    match rx.await {
+        Ok(Ok(msg)) => msg,
+        Ok(Err(msg)) => format!("refused: {msg}"),
+        Err(_) => "ripcord is stopping".into(),
+    }
+}
+
+fn back(msg: &str) -> Response {
+    let q: String = url_encode(msg);
+    Redirect::to(&format!("/?msg={q}")).into_response()
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `NAME (web, from ADDR)`: who pressed it, for the journal.
+fn by(session: &Session, from: SocketAddr) -> String {
+    format!("{} (web, from {})", session.who, from.ip())
+}
+
+pub(super) async fn incident_control(
+    State(s): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+    Form(f): Form<ControlForm>,
+) -> Response {
+    let (_, session) = match controller(&s, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
+    let by = by(&session, from);
+    let c = match verb.as_str() {
+        "approve" => Control::Approve { incident: id, by },
+        "veto" => Control::Veto { incident: id, by },
+        _ => return html(StatusCode::NOT_FOUND, "no such control".into()),
+    };
+    back(&ask(&s, c).await)
+}
+
+pub(super) async fn pause(
+    State(s): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<ControlForm>,
+) -> Response {
+    let (_, session) = match controller(&s, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
+    let for_ = match f.for_.trim() {
+        "" => None,
+        d => match crate::config::raw::parse_duration(d) {
+            Ok(d) => Some(d),
+            Err(e) => return back(&format!("refused: {e}")),
+        },
+    };
+    let reason = match f.reason.trim() {
+        "" => "paused from the web page".to_string(),
+        r => r.to_string(),
+    };
+    let reason = format!("{reason} (by {})", by(&session, from));
+    back(&ask(&s, Control::Pause { for_, reason }).await)
+}
+
+pub(super) async fn resume(
+    State(s): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<ControlForm>,
+) -> Response {
+    let (_, session) = match controller(&s, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
+    tracing::info!(by = %by(&session, from), "resume from the web page");
+    back(&ask(&s, Control::Resume).await)
+}
+
+pub(super) async fn static_file(Path(name): Path<String>) -> Response {
+    let (body, kind) = match name.as_str() {
+        "style.css" => (include_str!("static/style.css"), "text/css; charset=utf-8"),
+        "refresh.js" => (
+            include_str!("static/refresh.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_parses_and_cookies_are_read() {
+        let env = templates();
+        for name in [
+            "page.html",
+            "overview.html",
+            "health.html",
+            "rules.html",
+            "login.html",
+        ] {
+            if let Err(e) = env.get_template(name) {
+                panic!("{name}: {e:#}");
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; ripcord_session=abc; b=2"),
+        );
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "nope"), None);
+        assert!(same("secret", "secret") && !same("secret", "secreT") && !same("a", "ab"));
+        assert_eq!(url_encode("vetoed r-1: ok"), "vetoed%20r-1%3A%20ok");
+    }
+}

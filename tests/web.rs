@@ -1,0 +1,315 @@
+//! The web page in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`), driven over WebDriver with fantoccini, against the
+//! real daemon and a real Prometheus.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use ripcord::journal::Entry;
+use ripcord::rule::{HaltReason, Phase, Status};
+
+use crate::support::live::*;
+use crate::support::net::{free_port, http_with};
+
+const LONG: Duration = Duration::from_secs(60);
+const TOKEN: &str = "w3b-t0ken-for-the-browser-test";
+
+/// chromedriver on a free loopback port, stopped with the test.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (Debian's chromium-driver; scripts/test installs it)");
+        // It listens once it is ready for sessions.
+        wait_until("chromedriver to listen", LONG, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1280,800",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session in headless Chromium")
+}
+
+/// Polls `cond` (async) until it holds or `deadline` passes.
+async fn until<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The text of the overview's row for `rule`, reloading the page.
+async fn row(c: &Client, base: &str, rule: &str) -> String {
+    if c.goto(&format!("{base}/")).await.is_err() {
+        return String::new();
+    }
+    match c
+        .find(Locator::Css(&format!("tr[data-rule=\"{rule}\"]")))
+        .await
+    {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Where the screenshots go: kept as CI artefacts under `target/`.
+fn shots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web");
+    std::fs::create_dir_all(&dir).expect("target/web");
+    dir
+}
+
+/// Every `src` and `href` on the page points at this host.
+async fn assert_nothing_leaves_the_host(c: &Client, base: &str) {
+    let refs = c
+        .execute(
+            "return Array.from(document.querySelectorAll('[src],[href],[action]')).map(e => e.src || e.href || e.action);",
+            vec![],
+        )
+        .await
+        .expect("refs");
+    let loaded = c
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name);",
+            vec![],
+        )
+        .await
+        .expect("resources");
+    for list in [&refs, &loaded] {
+        for r in list.as_array().expect("a list") {
+            let r = r.as_str().unwrap_or_default();
+            assert!(
+                r.starts_with(base),
+                "the page refers outside the host: {r} (base {base})"
+            );
+        }
+    }
+    assert!(
+        !loaded.as_array().expect("a list").is_empty(),
+        "the browser loaded the page's own CSS and script"
+    );
+}
+
+#[test]
+fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
+    let exp = Exporter::start("checkout_ratio 0.001\nsearch_ratio 0.001\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("search_ratio", "0.001");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let script = recorder(tmp.path());
+    let action = |name: &str| {
+        format!(
+            "  {name}:\n    steps: [{{exec: {{argv: [\"{}\", \"{name}\"], env: {{REC: \"{}\"}}}}}}]\n",
+            script.display(),
+            rec.display()
+        )
+    };
+    let rules = format!(
+        "actions:\n{}{}rules:\n  - name: checkout-errors\n    every: 1s\n    queries: {{ratio: max(checkout_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-checkout]\n    approval: {{timeout: 10m, on_timeout: abort}}\n  - name: search-errors\n    every: 1s\n    queries: {{ratio: max(search_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-search]\n",
+        action("undo-checkout"),
+        action("undo-search")
+    );
+    let mut rc = Ripcord::new(&prom.url(), "api: {token: \"${env:API_TOKEN}\"}\n", &rules);
+    rc.env.push(("API_TOKEN".into(), TOKEN.into()));
+    rc.start();
+    let port = rc.listen;
+    let base = format!("http://127.0.0.1:{port}");
+
+    // A control without a session is refused, whatever its form says.
+    let (code, body) = http_with(
+        "POST",
+        port,
+        "/web/pause",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "csrf=guess&for=1h&reason=x",
+        Duration::from_secs(5),
+    )
+    .expect("answer");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("log in first"), "{body}");
+
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = browser(&driver, profile.path()).await;
+        // With a token configured, reading needs a login.
+        c.goto(&format!("{base}/")).await.expect("goto");
+        let url = c.current_url().await.expect("url");
+        assert_eq!(url.path(), "/login", "reading needs a login: {url}");
+        c.find(Locator::Id("name"))
+            .await
+            .expect("name")
+            .send_keys("alice")
+            .await
+            .expect("type");
+        c.find(Locator::Id("token"))
+            .await
+            .expect("token")
+            .send_keys(TOKEN)
+            .await
+            .expect("type");
+        c.find(Locator::Id("login"))
+            .await
+            .expect("button")
+            .click()
+            .await
+            .expect("click");
+
+        // The overview lists the running daemon's rules with their states.
+        until("both rules listed as ok", LONG, || async {
+            let a = row(&c, &base, "checkout-errors").await;
+            let b = row(&c, &base, "search-errors").await;
+            a.contains("ok") && b.contains("ok")
+        })
+        .await;
+        let health = c
+            .find(Locator::Id("health"))
+            .await
+            .expect("health")
+            .text()
+            .await
+            .expect("text");
+        assert!(health.contains("Prometheus answers"), "{health}");
+        assert_nothing_leaves_the_host(&c, &base).await;
+
+        // A breach waits for approval; pressing veto stops it.
+        exp.set("checkout_ratio 0.2\nsearch_ratio 0.001\n");
+        until("checkout-errors awaiting approval", LONG, || async {
+            row(&c, &base, "checkout-errors")
+                .await
+                .contains("awaiting_approval")
+        })
+        .await;
+        let shot = c.screenshot().await.expect("screenshot");
+        std::fs::write(shots().join("overview.png"), shot).expect("write overview.png");
+        c.find(Locator::Css(
+            "tr[data-rule=\"checkout-errors\"] button.veto",
+        ))
+        .await
+        .expect("a veto button")
+        .click()
+        .await
+        .expect("click veto");
+        let msg = c
+            .find(Locator::Css(".msg"))
+            .await
+            .expect("the answer")
+            .text()
+            .await
+            .expect("text");
+        assert!(msg.contains("vetoed"), "{msg}");
+        until("checkout-errors vetoed", LONG, || async {
+            row(&c, &base, "checkout-errors").await.contains("vetoed")
+        })
+        .await;
+
+        // Pause from the page: a new breach opens an incident that runs nothing.
+        c.find(Locator::Css("input[name=for]"))
+            .await
+            .expect("for")
+            .send_keys("1h")
+            .await
+            .expect("type");
+        c.find(Locator::Css("input[name=reason]"))
+            .await
+            .expect("reason")
+            .send_keys("cutover freeze")
+            .await
+            .expect("type");
+        c.find(Locator::Id("pause"))
+            .await
+            .expect("pause")
+            .click()
+            .await
+            .expect("click pause");
+        let health = c
+            .find(Locator::Id("health"))
+            .await
+            .expect("health")
+            .text()
+            .await
+            .expect("text");
+        assert!(health.contains("PAUSED"), "{health}");
+        exp.set("checkout_ratio 0.2\nsearch_ratio 0.2\n");
+        until("search-errors opened, paused", LONG, || async {
+            row(&c, &base, "search-errors").await.contains("paused")
+        })
+        .await;
+        let shot = c.screenshot().await.expect("screenshot");
+        std::fs::write(shots().join("overview-paused.png"), shot).expect("write png");
+        let _ = c.close().await;
+    });
+
+    // The journal says who vetoed, from where, and that nothing ran.
+    let vetoed_by = rc.journal().into_iter().find_map(|e| match e {
+        Entry::State { rule, state, .. } if rule == "checkout-errors" => match state.status {
+            Status::Open(i) => match i.phase {
+                Phase::Halted(HaltReason::Vetoed { by }) => Some(by),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(vetoed_by.as_deref(), Some("alice (web, from 127.0.0.1)"));
+    assert!(
+        recorded(&rec).is_empty(),
+        "nothing ran: vetoed, then paused: {:?}",
+        recorded(&rec)
+    );
+    assert!(
+        rc.log()
+            .contains("paused: cutover freeze (by alice (web, from 127.0.0.1))"),
+        "{}",
+        rc.log()
+    );
+}
