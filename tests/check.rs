@@ -96,7 +96,7 @@ fn a_bad_config_is_reported_at_its_line() {
         [
             "ripcord.yaml:2:8: prometheus url `localhost:9090` must start with http:// or https://",
             "ripcord.yaml:3:9: invalid listen address `everywhere`: expected IP:PORT, e.g. 127.0.0.1:9733",
-            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`, `outbox`, `api`, `reload`",
+            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`, `outbox`, `api`, `reload`, `web`",
         ]
     );
 }
@@ -170,7 +170,17 @@ fn the_packaged_config_is_all_defaults_commented_or_not() {
         let mut c = loaded.value.expect("a config");
         c.path = None;
         // The one setting shown with a non-default example value.
-        assert!(c.api_token.take().is_some() == path.starts_with(dir.path()));
+        let had_token = c.api_token.take().is_some();
+        assert!(had_token == path.starts_with(dir.path()));
+        // web.read's default follows api.token: token with one, open without.
+        use ripcord::config::raw::WebRead;
+        let want = if had_token {
+            WebRead::Token
+        } else {
+            WebRead::Open
+        };
+        assert_eq!(c.web_read, want, "{}", path.display());
+        c.web_read = WebRead::Open;
         format!("{c:?}")
     };
     let defaults = ripcord::config::load::load_config(
