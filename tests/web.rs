@@ -99,6 +99,46 @@ async fn row(c: &Client, base: &str, rule: &str) -> String {
     }
 }
 
+/// The text of the first element matching `css`, once it contains
+/// `needle` (the click's navigation may still be under way).
+async fn text_with(c: &Client, css: &str, needle: &str) -> String {
+    let end = std::time::Instant::now() + LONG;
+    let mut last = String::new();
+    while std::time::Instant::now() < end {
+        last = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if last.contains(needle) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {css} to say {needle:?}; it says {last:?}");
+}
+
+/// Finds `css` and does `what` to it, again if the page's own refresh
+/// replaced the element in between (a stale element).
+async fn on(c: &Client, css: &str, keys: Option<&str>) {
+    let end = std::time::Instant::now() + LONG;
+    let mut last = String::new();
+    while std::time::Instant::now() < end {
+        let done = match c.find(Locator::Css(css)).await {
+            Ok(e) => match keys {
+                Some(k) => e.send_keys(k).await,
+                None => e.click().await,
+            },
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => return,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("cannot use {css}: {last}");
+}
+
 /// Where the screenshots go: kept as CI artefacts under `target/`.
 fn shots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web");
@@ -231,54 +271,18 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         .await;
         let shot = c.screenshot().await.expect("screenshot");
         std::fs::write(shots().join("overview.png"), shot).expect("write overview.png");
-        c.find(Locator::Css(
-            "tr[data-rule=\"checkout-errors\"] button.veto",
-        ))
-        .await
-        .expect("a veto button")
-        .click()
-        .await
-        .expect("click veto");
-        let msg = c
-            .find(Locator::Css(".msg"))
-            .await
-            .expect("the answer")
-            .text()
-            .await
-            .expect("text");
-        assert!(msg.contains("vetoed"), "{msg}");
+        on(&c, "tr[data-rule=\"checkout-errors\"] button.veto", None).await;
+        text_with(&c, ".msg", "vetoed").await;
         until("checkout-errors vetoed", LONG, || async {
             row(&c, &base, "checkout-errors").await.contains("vetoed")
         })
         .await;
 
         // Pause from the page: a new breach opens an incident that runs nothing.
-        c.find(Locator::Css("input[name=for]"))
-            .await
-            .expect("for")
-            .send_keys("1h")
-            .await
-            .expect("type");
-        c.find(Locator::Css("input[name=reason]"))
-            .await
-            .expect("reason")
-            .send_keys("cutover freeze")
-            .await
-            .expect("type");
-        c.find(Locator::Id("pause"))
-            .await
-            .expect("pause")
-            .click()
-            .await
-            .expect("click pause");
-        let health = c
-            .find(Locator::Id("health"))
-            .await
-            .expect("health")
-            .text()
-            .await
-            .expect("text");
-        assert!(health.contains("PAUSED"), "{health}");
+        on(&c, "input[name=for]", Some("1h")).await;
+        on(&c, "input[name=reason]", Some("cutover freeze")).await;
+        on(&c, "#pause", None).await;
+        text_with(&c, "#health", "PAUSED").await;
         exp.set("checkout_ratio 0.2\nsearch_ratio 0.2\n");
         until("search-errors opened, paused", LONG, || async {
             row(&c, &base, "search-errors").await.contains("paused")
