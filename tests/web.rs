@@ -179,7 +179,7 @@ async fn assert_nothing_leaves_the_host(c: &Client, base: &str) {
 
 #[test]
 fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
-    let exp = Exporter::start("checkout_ratio 0.001\nsearch_ratio 0.001\n");
+    let exp = Exporter::start("checkout_ratio 0.001\nsearch_ratio 0.001\nlogin_ratio 0.001\n");
     let prom = Prometheus::start(&[exp.port()]);
     prom.wait_for("search_ratio", "0.001");
     let tmp = tempfile::tempdir().expect("tmp");
@@ -193,7 +193,8 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         )
     };
     let rules = format!(
-        "actions:\n{}{}rules:\n  - name: checkout-errors\n    every: 1s\n    queries: {{ratio: max(checkout_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-checkout]\n    approval: {{timeout: 10m, on_timeout: abort}}\n  - name: search-errors\n    every: 1s\n    queries: {{ratio: max(search_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-search]\n",
+        "actions:\n{}{}{}rules:\n  - name: login-errors\n    every: 1s\n    queries: {{ratio: max(login_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-login]\n  - name: checkout-errors\n    every: 1s\n    queries: {{ratio: max(checkout_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-checkout]\n    approval: {{timeout: 10m, on_timeout: abort}}\n  - name: search-errors\n    every: 1s\n    queries: {{ratio: max(search_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-search]\n",
+        action("undo-login"),
         action("undo-checkout"),
         action("undo-search")
     );
@@ -261,8 +262,25 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         assert!(health.contains("Prometheus answers"), "{health}");
         assert_nothing_leaves_the_host(&c, &base).await;
 
+        // An incident's page shows its steps, from the journal.
+        exp.set("checkout_ratio 0.001\nsearch_ratio 0.001\nlogin_ratio 0.2\n");
+        until("login-errors rolled back, verifying", LONG, || async {
+            row(&c, &base, "login-errors").await.contains("verifying")
+        })
+        .await;
+        on(&c, "tr[data-rule=\"login-errors\"] a", None).await;
+        let timeline = text_with(&c, "#timeline", "undo-login step 1 succeeded: exit 0").await;
+        assert!(timeline.contains("undo-login step 1 started"), "{timeline}");
+        assert!(
+            timeline.contains("pending → firing") || timeline.contains("ok → firing"),
+            "{timeline}"
+        );
+        let shot = c.screenshot().await.expect("screenshot");
+        std::fs::write(shots().join("incident.png"), shot).expect("write incident.png");
+        assert_nothing_leaves_the_host(&c, &base).await;
+
         // A breach waits for approval; pressing veto stops it.
-        exp.set("checkout_ratio 0.2\nsearch_ratio 0.001\n");
+        exp.set("checkout_ratio 0.2\nsearch_ratio 0.001\nlogin_ratio 0.2\n");
         until("checkout-errors awaiting approval", LONG, || async {
             row(&c, &base, "checkout-errors")
                 .await
@@ -283,7 +301,7 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         on(&c, "input[name=reason]", Some("cutover freeze")).await;
         on(&c, "#pause", None).await;
         text_with(&c, "#health", "PAUSED").await;
-        exp.set("checkout_ratio 0.2\nsearch_ratio 0.2\n");
+        exp.set("checkout_ratio 0.2\nsearch_ratio 0.2\nlogin_ratio 0.2\n");
         until("search-errors opened, paused", LONG, || async {
             row(&c, &base, "search-errors").await.contains("paused")
         })
@@ -305,10 +323,15 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         _ => None,
     });
     assert_eq!(vetoed_by.as_deref(), Some("alice (web, from 127.0.0.1)"));
-    assert!(
-        recorded(&rec).is_empty(),
-        "nothing ran: vetoed, then paused: {:?}",
-        recorded(&rec)
+    let ran: Vec<String> = recorded(&rec)
+        .into_iter()
+        .filter(|(_, e, _)| e == "start")
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(
+        ran,
+        ["undo-login"],
+        "only login-errors' rollback ran: checkout was vetoed, search paused"
     );
     assert!(
         rc.log()

@@ -72,11 +72,44 @@ pub struct PauseStatus {
     pub reason: String,
 }
 
+/// One incident's timeline, as the web page shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IncidentView {
+    pub id: String,
+    pub rule: String,
+    pub opened_at: String,
+    /// The rule's state and phase now, if this is still its incident.
+    pub state: Option<String>,
+    pub phase: Option<String>,
+    pub values: String,
+    pub condition: String,
+    pub queries: Vec<(String, String)>,
+    pub rows: Vec<TimelineRow>,
+    /// The journal was compacted after the incident opened: earlier rows
+    /// are gone.
+    pub partial: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TimelineRow {
+    pub at: String,
+    /// `event`, `step` or `page`.
+    pub kind: String,
+    pub what: String,
+    /// A step's command and output tail, a page's delivery state.
+    pub detail: String,
+    pub ok: Option<bool>,
+}
+
 /// A control request, answered by the engine.
 #[derive(Debug)]
 pub enum Control {
     /// The status snapshot, as JSON.
     Status,
+    /// One incident's timeline from the journal, as JSON.
+    Incident {
+        id: String,
+    },
     Approve {
         incident: String,
         by: String,
@@ -328,6 +361,7 @@ pub fn router(
         .route("/", get(web::overview))
         .route("/login", get(web::login_form).post(web::login))
         .route("/logout", post(web::logout))
+        .route("/incidents/{id}", get(web::incident))
         .route("/web/incidents/{id}/{verb}", post(web::incident_control))
         .route("/web/pause", post(web::pause))
         .route("/web/resume", post(web::resume))

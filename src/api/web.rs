@@ -111,6 +111,7 @@ fn templates() -> Environment<'static> {
         ("health.html", include_str!("templates/health.html")),
         ("rules.html", include_str!("templates/rules.html")),
         ("login.html", include_str!("templates/login.html")),
+        ("incident.html", include_str!("templates/incident.html")),
     ] {
         // The templates are part of the binary and checked by the tests.
         if let Err(e) = env.add_template(name, src) {
@@ -152,8 +153,12 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 fn render(name: &str, ctx: minijinja::Value) -> Response {
+    render_status(StatusCode::OK, name, ctx)
+}
+
+fn render_status(status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
     match env().get_template(name).and_then(|t| t.render(ctx)) {
-        Ok(body) => html(StatusCode::OK, body),
+        Ok(body) => html(status, body),
         Err(e) => html(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("template {name}: {e}"),
@@ -283,6 +288,60 @@ pub(super) async fn overview(
         Some("health") => render("health.html", ctx),
         _ => render("overview.html", ctx),
     }
+}
+
+/// `/incidents/ID`: one incident's timeline from the journal.
+pub(super) async fn incident(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let session = match reader(&s, &headers) {
+        Ok(session) => session,
+        Err(r) => return r.into_response(),
+    };
+    let (tx, rx) = oneshot::channel();
+    if s.control
+        .send((Control::Incident { id: id.clone() }, tx))
+        .await
+        .is_err()
+    {
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ripcord is stopping".into(),
+        );
+    }
+    let view: super::IncidentView = match rx.await {
+        Ok(Ok(json)) => match serde_json::from_str(&json) {
+            Ok(v) => v,
+            Err(e) => return html(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Ok(Err(e)) => {
+            return render_status(
+                StatusCode::NOT_FOUND,
+                "incident.html",
+                context! { missing => e, id => id },
+            )
+        }
+        Err(_) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ripcord is stopping".into(),
+            )
+        }
+    };
+    let phase = view.phase.clone().unwrap_or_default();
+    render(
+        "incident.html",
+        context! {
+            i => view,
+            who => session.as_ref().map(|s| s.who.clone()),
+            csrf => session.as_ref().map(|s| s.csrf.clone()),
+            controls => s.token.is_some(),
+            can_approve => phase == "awaiting_approval",
+            can_veto => phase == "awaiting_approval" || phase == "acting",
+        },
+    )
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -504,6 +563,7 @@ mod tests {
             "health.html",
             "rules.html",
             "login.html",
+            "incident.html",
         ] {
             if let Err(e) = env.get_template(name) {
                 panic!("{name}: {e:#}");

@@ -12,6 +12,9 @@ impl Engine {
             Control::Status => {
                 serde_json::to_string(&self.status_snapshot()).map_err(|e| e.to_string())
             }
+            Control::Incident { id } => {
+                serde_json::to_string(&self.incident_view(&id)?).map_err(|e| e.to_string())
+            }
             Control::Approve { incident, by } => {
                 let (rule, state) = self.incident_state(&incident)?;
                 global::may_approve(&incident, &state)?;

@@ -36,6 +36,7 @@ mod scheduler;
 mod startup;
 pub mod state_dir;
 mod systemd;
+mod timeline;
 
 use engine::{journal_append, Engine};
 use runner::run_action;

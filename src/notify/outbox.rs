@@ -164,6 +164,17 @@ impl Outbox {
         self.items.is_empty()
     }
 
+    /// The page under `key`, if it still waits: its attempts and last error.
+    pub fn waiting(&self, key: &str) -> Option<(u32, Option<String>)> {
+        if key.is_empty() || !self.keys.contains(key) {
+            return None;
+        }
+        self.items
+            .values()
+            .find(|d| d.key == key)
+            .map(|d| (d.attempts, d.last_error.clone()))
+    }
+
     /// Pages held only in memory because they could not be written.
     pub fn volatile(&self) -> usize {
         self.volatile.len()

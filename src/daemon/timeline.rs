@@ -1,0 +1,164 @@
+//! One incident's timeline for the web page, read from the journal: the
+//! events of its rule while it was open (transitions, phases, pages), its
+//! steps with their command and output, and each page with whether it
+//! still waits in the outbox. Reads only; what the journal no longer holds
+//! (it is compacted at start and when it grows) is said, not invented.
+use super::*;
+use crate::api::{IncidentView, TimelineRow};
+
+impl Engine {
+    pub(super) fn incident_view(&self, id: &str) -> Result<IncidentView, String> {
+        let entries = crate::fsio::blocking(|| crate::journal::read_all(&self.dir))
+            .map_err(|e| format!("cannot read the journal: {}", state_dir::describe(&e)))?;
+        let (rule, opened_at, values) = entries
+            .iter()
+            .find_map(|e| match e {
+                Entry::State { rule, state, .. } => match &state.status {
+                    Status::Open(i) if i.id == id => {
+                        Some((rule.clone(), i.opened_at, i.values.clone()))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .ok_or_else(|| format!("no incident {id} in the journal (the journal keeps incidents since its last compaction)"))?;
+        // The rule's next incident, if any, ends this one's window of events.
+        let next_opened = entries.iter().find_map(|e| match e {
+            Entry::State { rule: r, state, .. } if *r == rule => match &state.status {
+                Status::Open(i) if i.id != id && i.opened_at > opened_at => Some(i.opened_at),
+                _ => None,
+            },
+            _ => None,
+        });
+        let mut rows: Vec<(Timestamp, TimelineRow)> = Vec::new();
+        let row = |kind: &str, what: String, detail: String, ok: Option<bool>| TimelineRow {
+            at: String::new(),
+            kind: kind.into(),
+            what,
+            detail,
+            ok,
+        };
+        let outbox = self.outbox.lock().ok();
+        let mut first_event = None;
+        for e in &entries {
+            match e {
+                Entry::Event {
+                    at,
+                    rule: Some(r),
+                    kind,
+                    text,
+                } if *r == rule
+                    && *at >= opened_at
+                    && next_opened.is_none_or(|n| *at < n)
+                    && *kind != EventKind::Hold =>
+                {
+                    first_event.get_or_insert(*at);
+                    rows.push((*at, row("event", text.clone(), String::new(), None)));
+                }
+                Entry::StepIntent {
+                    at,
+                    incident,
+                    action,
+                    step,
+                    describe,
+                    dry_run,
+                    ..
+                } if incident == id => rows.push((
+                    *at,
+                    row(
+                        "step",
+                        format!(
+                            "{action} step {} {}",
+                            step + 1,
+                            if *dry_run {
+                                "resolved (dry-run)"
+                            } else {
+                                "started"
+                            }
+                        ),
+                        describe.clone(),
+                        None,
+                    ),
+                )),
+                Entry::StepResult {
+                    at,
+                    incident,
+                    action,
+                    step,
+                    outcome,
+                    ..
+                } if incident == id => rows.push((
+                    *at,
+                    row(
+                        "step",
+                        format!(
+                            "{action} step {} {}: {}",
+                            step + 1,
+                            if outcome.ok { "succeeded" } else { "FAILED" },
+                            outcome.summary
+                        ),
+                        outcome.output.clone(),
+                        Some(outcome.ok),
+                    ),
+                )),
+                Entry::State { pages, .. } => {
+                    for p in pages
+                        .iter()
+                        .filter(|p| p.notification.incident.as_deref() == Some(id))
+                    {
+                        let delivery = match outbox.as_ref().and_then(|o| o.waiting(&p.key)) {
+                            Some((attempts, err)) => format!(
+                                "waiting in the outbox ({attempts} failed attempts{})",
+                                err.map(|e| format!("; last: {e}")).unwrap_or_default()
+                            ),
+                            None => "sent (or given up: see the log)".into(),
+                        };
+                        rows.push((
+                            p.notification.at,
+                            row(
+                                "page",
+                                format!("page {} → {}", p.notification.event, p.notifier),
+                                delivery,
+                                None,
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        rows.sort_by_key(|(at, _)| *at);
+        let current = self
+            .states
+            .get(&rule)
+            .filter(|s| s.incident().is_some_and(|i| i.id == id));
+        let r = self.rules.get(&rule);
+        Ok(IncidentView {
+            id: id.to_string(),
+            rule: rule.clone(),
+            opened_at: opened_at.rfc3339(),
+            state: current.map(|s| s.name().as_str().to_string()),
+            phase: current.map(|s| s.phase().as_str().to_string()),
+            values: crate::rule::template::fmt_values(&values).join(" "),
+            condition: r
+                .map(|r| r.condition.source().to_string())
+                .unwrap_or_default(),
+            queries: r
+                .map(|r| {
+                    r.queries
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            partial: first_event.is_none_or(|t| t > opened_at.plus(Duration::from_secs(60))),
+            rows: rows
+                .into_iter()
+                .map(|(at, mut r)| {
+                    r.at = at.rfc3339();
+                    r
+                })
+                .collect(),
+        })
+    }
+}
