@@ -451,20 +451,10 @@ async fn ask(s: &AppState, c: Control) -> String {
     }
 }
 
+/// Back to the overview, saying what the control did.
 fn back(msg: &str) -> Response {
-    let q: String = url_encode(msg);
-    Redirect::to(&format!("/?msg={q}")).into_response()
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    let q = serde_urlencoded::to_string([("msg", msg)]).unwrap_or_default();
+    Redirect::to(&format!("/?{q}")).into_response()
 }
 
 /// `NAME (web, from ADDR)`: who pressed it, for the journal.
@@ -577,6 +567,12 @@ mod tests {
         assert_eq!(cookie(&h, COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "nope"), None);
         assert!(same("secret", "secret") && !same("secret", "secreT") && !same("a", "ab"));
-        assert_eq!(url_encode("vetoed r-1: ok"), "vetoed%20r-1%3A%20ok");
+        let r = back("vetoed r-1: ok");
+        assert_eq!(
+            r.headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok()),
+            Some("/?msg=vetoed+r-1%3A+ok")
+        );
     }
 }
