@@ -193,7 +193,8 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         )
     };
     let rules = format!(
-        "actions:\n{}{}{}rules:\n  - name: login-errors\n    every: 1s\n    queries: {{ratio: max(login_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-login]\n  - name: checkout-errors\n    every: 1s\n    queries: {{ratio: max(checkout_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-checkout]\n    approval: {{timeout: 10m, on_timeout: abort}}\n  - name: search-errors\n    every: 1s\n    queries: {{ratio: max(search_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-search]\n",
+        "actions:\n{}{}{}{}rules:\n  - name: drill-target\n    every: 1s\n    queries: {{v: vector(0)}}\n    condition: v > 1\n    actions: [undo-drill]\n  - name: login-errors\n    every: 1s\n    queries: {{ratio: max(login_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-login]\n  - name: checkout-errors\n    every: 1s\n    queries: {{ratio: max(checkout_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-checkout]\n    approval: {{timeout: 10m, on_timeout: abort}}\n  - name: search-errors\n    every: 1s\n    queries: {{ratio: max(search_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-search]\n",
+        action("undo-drill"),
         action("undo-login"),
         action("undo-checkout"),
         action("undo-search")
@@ -262,13 +263,24 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         assert!(health.contains("Prometheus answers"), "{health}");
         assert_nothing_leaves_the_host(&c, &base).await;
 
+        // A rule's page shows it as loaded; a drill from there runs nothing.
+        on(&c, "tr[data-rule=\"drill-target\"] a", None).await;
+        let page = text_with(&c, "main", "undo-drill").await;
+        assert!(page.contains("vector(0)") && page.contains("v > 1"), "{page}");
+        on(&c, "#drill", None).await;
+        text_with(&c, ".msg", "(dry-run)").await;
+        until("the drill to be recorded as would-run", LONG, || async {
+            rc.journal().iter().any(|e| matches!(e, Entry::StepIntent { action, dry_run: true, .. } if action == "undo-drill"))
+        })
+        .await;
+
         // An incident's page shows its steps, from the journal.
         exp.set("checkout_ratio 0.001\nsearch_ratio 0.001\nlogin_ratio 0.2\n");
         until("login-errors rolled back, verifying", LONG, || async {
             row(&c, &base, "login-errors").await.contains("verifying")
         })
         .await;
-        on(&c, "tr[data-rule=\"login-errors\"] a", None).await;
+        on(&c, "tr[data-rule=\"login-errors\"] a[href^=\"/incidents/\"]", None).await;
         let timeline = text_with(&c, "#timeline", "undo-login step 1 succeeded: exit 0").await;
         assert!(timeline.contains("undo-login step 1 started"), "{timeline}");
         assert!(

@@ -101,6 +101,22 @@ pub struct TimelineRow {
     pub ok: Option<bool>,
 }
 
+/// One rule as loaded, for the web page.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RuleView {
+    pub name: String,
+    pub state: String,
+    pub phase: String,
+    pub incident: Option<String>,
+    /// `key: value` lines of the rule's settings, as ripcord reads them.
+    pub settings: Vec<(String, String)>,
+    pub queries: Vec<(String, String)>,
+    /// Each action with its steps as they would run (secrets as written).
+    pub actions: Vec<(String, Vec<String>)>,
+    /// Incidents of this rule the journal holds, newest first.
+    pub incidents: Vec<String>,
+}
+
 /// A control request, answered by the engine.
 #[derive(Debug)]
 pub enum Control {
@@ -109,6 +125,10 @@ pub enum Control {
     /// One incident's timeline from the journal, as JSON.
     Incident {
         id: String,
+    },
+    /// One rule as loaded, as JSON.
+    Rule {
+        name: String,
     },
     Approve {
         incident: String,
@@ -362,6 +382,8 @@ pub fn router(
         .route("/login", get(web::login_form).post(web::login))
         .route("/logout", post(web::logout))
         .route("/incidents/{id}", get(web::incident))
+        .route("/rules/{name}", get(web::rule))
+        .route("/web/rules/{name}/drill", post(web::drill))
         .route("/web/incidents/{id}/{verb}", post(web::incident_control))
         .route("/web/pause", post(web::pause))
         .route("/web/resume", post(web::resume))

@@ -112,6 +112,7 @@ fn templates() -> Environment<'static> {
         ("rules.html", include_str!("templates/rules.html")),
         ("login.html", include_str!("templates/login.html")),
         ("incident.html", include_str!("templates/incident.html")),
+        ("rule.html", include_str!("templates/rule.html")),
     ] {
         // The templates are part of the binary and checked by the tests.
         if let Err(e) = env.add_template(name, src) {
@@ -288,6 +289,85 @@ pub(super) async fn overview(
         Some("health") => render("health.html", ctx),
         _ => render("overview.html", ctx),
     }
+}
+
+/// `/rules/NAME`: the rule as loaded, its actions' steps, its incidents,
+/// and a dry-run drill for a logged-in person.
+pub(super) async fn rule(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let session = match reader(&s, &headers) {
+        Ok(session) => session,
+        Err(r) => return r.into_response(),
+    };
+    let (tx, rx) = oneshot::channel();
+    if s.control
+        .send((Control::Rule { name: name.clone() }, tx))
+        .await
+        .is_err()
+    {
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ripcord is stopping".into(),
+        );
+    }
+    let view: super::RuleView = match rx.await {
+        Ok(Ok(json)) => match serde_json::from_str(&json) {
+            Ok(v) => v,
+            Err(e) => return html(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Ok(Err(e)) => {
+            return render_status(
+                StatusCode::NOT_FOUND,
+                "rule.html",
+                context! { missing => e, name => name },
+            )
+        }
+        Err(_) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ripcord is stopping".into(),
+            )
+        }
+    };
+    render(
+        "rule.html",
+        context! {
+            r => view,
+            who => session.as_ref().map(|s| s.who.clone()),
+            csrf => session.as_ref().map(|s| s.csrf.clone()),
+            controls => s.token.is_some(),
+        },
+    )
+}
+
+/// A dry-run drill (`ripcord fire --dry-run`): an incident opens, its
+/// steps are resolved and recorded, nothing runs, no budget is spent.
+pub(super) async fn drill(
+    State(s): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(rule): Path<String>,
+    Form(f): Form<ControlForm>,
+) -> Response {
+    let (_, session) = match controller(&s, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
+    let by = by(&session, from);
+    back(
+        &ask(
+            &s,
+            Control::Fire {
+                rule,
+                dry_run: true,
+                by,
+            },
+        )
+        .await,
+    )
 }
 
 /// `/incidents/ID`: one incident's timeline from the journal.
@@ -554,6 +634,7 @@ mod tests {
             "rules.html",
             "login.html",
             "incident.html",
+            "rule.html",
         ] {
             if let Err(e) = env.get_template(name) {
                 panic!("{name}: {e:#}");

@@ -15,6 +15,9 @@ impl Engine {
             Control::Incident { id } => {
                 serde_json::to_string(&self.incident_view(&id)?).map_err(|e| e.to_string())
             }
+            Control::Rule { name } => {
+                serde_json::to_string(&self.rule_view(&name)?).map_err(|e| e.to_string())
+            }
             Control::Approve { incident, by } => {
                 let (rule, state) = self.incident_state(&incident)?;
                 global::may_approve(&incident, &state)?;

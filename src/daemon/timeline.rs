@@ -4,9 +4,90 @@
 //! still waits in the outbox. Reads only; what the journal no longer holds
 //! (it is compacted at start and when it grows) is said, not invented.
 use super::*;
-use crate::api::{IncidentView, TimelineRow};
+use crate::api::{IncidentView, RuleView, TimelineRow};
 
 impl Engine {
+    /// `name` as loaded: settings, queries, actions with their steps as
+    /// they would run, and the incidents the journal holds.
+    pub(super) fn rule_view(&self, name: &str) -> Result<RuleView, String> {
+        let r = self
+            .rules
+            .get(name)
+            .ok_or_else(|| format!("unknown rule `{name}`"))?;
+        let state = self.states.get(name).cloned().unwrap_or_default();
+        let d = crate::actions::fmt_d;
+        let mut settings = vec![
+            (
+                "schedule".to_string(),
+                match &r.schedule {
+                    Schedule::Every(e) => format!("every {}", d(*e)),
+                    Schedule::Cron(expr, _) => format!("cron {expr}"),
+                },
+            ),
+            ("condition".into(), r.condition.source().to_string()),
+            ("for".into(), d(r.for_)),
+            ("no_data".into(), format!("{:?}", r.no_data).to_lowercase()),
+            ("severity".into(), r.severity.as_str().into()),
+            ("summary".into(), r.summary.source().to_string()),
+            ("notify".into(), r.notify.join(", ")),
+            ("cooldown".into(), d(r.cooldown)),
+        ];
+        if let Some(a) = &r.approval {
+            settings.push((
+                "approval".into(),
+                format!("within {}, then {:?}", d(a.timeout), a.on_timeout).to_lowercase(),
+            ));
+        }
+        if let Some(v) = r.verify_within {
+            settings.push(("verify within".into(), d(v)));
+        }
+        if let Some(m) = r.mode {
+            settings.push(("mode".into(), format!("{m:?}").to_lowercase()));
+        }
+        for (k, v) in &r.labels {
+            settings.push((format!("label {k}"), v.clone()));
+        }
+        let actions = r
+            .actions
+            .iter()
+            .map(|a| {
+                let steps = self
+                    .actions
+                    .get(a)
+                    .map(|act| act.steps.iter().map(|s| s.describe()).collect())
+                    .unwrap_or_default();
+                (a.clone(), steps)
+            })
+            .collect();
+        let entries = crate::fsio::blocking(|| crate::journal::read_all(&self.dir))
+            .map_err(|e| format!("cannot read the journal: {}", state_dir::describe(&e)))?;
+        let mut incidents: Vec<String> = Vec::new();
+        for e in entries.iter().rev() {
+            if let Entry::State { rule, state, .. } = e {
+                if let (true, Status::Open(i)) = (rule == name, &state.status) {
+                    if !incidents.contains(&i.id) {
+                        incidents.push(i.id.clone());
+                    }
+                }
+            }
+        }
+        incidents.truncate(20);
+        Ok(RuleView {
+            name: name.to_string(),
+            state: state.name().as_str().into(),
+            phase: state.phase().as_str().into(),
+            incident: state.incident().map(|i| i.id.clone()),
+            settings,
+            queries: r
+                .queries
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            actions,
+            incidents,
+        })
+    }
+
     pub(super) fn incident_view(&self, id: &str) -> Result<IncidentView, String> {
         let entries = crate::fsio::blocking(|| crate::journal::read_all(&self.dir))
             .map_err(|e| format!("cannot read the journal: {}", state_dir::describe(&e)))?;
