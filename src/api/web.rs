@@ -291,6 +291,36 @@ pub(super) async fn overview(
     }
 }
 
+/// Why a view could not be had from the engine.
+enum Fetch {
+    /// The engine says there is no such thing (an unknown rule, an
+    /// incident the journal no longer holds).
+    Missing(String),
+    /// Stopping, or an answer that does not parse: the response to give.
+    Failed(Response),
+}
+
+/// Asks the engine for a view (`Control::Rule`, `Control::Incident`),
+/// answered as JSON.
+async fn fetch<T: serde::de::DeserializeOwned>(s: &AppState, c: Control) -> Result<T, Fetch> {
+    let stopping = || {
+        Fetch::Failed(html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ripcord is stopping".into(),
+        ))
+    };
+    let (tx, rx) = oneshot::channel();
+    if s.control.send((c, tx)).await.is_err() {
+        return Err(stopping());
+    }
+    match rx.await {
+        Ok(Ok(json)) => serde_json::from_str(&json)
+            .map_err(|e| Fetch::Failed(html(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))),
+        Ok(Err(e)) => Err(Fetch::Missing(e)),
+        Err(_) => Err(stopping()),
+    }
+}
+
 /// `/rules/NAME`: the rule as loaded, its actions' steps, its incidents,
 /// and a dry-run drill for a logged-in person.
 pub(super) async fn rule(
@@ -302,35 +332,16 @@ pub(super) async fn rule(
         Ok(session) => session,
         Err(r) => return r.into_response(),
     };
-    let (tx, rx) = oneshot::channel();
-    if s.control
-        .send((Control::Rule { name: name.clone() }, tx))
-        .await
-        .is_err()
-    {
-        return html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ripcord is stopping".into(),
-        );
-    }
-    let view: super::RuleView = match rx.await {
-        Ok(Ok(json)) => match serde_json::from_str(&json) {
-            Ok(v) => v,
-            Err(e) => return html(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        Ok(Err(e)) => {
+    let view: super::RuleView = match fetch(&s, Control::Rule { name: name.clone() }).await {
+        Ok(v) => v,
+        Err(Fetch::Missing(e)) => {
             return render_status(
                 StatusCode::NOT_FOUND,
                 "rule.html",
                 context! { missing => e, name => name },
             )
         }
-        Err(_) => {
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ripcord is stopping".into(),
-            )
-        }
+        Err(Fetch::Failed(r)) => return r,
     };
     render(
         "rule.html",
@@ -380,35 +391,16 @@ pub(super) async fn incident(
         Ok(session) => session,
         Err(r) => return r.into_response(),
     };
-    let (tx, rx) = oneshot::channel();
-    if s.control
-        .send((Control::Incident { id: id.clone() }, tx))
-        .await
-        .is_err()
-    {
-        return html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ripcord is stopping".into(),
-        );
-    }
-    let view: super::IncidentView = match rx.await {
-        Ok(Ok(json)) => match serde_json::from_str(&json) {
-            Ok(v) => v,
-            Err(e) => return html(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        Ok(Err(e)) => {
+    let view: super::IncidentView = match fetch(&s, Control::Incident { id: id.clone() }).await {
+        Ok(v) => v,
+        Err(Fetch::Missing(e)) => {
             return render_status(
                 StatusCode::NOT_FOUND,
                 "incident.html",
                 context! { missing => e, id => id },
             )
         }
-        Err(_) => {
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ripcord is stopping".into(),
-            )
-        }
+        Err(Fetch::Failed(r)) => return r,
     };
     let phase = view.phase.clone().unwrap_or_default();
     render(
