@@ -205,7 +205,8 @@ rules:\n  - name: quick\n    every: 1s\n    queries: {{v: max(quick_breach)}}\n 
     //    by a crash between its steps: neither loses anything.
     rc.env
         .push(("RIPCORD_TEST_CRASH_AT".into(), "before_compaction".into()));
-    rc.start();
+    // It dies before it says it is running.
+    rc.spawn();
     let st = rc.wait_exit(LONG);
     assert!(!st.success(), "killed at the crash point");
     rc.env.retain(|(k, _)| k != "RIPCORD_TEST_CRASH_AT");

@@ -250,7 +250,25 @@ impl Ripcord {
         self.dir.path().join(name)
     }
 
+    /// Starts ripcord and waits until this run says it is running.
     pub fn start(&mut self) {
+        // The log is appended to across restarts: wait for this run's line.
+        let before = self.log().len();
+        self.spawn();
+        wait_until(
+            &format!("ripcord to log \"ripcord running\"; log:\n{}", self.log()),
+            Duration::from_secs(20),
+            || {
+                self.log()
+                    .get(before..)
+                    .is_some_and(|l| l.contains("ripcord running"))
+            },
+        );
+    }
+
+    /// Starts ripcord without waiting for it (for a start meant to die on
+    /// the way, at a crash point).
+    pub fn spawn(&mut self) {
         let out = Command::new(env!("CARGO_BIN_EXE_ripcord"))
             .args(["check", "-c"])
             .arg(self.path("ripcord.yaml"))
@@ -277,7 +295,6 @@ impl Ripcord {
             .spawn()
             .expect("ripcord runs");
         self.child = Some(child);
-        self.wait_log("ripcord running", Duration::from_secs(20));
     }
 
     pub fn log(&self) -> String {
