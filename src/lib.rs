@@ -18,6 +18,7 @@ pub const LONG_VERSION: &str = concat!(
 
 pub mod actions;
 pub mod api;
+pub mod archive;
 pub mod body;
 pub mod clock;
 pub mod commands;

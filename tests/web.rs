@@ -146,11 +146,14 @@ fn shots() -> PathBuf {
     dir
 }
 
-/// Every `src` and `href` on the page points at this host.
-async fn assert_nothing_leaves_the_host(c: &Client, base: &str) {
+/// Every `src`, `href` and `action` on the page points at this host, but
+/// the links to Prometheus's graph page (`a.graph`, which a person may
+/// follow; the page itself loads nothing from there), and every resource
+/// the browser loaded came from this host.
+async fn assert_nothing_leaves_the_host(c: &Client, base: &str, prom: &str) {
     let refs = c
         .execute(
-            "return Array.from(document.querySelectorAll('[src],[href],[action]')).map(e => e.src || e.href || e.action);",
+            "return Array.from(document.querySelectorAll('[src],[href],[action]')).map(e => [e.src || e.href || e.action, e.matches('a.graph')]);",
             vec![],
         )
         .await
@@ -162,19 +165,39 @@ async fn assert_nothing_leaves_the_host(c: &Client, base: &str) {
         )
         .await
         .expect("resources");
-    for list in [&refs, &loaded] {
-        for r in list.as_array().expect("a list") {
-            let r = r.as_str().unwrap_or_default();
+    for r in refs.as_array().expect("a list") {
+        let (url, graph) = (
+            r[0].as_str().unwrap_or_default(),
+            r[1].as_bool() == Some(true),
+        );
+        if graph {
             assert!(
-                r.starts_with(base),
-                "the page refers outside the host: {r} (base {base})"
+                url.starts_with(&format!("{prom}/graph?g0.expr=")),
+                "a graph link goes to the configured Prometheus: {url}"
+            );
+        } else {
+            assert!(
+                url.starts_with(base),
+                "the page refers outside the host: {url} (base {base})"
             );
         }
+    }
+    for r in loaded.as_array().expect("a list") {
+        let r = r.as_str().unwrap_or_default();
+        assert!(
+            r.starts_with(base),
+            "the page loaded something from outside the host: {r} (base {base})"
+        );
     }
     assert!(
         !loaded.as_array().expect("a list").is_empty(),
         "the browser loaded the page's own CSS and script"
     );
+}
+
+/// How many elements match `css` on the current page.
+async fn count(c: &Client, css: &str) -> usize {
+    c.find_all(Locator::Css(css)).await.map_or(0, |v| v.len())
 }
 
 #[test]
@@ -193,7 +216,7 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         )
     };
     let rules = format!(
-        "actions:\n{}{}{}{}rules:\n  - name: drill-target\n    every: 1s\n    queries: {{v: vector(0)}}\n    condition: v > 1\n    actions: [undo-drill]\n  - name: login-errors\n    every: 1s\n    queries: {{ratio: max(login_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-login]\n  - name: checkout-errors\n    every: 1s\n    queries: {{ratio: max(checkout_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-checkout]\n    approval: {{timeout: 10m, on_timeout: abort}}\n  - name: search-errors\n    every: 1s\n    queries: {{ratio: max(search_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-search]\n",
+        "actions:\n{}{}{}{}rules:\n  - name: login-errors\n    every: 1s\n    queries: {{ratio: max(login_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-login]\n  - name: checkout-errors\n    every: 1s\n    queries: {{ratio: max(checkout_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-checkout]\n    approval: {{timeout: 10m, on_timeout: abort}}\n  - name: search-errors\n    every: 1s\n    queries: {{ratio: max(search_ratio)}}\n    condition: ratio > 0.05\n    actions: [undo-search]\n",
         action("undo-drill"),
         action("undo-login"),
         action("undo-checkout"),
@@ -201,6 +224,12 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
     );
     let mut rc = Ripcord::new(&prom.url(), "api: {token: \"${env:API_TOKEN}\"}\n", &rules);
     rc.env.push(("API_TOKEN".into(), TOKEN.into()));
+    // A second file, for the overview's file filter.
+    std::fs::write(
+        rc.path("rules.d/drills.yaml"),
+        "rules:\n  - name: drill-target\n    every: 1s\n    queries: {v: vector(0)}\n    condition: v > 1\n    actions: [undo-drill]\n",
+    )
+    .expect("write drills.yaml");
     rc.start();
     let port = rc.listen;
     let base = format!("http://127.0.0.1:{port}");
@@ -261,12 +290,65 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
             .await
             .expect("text");
         assert!(health.contains("Prometheus answers"), "{health}");
-        assert_nothing_leaves_the_host(&c, &base).await;
+        assert_nothing_leaves_the_host(&c, &base, &prom.url()).await;
+
+        // Each row draws its recent values, with the condition's threshold.
+        until("search-errors' sparkline to have a line", LONG, || async {
+            row(&c, &base, "search-errors").await;
+            count(&c, "tr[data-rule=\"search-errors\"] svg.spark polyline").await > 0
+        })
+        .await;
+        assert_eq!(
+            count(&c, "tr[data-rule=\"search-errors\"] svg.spark line.threshold").await,
+            1,
+            "ratio > 0.05 draws the threshold 0.05"
+        );
+        let label = c
+            .find(Locator::Css("tr[data-rule=\"search-errors\"] svg.spark title"))
+            .await
+            .expect("sparkline title")
+            .html(true)
+            .await
+            .expect("title text");
+        assert!(
+            label.contains("ratio: last") && label.contains("from 0.001 to 0.001") && label.contains("threshold 0.05"),
+            "{label}"
+        );
+        let row_text = row(&c, &base, "search-errors").await;
+        assert!(row_text.contains("breaches when ratio > 0.05"), "{row_text}");
+        assert!(row_text.contains("rules.d/rules.yaml"), "{row_text}");
+
+        // The file filter keeps one file's rules, with the state filter.
+        on(&c, "nav.files a[data-file$=\"drills.yaml\"]", None).await;
+        until("only drills.yaml's rule listed", LONG, || async {
+            count(&c, "tr[data-rule=\"drill-target\"]").await == 1
+                && count(&c, "tr[data-rule]").await == 1
+        })
+        .await;
+        let url = c.current_url().await.expect("url");
+        assert!(url.query().unwrap_or_default().contains("file="), "{url}");
+        on(&c, "nav.filters a.state-ok", None).await;
+        until("state and file filters together", LONG, || async {
+            let u = c.current_url().await.map(|u| u.query().unwrap_or_default().to_string());
+            u.is_ok_and(|q| q.contains("state=ok") && q.contains("file="))
+                && count(&c, "tr[data-rule]").await == 1
+        })
+        .await;
+        c.goto(&format!("{base}/")).await.expect("goto");
 
         // A rule's page shows it as loaded; a drill from there runs nothing.
         on(&c, "tr[data-rule=\"drill-target\"] a", None).await;
         let page = text_with(&c, "main", "undo-drill").await;
         assert!(page.contains("vector(0)") && page.contains("v > 1"), "{page}");
+        // Its definition as written, and a graph link per query.
+        let yaml = text_with(&c, "#yaml", "name: drill-target").await;
+        assert!(
+            yaml.contains("condition: v > 1") && yaml.contains("every: 1s") && yaml.contains("undo-drill"),
+            "{yaml}"
+        );
+        assert!(page.contains("drills.yaml"), "{page}");
+        assert_eq!(count(&c, "a.graph").await, 1, "one graph link per query");
+        assert_nothing_leaves_the_host(&c, &base, &prom.url()).await;
         on(&c, "#drill", None).await;
         text_with(&c, ".msg", "(dry-run)").await;
         until("the drill to be recorded as would-run", LONG, || async {
@@ -287,9 +369,41 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
             timeline.contains("pending → firing") || timeline.contains("ok → firing"),
             "{timeline}"
         );
+        assert_eq!(count(&c, "a.graph").await, 1, "one graph link per query");
         let shot = c.screenshot().await.expect("screenshot");
         std::fs::write(shots().join("incident.png"), shot).expect("write incident.png");
-        assert_nothing_leaves_the_host(&c, &base).await;
+        assert_nothing_leaves_the_host(&c, &base, &prom.url()).await;
+
+        // The rule's backtest over the last minutes sees the breach that
+        // opened this incident, and draws the plot `backtest --plot` draws.
+        c.goto(&format!("{base}/rules/login-errors")).await.expect("goto");
+        on(&c, "input[name=from]", None).await;
+        let from = c.find(Locator::Css("input[name=from]")).await.expect("from");
+        from.clear().await.expect("clear");
+        from.send_keys("-3m").await.expect("type");
+        on(&c, "#run-backtest", None).await;
+        let summary = text_with(&c, "#backtest-summary", "incident(s)").await;
+        let incidents: usize = summary
+            .split(" incident(s)")
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count of incidents in {summary:?}"));
+        assert!(incidents >= 1, "the backtest sees the breach: {summary}");
+        let timeline = text_with(&c, "#backtest-timeline", "would run undo-login").await;
+        assert!(timeline.contains("→ firing"), "{timeline}");
+        until("the plot to load", LONG, || async {
+            c.execute(
+                "const i = document.getElementById('backtest-plot'); return !!i && i.complete && i.naturalWidth > 0;",
+                vec![],
+            )
+            .await
+            .is_ok_and(|v| v.as_bool() == Some(true))
+        })
+        .await;
+        let shot = c.screenshot().await.expect("screenshot");
+        std::fs::write(shots().join("rule.png"), shot).expect("write rule.png");
+        assert_nothing_leaves_the_host(&c, &base, &prom.url()).await;
 
         // A breach waits for approval; pressing veto stops it.
         exp.set("checkout_ratio 0.2\nsearch_ratio 0.001\nlogin_ratio 0.2\n");
@@ -351,4 +465,52 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         "{}",
         rc.log()
     );
+}
+
+#[test]
+fn an_incidents_timeline_outlives_the_journals_compaction_at_restart() {
+    let exp = Exporter::start("demo_errors_ratio 0.2\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("demo_errors_ratio", "0.2");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rec = tmp.path().join("rec");
+    let rules = format!(
+        "actions:\n  undo:\n    steps: [{{exec: {{argv: [\"{}\", \"undo\"], env: {{REC: \"{}\"}}}}}}]\nrules:\n  - name: r\n    every: 1s\n    queries: {{x: max(demo_errors_ratio)}}\n    condition: x > 0.05\n    actions: [undo]\n",
+        recorder(tmp.path()).display(),
+        rec.display()
+    );
+    let mut rc = Ripcord::new(&prom.url(), "web: {read: open}\n", &rules);
+    rc.start();
+    let mut incident = String::new();
+    wait_until("the step's result in the journal", LONG, || {
+        rc.journal().into_iter().any(|e| match e {
+            Entry::StepResult { incident: i, .. } => {
+                incident = i;
+                true
+            }
+            _ => false,
+        })
+    });
+    rc.signal(nix::sys::signal::Signal::SIGTERM);
+    rc.start();
+    // The restart compacted the journal: the step is no longer in it.
+    assert!(
+        !rc.journal()
+            .iter()
+            .any(|e| matches!(e, Entry::StepResult { .. } | Entry::StepIntent { .. })),
+        "the journal was compacted at start: {:?}",
+        rc.journal()
+    );
+    let (code, page) = http_get(rc.listen, &format!("/incidents/{incident}")).expect("answer");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("undo step 1 started"), "{page}");
+    assert!(page.contains("undo step 1 succeeded: exit 0"), "{page}");
+    assert!(page.contains("ok → firing"), "{page}");
+    assert!(
+        !page.contains("earlier entries are no longer kept"),
+        "the archive kept the incident whole: {page}"
+    );
+    let (code, rule) = http_get(rc.listen, "/rules/r").expect("answer");
+    assert_eq!(code, 200, "{rule}");
+    assert!(rule.contains(&format!("/incidents/{incident}")), "{rule}");
 }

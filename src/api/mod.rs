@@ -64,6 +64,18 @@ pub struct RuleStatus {
     /// period: it protects nothing.
     #[serde(default)]
     pub unevaluable_since: Option<String>,
+    /// The rule file it was read from.
+    #[serde(default)]
+    pub file: String,
+    #[serde(default)]
+    pub condition: String,
+    /// Since when it has been in this state, if known (pending, an
+    /// incident, or a change seen by this process).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Each query's last evaluations, oldest first (`null`: no data).
+    #[serde(default)]
+    pub recent: Vec<(String, Vec<Option<f64>>)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -115,6 +127,30 @@ pub struct RuleView {
     pub actions: Vec<(String, Vec<String>)>,
     /// Incidents of this rule the journal holds, newest first.
     pub incidents: Vec<String>,
+    /// The file it was read from, and its definition there as YAML
+    /// (anchors and merge keys resolved; secrets as written).
+    #[serde(default)]
+    pub file: String,
+    #[serde(default)]
+    pub yaml: String,
+}
+
+/// A backtest of one rule from the web page.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BacktestView {
+    pub from: String,
+    pub to: String,
+    pub step_seconds: f64,
+    pub incidents: usize,
+    pub would_run: Vec<String>,
+    pub firing_seconds: u64,
+    pub longest_pending_seconds: u64,
+    pub no_data_steps: usize,
+    pub error_steps: usize,
+    /// (when, what) as `ripcord backtest` prints it.
+    pub timeline: Vec<(String, String)>,
+    /// The plot `ripcord backtest --plot` draws.
+    pub svg: String,
 }
 
 /// A control request, answered by the engine.
@@ -143,6 +179,13 @@ pub enum Control {
         reason: String,
     },
     Resume,
+    /// A backtest of one rule over a window, as JSON ([`BacktestView`]):
+    /// answered when done, from a task of its own.
+    Backtest {
+        rule: String,
+        from: crate::rule::Timestamp,
+        to: crate::rule::Timestamp,
+    },
     /// `ripcord fire`: open an incident by hand (a drill).
     Fire {
         rule: String,
@@ -161,6 +204,10 @@ struct AppState {
     /// Who may read the web page.
     web_read: crate::config::raw::WebRead,
     sessions: Arc<web::Sessions>,
+    /// The last backtest plots the rule pages drew.
+    plots: Arc<web::Plots>,
+    /// Prometheus's URL without credentials, for graph links.
+    prometheus_url: Arc<str>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -369,6 +416,7 @@ pub fn router(
     token: Option<Secret>,
     control: mpsc::Sender<ControlMsg>,
     web_read: crate::config::raw::WebRead,
+    prometheus_url: String,
 ) -> Router {
     let state = AppState {
         metrics,
@@ -376,6 +424,8 @@ pub fn router(
         control,
         web_read,
         sessions: Arc::new(web::Sessions::default()),
+        plots: Arc::new(web::Plots::default()),
+        prometheus_url: Arc::from(prometheus_url),
     };
     Router::new()
         .route("/", get(web::overview))
@@ -383,6 +433,7 @@ pub fn router(
         .route("/logout", post(web::logout))
         .route("/incidents/{id}", get(web::incident))
         .route("/rules/{name}", get(web::rule))
+        .route("/rules/{name}/backtest.svg", get(web::backtest_svg))
         .route("/web/rules/{name}/drill", post(web::drill))
         .route("/web/incidents/{id}/{verb}", post(web::incident_control))
         .route("/web/pause", post(web::pause))

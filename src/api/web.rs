@@ -16,9 +16,10 @@
 //! through the same control messages the CLI sends.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -206,6 +207,8 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Refusal>
 pub(super) struct OverviewQuery {
     /// Only rules in this state.
     state: Option<String>,
+    /// Only rules read from this file.
+    file: Option<String>,
     /// `rules` or `health`: that part alone, for the refresh script.
     part: Option<String>,
     /// What the last control did (shown once).
@@ -225,12 +228,34 @@ fn symbol(state: StateName) -> &'static str {
     }
 }
 
-fn rules_context(snap: &Snapshot, filter: Option<StateName>) -> Vec<minijinja::Value> {
+/// The overview's filters: a state, a file, or both.
+#[derive(Clone, Copy, Default)]
+struct Filter<'a> {
+    state: Option<StateName>,
+    file: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    fn keeps(&self, r: &super::RuleStatus) -> bool {
+        self.state.is_none_or(|f| r.state == f) && self.file.is_none_or(|f| r.file == f)
+    }
+}
+
+fn rules_context(snap: &Snapshot, filter: Filter<'_>, now: SystemTime) -> Vec<minijinja::Value> {
     snap.rules
         .iter()
-        .filter(|r| filter.is_none_or(|f| r.state == f))
+        .filter(|r| filter.keeps(r))
         .map(|r| {
             let values = crate::rule::template::fmt_values(&r.values).join(" ");
+            let thresholds = crate::commands::backtest::thresholds(&r.condition);
+            let sparks: Vec<minijinja::Value> = r
+                .recent
+                .iter()
+                .map(|(q, vs)| {
+                    let th = thresholds.iter().find(|(tq, _)| tq == q).map(|(_, v)| *v);
+                    sparkline(q, vs, th)
+                })
+                .collect();
             context! {
                 name => r.name,
                 state => r.state.as_str(),
@@ -239,6 +264,11 @@ fn rules_context(snap: &Snapshot, filter: Option<StateName>) -> Vec<minijinja::V
                 incident => r.incident,
                 opened_at => r.opened_at,
                 values => values,
+                condition => r.condition,
+                file => r.file,
+                for_ => r.since.as_deref().and_then(|t| age(t, now)),
+                since => r.since,
+                sparks => sparks,
                 last_evaluation => r.last_evaluation,
                 last_error => r.last_error,
                 unevaluable_since => r.unevaluable_since,
@@ -247,6 +277,93 @@ fn rules_context(snap: &Snapshot, filter: Option<StateName>) -> Vec<minijinja::V
             }
         })
         .collect()
+}
+
+/// How long ago RFC 3339 time `t` was, as `3m12s`.
+fn age(t: &str, now: SystemTime) -> Option<String> {
+    let then = humantime::parse_rfc3339_weak(t).ok()?;
+    let d = now.duration_since(then).unwrap_or_default();
+    Some(crate::actions::fmt_d(Duration::from_secs(d.as_secs())))
+}
+
+/// A value in a few significant digits (the sparkline's values were kept
+/// as `f32`: `0.001`, not `0.0010000000474974513`).
+fn compact(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.2e}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Sparkline width and height, in the SVG's own units (the template's
+/// `viewBox`).
+const SPARK_W: f64 = 120.0;
+const SPARK_H: f64 = 24.0;
+
+/// One query's recent values as an inline SVG sparkline: a polyline per
+/// run of data (a gap is a gap), scaled to the values and the threshold
+/// the condition compares the query with, which is drawn dashed.
+fn sparkline(query: &str, values: &[Option<f64>], threshold: Option<f64>) -> minijinja::Value {
+    let seen: Vec<f64> = values.iter().flatten().copied().chain(threshold).collect();
+    let lo = seen.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = seen.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let data: Vec<f64> = values.iter().flatten().copied().collect();
+    if data.is_empty() || !lo.is_finite() || !hi.is_finite() {
+        return context! { query => query, segments => Vec::<String>::new(), label => format!("{query}: no data yet") };
+    }
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let y = |v: f64| SPARK_H - 2.0 - (v - lo) / span * (SPARK_H - 4.0);
+    let n = values.len().max(2) - 1;
+    let x = |i: usize| i as f64 * SPARK_W / n as f64;
+    let mut segments: Vec<String> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        match v {
+            Some(v) => current.push(format!("{:.1},{:.1}", x(i), y(*v))),
+            None if !current.is_empty() => segments.push(std::mem::take(&mut current).join(" ")),
+            None => {}
+        }
+    }
+    if !current.is_empty() {
+        segments.push(current.join(" "));
+    }
+    // A lone point is drawn as a short dash.
+    let segments: Vec<String> = segments
+        .into_iter()
+        .map(|s| match s.split_once(',') {
+            Some((px, py)) if !s.contains(' ') => {
+                let px: f64 = px.parse().unwrap_or(0.0);
+                format!("{s} {:.1},{py}", (px + 2.0).min(SPARK_W))
+            }
+            _ => s,
+        })
+        .collect();
+    let (dlo, dhi) = data
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(*v), b.max(*v))
+        });
+    let fmt = compact;
+    let mut label = format!(
+        "{query}: last {} evaluations, from {} to {}",
+        values.len(),
+        fmt(dlo),
+        fmt(dhi)
+    );
+    if let Some(t) = threshold {
+        label.push_str(&format!("; threshold {}", fmt(t)));
+    }
+    context! {
+        query => query,
+        segments => segments,
+        threshold_y => threshold.map(|t| format!("{:.1}", y(t))),
+        label => label,
+    }
 }
 
 pub(super) async fn overview(
@@ -262,23 +379,59 @@ pub(super) async fn overview(
         Ok(snap) => snap,
         Err(r) => return r,
     };
-    let filter = q.state.as_deref().and_then(StateName::parse);
+    let state = q.state.as_deref().and_then(StateName::parse);
+    let file = q.file.as_deref().filter(|f| !f.is_empty());
+    let filter = Filter { state, file };
     let counts: Vec<minijinja::Value> = StateName::ALL
         .iter()
         .map(|st| {
+            let keep = Filter {
+                state: Some(*st),
+                file,
+            };
             context! {
                 state => st.as_str(),
                 symbol => symbol(*st),
-                count => snap.rules.iter().filter(|r| r.state == *st).count(),
+                count => snap.rules.iter().filter(|r| keep.keeps(r)).count(),
+                href => filter_href(Some(st.as_str()), file),
             }
         })
         .collect();
+    let mut files: Vec<(String, usize)> = Vec::new();
+    for r in &snap.rules {
+        match files.iter_mut().find(|(f, _)| *f == r.file) {
+            Some((_, n)) => *n += 1,
+            None => files.push((r.file.clone(), 1)),
+        }
+    }
+    files.sort();
+    let files: Vec<minijinja::Value> = files
+        .into_iter()
+        .map(|(f, n)| {
+            let short = std::path::Path::new(&f)
+                .file_name()
+                .map_or_else(|| f.clone(), |b| b.to_string_lossy().into_owned());
+            context! {
+                href => filter_href(state.map(|s| s.as_str()), Some(&f)),
+                current => Some(f.as_str()) == file,
+                short => short,
+                file => f,
+                count => n,
+            }
+        })
+        .collect();
+    let shown = snap.rules.iter().filter(|r| filter.keeps(r)).count();
     let ctx = context! {
         version => snap.version,
         snap => snap,
-        rules => rules_context(&snap, filter),
+        rules => rules_context(&snap, filter, SystemTime::now()),
         counts => counts,
-        filter => filter.map(|f| f.as_str()),
+        files => files,
+        shown => shown,
+        all_states_href => filter_href(None, file),
+        all_files_href => filter_href(state.map(|s| s.as_str()), None),
+        filter => state.map(|f| f.as_str()),
+        file_filter => file,
         who => session.as_ref().map(|s| s.who.clone()),
         csrf => session.as_ref().map(|s| s.csrf.clone()),
         msg => q.msg,
@@ -288,6 +441,21 @@ pub(super) async fn overview(
         Some("rules") => render("rules.html", ctx),
         Some("health") => render("health.html", ctx),
         _ => render("overview.html", ctx),
+    }
+}
+
+/// The overview's address with these filters.
+fn filter_href(state: Option<&str>, file: Option<&str>) -> String {
+    let mut q: Vec<(&str, &str)> = Vec::new();
+    if let Some(s) = state {
+        q.push(("state", s));
+    }
+    if let Some(f) = file {
+        q.push(("file", f));
+    }
+    match serde_urlencoded::to_string(q) {
+        Ok(q) if !q.is_empty() => format!("/?{q}"),
+        _ => "/".into(),
     }
 }
 
@@ -321,12 +489,127 @@ async fn fetch<T: serde::de::DeserializeOwned>(s: &AppState, c: Control) -> Resu
     }
 }
 
+/// The last backtest plots drawn for rule pages, so the page's `<img>`
+/// does not run the backtest again.
+#[derive(Default)]
+pub(super) struct Plots {
+    last: Mutex<VecDeque<(String, String)>>,
+}
+
+impl Plots {
+    const KEEP: usize = 4;
+
+    fn key(rule: &str, from: &str, to: &str) -> String {
+        format!("{rule}\n{from}\n{to}")
+    }
+
+    fn put(&self, key: String, svg: String) {
+        if let Ok(mut l) = self.last.lock() {
+            l.retain(|(k, _)| *k != key);
+            if l.len() == Self::KEEP {
+                l.pop_front();
+            }
+            l.push_back((key, svg));
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        let l = self.last.lock().ok()?;
+        l.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct BacktestQuery {
+    /// `-1h`, `now` or RFC 3339, as `ripcord backtest --from` takes.
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// The window a backtest form asks for, as absolute times.
+fn window(q: &BacktestQuery) -> Result<(crate::rule::Timestamp, crate::rule::Timestamp), String> {
+    let now = crate::clock::now();
+    let parse = crate::commands::backtest::parse_time;
+    let from = parse(q.from.as_deref().unwrap_or("-1h"), now)?;
+    let to = parse(q.to.as_deref().unwrap_or("now"), now)?;
+    Ok((from, to))
+}
+
+/// Backtests `rule` over `from..to` through the engine's backtest task;
+/// the plot is kept for the page's `<img>`.
+async fn backtest(
+    s: &AppState,
+    rule: &str,
+    from: crate::rule::Timestamp,
+    to: crate::rule::Timestamp,
+) -> Result<super::BacktestView, String> {
+    let c = Control::Backtest {
+        rule: rule.to_string(),
+        from,
+        to,
+    };
+    match fetch::<super::BacktestView>(s, c).await {
+        Ok(v) => {
+            s.plots.put(
+                Plots::key(rule, &from.rfc3339(), &to.rfc3339()),
+                v.svg.clone(),
+            );
+            Ok(v)
+        }
+        Err(Fetch::Missing(e)) => Err(e),
+        Err(Fetch::Failed(_)) => Err("ripcord is stopping, or its answer did not parse".into()),
+    }
+}
+
+/// `/rules/NAME/backtest.svg?from=..&to=..`: the plot of a backtest the
+/// rule page ran (again, if it is no longer kept).
+pub(super) async fn backtest_svg(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<BacktestQuery>,
+) -> Response {
+    if let Err(r) = reader(&s, &headers) {
+        return r.into_response();
+    }
+    let (from, to) = match window(&q) {
+        Ok(w) => w,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let key = Plots::key(&name, &from.rfc3339(), &to.rfc3339());
+    let svg = match s.plots.get(&key) {
+        Some(svg) => svg,
+        None => match backtest(&s, &name, from, to).await {
+            Ok(v) => v.svg,
+            Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+        },
+    };
+    let mut r = svg.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("image/svg+xml"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 /// `/rules/NAME`: the rule as loaded, its actions' steps, its incidents,
-/// and a dry-run drill for a logged-in person.
+/// a backtest over a chosen window, and a dry-run drill for a logged-in
+/// person.
 pub(super) async fn rule(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    Query(q): Query<BacktestQuery>,
 ) -> Response {
     let session = match reader(&s, &headers) {
         Ok(session) => session,
@@ -343,9 +626,50 @@ pub(super) async fn rule(
         }
         Err(Fetch::Failed(r)) => return r,
     };
+    // A backtest only when the form asked for one.
+    let asked = q.from.is_some() || q.to.is_some();
+    let (bt, bt_error, img) = if asked {
+        match window(&q) {
+            Ok((from, to)) => match backtest(&s, &name, from, to).await {
+                Ok(v) => {
+                    // Rule names are letters, digits, `-_.` (checked at
+                    // load): a path segment as they are.
+                    let img = format!(
+                        "/rules/{name}/backtest.svg?{}",
+                        serde_urlencoded::to_string([
+                            ("from", from.rfc3339()),
+                            ("to", to.rfc3339())
+                        ])
+                        .unwrap_or_default()
+                    );
+                    (Some(v), None, Some(img))
+                }
+                Err(e) => (None, Some(e), None),
+            },
+            Err(e) => (None, Some(e), None),
+        }
+    } else {
+        (None, None, None)
+    };
+    let graphs: Vec<(String, String)> = view
+        .queries
+        .iter()
+        .map(|(q, expr)| {
+            (
+                q.clone(),
+                crate::notify::graph_link(&s.prometheus_url, expr),
+            )
+        })
+        .collect();
     render(
         "rule.html",
         context! {
+            bt => bt.map(|mut b| { b.svg.clear(); b }),
+            bt_error => bt_error,
+            img => img,
+            from => q.from.unwrap_or_else(|| "-1h".into()),
+            to => q.to.unwrap_or_else(|| "now".into()),
+            graphs => graphs,
             r => view,
             who => session.as_ref().map(|s| s.who.clone()),
             csrf => session.as_ref().map(|s| s.csrf.clone()),
@@ -403,9 +727,21 @@ pub(super) async fn incident(
         Err(Fetch::Failed(r)) => return r,
     };
     let phase = view.phase.clone().unwrap_or_default();
+    let graphs: Vec<(String, String, String)> = view
+        .queries
+        .iter()
+        .map(|(q, expr)| {
+            (
+                q.clone(),
+                expr.clone(),
+                crate::notify::graph_link(&s.prometheus_url, expr),
+            )
+        })
+        .collect();
     render(
         "incident.html",
         context! {
+            graphs => graphs,
             i => view,
             who => session.as_ref().map(|s| s.who.clone()),
             csrf => session.as_ref().map(|s| s.csrf.clone()),
@@ -615,6 +951,45 @@ pub(super) async fn static_file(Path(name): Path<String>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sparkline_breaks_at_gaps_scales_to_its_threshold_and_says_what_it_shows() {
+        let v = [Some(1.0), Some(2.0), None, Some(3.0), None, None];
+        let sp = sparkline("rate", &v, Some(5.0));
+        let segs: Vec<String> = sp
+            .get_attr("segments")
+            .expect("segments")
+            .try_iter()
+            .expect("a list")
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(segs.len(), 2, "a gap is a gap: {segs:?}");
+        // Six slots over 120 units: x = 0, 24, 48, 72.
+        assert_eq!(segs[0], "0.0,22.0 24.0,17.0");
+        assert_eq!(segs[1], "72.0,12.0 74.0,12.0", "a lone point is a dash");
+        assert_eq!(
+            sp.get_attr("threshold_y").expect("y").to_string(),
+            "2.0",
+            "the threshold is the top of the scale"
+        );
+        assert_eq!(
+            sp.get_attr("label").expect("label").to_string(),
+            "rate: last 6 evaluations, from 1 to 3; threshold 5"
+        );
+        let none = sparkline("rate", &[None, None], None);
+        assert_eq!(
+            none.get_attr("label").expect("label").to_string(),
+            "rate: no data yet"
+        );
+        assert_eq!(compact(0.0010000000474974513), "0.001");
+        assert_eq!(compact(1234567.0), "1.23e6");
+        assert_eq!(compact(-0.25), "-0.25");
+        assert_eq!(filter_href(None, None), "/");
+        assert_eq!(
+            filter_href(Some("firing"), Some("/etc/ripcord/rules.d/a b.yaml")),
+            "/?state=firing&file=%2Fetc%2Fripcord%2Frules.d%2Fa+b.yaml"
+        );
+    }
 
     #[test]
     fn every_template_parses_and_cookies_are_read() {

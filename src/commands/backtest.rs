@@ -167,26 +167,50 @@ pub async fn run(
             .min()
             .unwrap_or(Duration::from_secs(60))
     });
+    let prom = Prom::new(&config.prometheus).map_err(BacktestError::Prometheus)?;
+    let shared = Shared::new(config.limits.max_actions_per_hour, Mode::Enforce);
+    replay_rules(
+        &prom,
+        shared,
+        config.prometheus.blind_after,
+        &chosen,
+        (from, to),
+        step,
+    )
+    .await
+}
+
+/// The backtest of `chosen` over `window`, one evaluation per `step`,
+/// with `shared` as the budget and mode it starts from: what `run` and the
+/// web page's rule backtest both do once they have the rules.
+pub async fn replay_rules(
+    prom: &Prom,
+    shared: Shared,
+    blind_after: Duration,
+    chosen: &[Arc<Rule>],
+    window: (Timestamp, Timestamp),
+    step: Duration,
+) -> Result<Report, BacktestError> {
+    let (from, to) = window;
+    if to <= from {
+        return Err(BacktestError::EmptyWindow);
+    }
     if step.is_zero() {
         return Err(BacktestError::ZeroStep);
     }
-    let prom = Prom::new(&config.prometheus).map_err(BacktestError::Prometheus)?;
     // rule → query → time → value
     let mut data: BTreeMap<String, BTreeMap<String, History>> = BTreeMap::new();
-    for r in &chosen {
+    for r in chosen {
         for (q, expr) in &r.queries {
-            let h = history(&prom, expr, q, from, to, step)
+            let h = history(prom, expr, q, from, to, step)
                 .await
                 .map_err(BacktestError::Prometheus)?;
             data.entry(r.name.clone()).or_default().insert(q.clone(), h);
         }
     }
     // Actions are never run: the driver answers each at once, as `test` does.
-    let mut sim = Sim::new(
-        chosen.iter().map(|r| r.evaluated_every(step)),
-        Shared::new(config.limits.max_actions_per_hour, Mode::Enforce),
-    );
-    sim.blind_after = config.prometheus.blind_after;
+    let mut sim = Sim::new(chosen.iter().map(|r| r.evaluated_every(step)), shared);
+    sim.blind_after = blind_after;
     let mut summaries: BTreeMap<String, Summary> = chosen
         .iter()
         .map(|r| {
@@ -214,7 +238,7 @@ pub async fn run(
         .collect();
     replay(
         &mut sim,
-        &chosen,
+        chosen,
         &data,
         &mut summaries,
         &mut traces,
@@ -427,7 +451,7 @@ pub fn print(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
 }
 
 /// Thresholds the condition compares a query with: `rate > 0.005` → (rate, 0.005).
-fn thresholds(condition: &str) -> Vec<(String, f64)> {
+pub fn thresholds(condition: &str) -> Vec<(String, f64)> {
     let tokens: Vec<&str> = condition
         .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
         .filter(|t| !t.is_empty())
@@ -448,15 +472,27 @@ fn thresholds(condition: &str) -> Vec<(String, f64)> {
 /// Draws one panel per rule into an SVG file: each query's values, dashed
 /// thresholds from the condition, pending (amber) and incident (red) windows.
 pub fn plot(report: &Report, path: &std::path::Path) -> Result<(), String> {
-    use plotters::prelude::*;
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
         return Err(format!(
             "{}: --plot writes SVG; name the file *.svg",
             path.display()
         ));
     }
+    let svg = plot_svg(report)?;
+    std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The plot of [`plot`], as SVG text (the web page serves it).
+pub fn plot_svg(report: &Report) -> Result<String, String> {
+    let mut out = String::new();
+    draw(report, &mut out)?;
+    Ok(out)
+}
+
+fn draw(report: &Report, out: &mut String) -> Result<(), String> {
+    use plotters::prelude::*;
     let n = report.traces.len().max(1);
-    let root = SVGBackend::new(path, (1200, 320 * n as u32)).into_drawing_area();
+    let root = SVGBackend::with_string(out, (1200, 320 * n as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let panels = root.split_evenly((n, 1));
     let colors = [BLUE, GREEN, MAGENTA, CYAN, BLACK];

@@ -197,6 +197,8 @@ pub struct Rule {
     /// The rule's definition as written (canonical JSON): a reload keeps
     /// the scheduler and state of a rule whose fingerprint is unchanged.
     pub fingerprint: String,
+    /// The file the rule was read from.
+    pub file: Arc<std::path::Path>,
     pub schedule: Schedule,
     /// Query name → PromQL, in the order written.
     pub queries: IndexMap<String, String>,

@@ -107,6 +107,7 @@ pub(super) fn validate_rule(
 
     Some(Rule {
         fingerprint: String::new(),
+        file: Arc::from(cx.file(at)),
         name: r.name,
         schedule,
         queries: r.queries,

@@ -72,6 +72,8 @@ impl Engine {
                     format!("drill {id} opened: the rule's actions run now")
                 })
             }
+            // Run by the main loop in a task of its own, never here.
+            Control::Backtest { .. } => Err("a backtest is not run by the engine".into()),
             Control::Resume => {
                 global::resume(&mut self.shared)?;
                 self.journal(Entry::Shared {
@@ -143,10 +145,23 @@ impl Engine {
             version: crate::LONG_VERSION.into(),
             rules: self
                 .rules
-                .keys()
-                .map(|name| {
+                .iter()
+                .map(|(name, rule)| {
                     let s = self.states.get(name).cloned().unwrap_or_default();
+                    let since = match &s.status {
+                        Status::Pending { since, .. } => Some(*since),
+                        Status::Open(i) => Some(i.opened_at),
+                        _ => self.state_since.get(name).copied(),
+                    };
                     RuleStatus {
+                        file: rule.file.display().to_string(),
+                        condition: rule.condition.source().to_string(),
+                        since: since.map(|t| t.rfc3339()),
+                        recent: self
+                            .recent
+                            .get(name)
+                            .map(|r| r.series(rule))
+                            .unwrap_or_default(),
                         name: name.clone(),
                         state: s.name(),
                         phase: s.phase(),

@@ -40,6 +40,10 @@ pub(super) struct Engine {
     /// Rules a reload would remove while their incident is open: since when
     /// they have been missing. Held back until `reload.removal_delay`.
     pub(super) pending_removals: BTreeMap<String, Timestamp>,
+    /// Each rule's last evaluations, for the web page's sparklines.
+    pub(super) recent: HashMap<String, recent::Recent>,
+    /// When each rule's state last changed while this process ran.
+    pub(super) state_since: HashMap<String, Timestamp>,
 }
 
 /// An action ready to start for an incident, once it holds its lock.
@@ -93,6 +97,13 @@ impl Engine {
         let (new, effects) = rule::step(&rule, &old, &mut self.shared, input, at);
         if new.name() != old.name() {
             self.metrics.set_state(name, new.name());
+            self.state_since.insert(name.to_string(), at);
+        }
+        if new.last_eval != old.last_eval {
+            self.recent
+                .entry(name.to_string())
+                .or_default()
+                .push(&rule, &new.last_values);
         }
         let started = new
             .incident()

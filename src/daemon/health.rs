@@ -91,6 +91,7 @@ impl Engine {
             return;
         }
         let snap = snapshot_entries(&self.states, &self.shared);
+        crate::fsio::blocking(|| archive_incidents(&self.dir));
         let compacted = match self.journal.lock() {
             Ok(mut j) => {
                 match crate::fsio::blocking(|| Journal::open_compacted(&self.dir, &snap)) {
@@ -111,5 +112,22 @@ impl Engine {
                 o.forget_finished();
             }
         }
+    }
+}
+
+/// Keeps each incident's journal entries in the incident archive before a
+/// compaction drops them. History for people: a failure is logged, and the
+/// compaction goes on.
+pub(super) fn archive_incidents(dir: &std::path::Path) {
+    let stored =
+        crate::journal::read_all(dir).and_then(|entries| crate::archive::store(dir, &entries));
+    match stored {
+        Ok(0) => {}
+        Ok(n) => info!(incidents = n, "incident history archived before compaction"),
+        Err(e) => warn!(
+            "cannot archive incident history under {}: {}; the journal's compaction drops it",
+            crate::archive::dir(dir).display(),
+            state_dir::describe(&e)
+        ),
     }
 }

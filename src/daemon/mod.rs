@@ -26,10 +26,12 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+mod backtest;
 mod control;
 mod engine;
 mod health;
 mod pages;
+mod recent;
 mod reload;
 mod runner;
 mod scheduler;
@@ -180,7 +182,13 @@ pub async fn run(
     }
     let server = serve_api(
         listener,
-        crate::api::router(metrics.clone(), token, control_tx, config.web_read),
+        crate::api::router(
+            metrics.clone(),
+            token,
+            control_tx,
+            config.web_read,
+            crate::body::redact_url(&config.prometheus.url),
+        ),
         stop_rx.clone(),
     );
     let (deliver_stop_tx, deliver_stop_rx) = watch::channel(false);
@@ -210,6 +218,8 @@ pub async fn run(
     let watchdog = sd_notify::watchdog_enabled();
     let mut last_status = String::new();
 
+    // The web page's backtests, one at a time.
+    let backtests = Arc::new(Semaphore::new(1));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
@@ -256,9 +266,24 @@ pub async fn run(
                 engine.compact_if_due();
             }
             Some(_) = engine.running.join_next(), if !engine.running.is_empty() => {}
-            Some((c, reply)) = control_rx.recv() => {
-                let _ = reply.send(engine.control(c));
-            }
+            Some((c, reply)) = control_rx.recv() => match c {
+                Control::Backtest { rule, from, to } => match engine.rules.get(&rule) {
+                    Some(r) => backtest::start(
+                        prom.clone(),
+                        r.clone(),
+                        (from, to),
+                        (config.limits.max_actions_per_hour, config.prometheus.blind_after),
+                        backtests.clone(),
+                        reply,
+                    ),
+                    None => {
+                        let _ = reply.send(Err(format!("unknown rule `{rule}`")));
+                    }
+                },
+                c => {
+                    let _ = reply.send(engine.control(c));
+                }
+            },
             _ = &mut shutdown => break,
         }
     }

@@ -101,6 +101,7 @@ impl Engine {
                     warn!(rule = %name, incident = %i.id, "rule removed while its incident is open: the incident is kept and resumes if the rule comes back");
                 }
                 self.metrics.clear_state(name);
+                self.recent.remove(name);
             }
         }
         for (name, r) in &new_rules {
@@ -108,6 +109,8 @@ impl Engine {
                 None => added += 1,
                 Some(old) if old.fingerprint != r.fingerprint => {
                     changed += 1;
+                    // Its sparkline would mix the old queries with the new.
+                    self.recent.remove(name);
                     // A changed condition makes a pending timer meaningless;
                     // open incidents, cooldowns and the rest are kept.
                     if let Some(st) = self.states.get_mut(name) {

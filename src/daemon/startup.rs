@@ -145,6 +145,7 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
             "outbox: pages the journal committed before a crash are queued again"
         );
     }
+    health::archive_incidents(&dir);
     crate::notify::outbox::crash_point("before_compaction");
     let journal = Journal::open_compacted(&dir, &snapshot_entries(&states, &shared))
         .map_err(|e| state_dir::error(&journal_path, &e))?;
@@ -179,6 +180,8 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
         last_probe: std::time::Instant::now(),
         pending_removals: BTreeMap::new(),
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        recent: HashMap::new(),
+        state_since: HashMap::new(),
     };
 
     resume(&mut engine, &replayed.uncertain, &replayed.interrupted);

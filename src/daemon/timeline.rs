@@ -6,6 +6,15 @@
 use super::*;
 use crate::api::{IncidentView, RuleView, TimelineRow};
 
+/// A rule's definition (its fingerprint: the canonical JSON of what was
+/// written) as YAML, in the order written.
+fn as_yaml(fingerprint: &str) -> String {
+    serde_json::from_str::<serde_yaml::Value>(fingerprint)
+        .ok()
+        .and_then(|v| serde_yaml::to_string(&v).ok())
+        .unwrap_or_else(|| fingerprint.to_string())
+}
+
 impl Engine {
     /// `name` as loaded: settings, queries, actions with their steps as
     /// they would run, and the incidents the journal holds.
@@ -71,6 +80,13 @@ impl Engine {
                 }
             }
         }
+        for id in crate::fsio::blocking(|| crate::archive::of_rule(&self.dir, name)) {
+            if !incidents.contains(&id) {
+                incidents.push(id);
+            }
+        }
+        // Newest first: ids end in their opening time.
+        incidents.sort_by(|a, b| b.cmp(a));
         incidents.truncate(20);
         Ok(RuleView {
             name: name.to_string(),
@@ -85,12 +101,26 @@ impl Engine {
                 .collect(),
             actions,
             incidents,
+            file: r.file.display().to_string(),
+            yaml: as_yaml(&r.fingerprint),
         })
     }
 
     pub(super) fn incident_view(&self, id: &str) -> Result<IncidentView, String> {
-        let entries = crate::fsio::blocking(|| crate::journal::read_all(&self.dir))
+        // What the archive kept from before the journal's compactions, then
+        // the journal.
+        let mut entries =
+            crate::fsio::blocking(|| crate::archive::read(&self.dir, id)).map_err(|e| {
+                format!(
+                    "cannot read the incident archive: {}",
+                    state_dir::describe(&e)
+                )
+            })?;
+        let journal = crate::fsio::blocking(|| crate::journal::read_all(&self.dir))
             .map_err(|e| format!("cannot read the journal: {}", state_dir::describe(&e)))?;
+        // The compacted journal repeats the incident's latest state line,
+        // without pages: it adds no row twice.
+        entries.extend(journal);
         let (rule, opened_at, values) = entries
             .iter()
             .find_map(|e| match e {
@@ -102,7 +132,7 @@ impl Engine {
                 },
                 _ => None,
             })
-            .ok_or_else(|| format!("no incident {id} in the journal (the journal keeps incidents since its last compaction)"))?;
+            .ok_or_else(|| format!("no incident {id} in the journal or the incident archive (which keeps the newest {})", crate::archive::KEEP))?;
         // The rule's next incident, if any, ends this one's window of events.
         let next_opened = entries.iter().find_map(|e| match e {
             Entry::State { rule: r, state, .. } if *r == rule => match &state.status {

@@ -173,21 +173,7 @@ impl Notification {
     pub fn graph_links(&self, prometheus_url: &str) -> Vec<(String, String)> {
         self.queries
             .iter()
-            .map(|(name, q)| {
-                let enc: String = q
-                    .bytes()
-                    .map(|b| match b {
-                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                            (b as char).to_string()
-                        }
-                        _ => format!("%{b:02X}"),
-                    })
-                    .collect();
-                (
-                    name.clone(),
-                    format!("{prometheus_url}/graph?g0.expr={enc}&g0.tab=0"),
-                )
-            })
+            .map(|(name, q)| (name.clone(), graph_link(prometheus_url, q)))
             .collect()
     }
 
@@ -237,4 +223,10 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 pub fn fmt_value(v: Option<f64>) -> String {
     v.map(|f| f.to_string()).unwrap_or_else(|| "no data".into())
+}
+
+/// Prometheus's graph page for `expr`.
+pub fn graph_link(prometheus_url: &str, expr: &str) -> String {
+    let q = serde_urlencoded::to_string([("g0.expr", expr), ("g0.tab", "0")]).unwrap_or_default();
+    format!("{}/graph?{q}", prometheus_url.trim_end_matches('/'))
 }

@@ -7,7 +7,9 @@
   var health = document.getElementById("health");
   if (!rules || !health) { return; }
   var filter = rules.getAttribute("data-filter");
-  var q = filter ? "&state=" + encodeURIComponent(filter) : "";
+  var file = rules.getAttribute("data-file");
+  var q = (filter ? "&state=" + encodeURIComponent(filter) : "") +
+    (file ? "&file=" + encodeURIComponent(file) : "");
   function busy() {
     var a = document.activeElement;
     return a && (a.tagName === "INPUT" || a.tagName === "BUTTON");
