@@ -67,6 +67,23 @@ pub enum QueryResult {
 }
 
 impl QueryResult {
+    /// The answer the core splits into instances: a number or series.
+    pub fn into_answer(self, query: &str) -> Result<crate::rule::instances::Answer, PromError> {
+        use crate::rule::instances::Answer;
+        match self {
+            QueryResult::Scalar(v) => Ok(Answer::Scalar(v)),
+            QueryResult::Vector(v) => Ok(Answer::Vector(v)),
+            QueryResult::Matrix(_) => Err(PromError::NotANumber {
+                query: query.to_string(),
+                kind: "range vector".into(),
+            }),
+            QueryResult::String(_) => Err(PromError::NotANumber {
+                query: query.to_string(),
+                kind: "string".into(),
+            }),
+        }
+    }
+
     /// Reduces to the one number a rule needs.
     pub fn to_sample(&self, query: &str) -> Result<Sample, PromError> {
         match self {

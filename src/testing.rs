@@ -17,8 +17,9 @@ use crate::config::load::{load_rule_files_into, At, Ctx, DEFAULT_BLIND_AFTER};
 use crate::config::raw::{RawExpect, RawTestCase, RawTestFile};
 use crate::config::{Mode, Rule, RuleSet};
 use crate::diag::Diagnostic;
+use crate::rule::instances::{Answer, Evaluation, Labels};
 use crate::rule::sim::{Happened, Sim};
-use crate::rule::{Input, Observation, PageEvent, PhaseName, Sample, Shared, StateName, Timestamp};
+use crate::rule::{Input, PageEvent, PhaseName, Shared, StateName, Timestamp};
 
 /// One value of a query at one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -130,8 +131,8 @@ struct Case {
     name: String,
     step: Duration,
     steps: usize,
-    /// rule → query → series
-    values: IndexMap<String, IndexMap<String, Vec<Value>>>,
+    /// rule → query → each series' labels and values
+    values: Series,
     inputs: Vec<(i64, String, InputKind)>,
     fail_actions: Vec<String>,
     max_actions_per_hour: u32,
@@ -209,7 +210,36 @@ pub fn load(path: &Path) -> Result<TestFile, Vec<Diagnostic>> {
     }
 }
 
-type Series = IndexMap<String, IndexMap<String, Vec<Value>>>;
+type Series = IndexMap<String, IndexMap<String, Vec<(Labels, Vec<Value>)>>>;
+
+/// `rule` or `rule{label="value",...}`, as a test names an instance: the
+/// rule and the instance's labels (in PromQL's selector syntax, parsed by
+/// promql-parser; only `=` matchers).
+pub fn parse_instance(s: &str) -> Result<(String, Labels), String> {
+    let Some((name, rest)) = s.split_once('{') else {
+        return Ok((s.to_string(), Labels::new()));
+    };
+    let expr = promql_parser::parser::parse(&format!("x{{{rest}")).map_err(|e| {
+        format!(
+            "`{s}`: labels as in PromQL, `{{domain=\"chat\"}}`: {}",
+            e.trim()
+        )
+    })?;
+    let promql_parser::parser::Expr::VectorSelector(v) = expr else {
+        return Err(format!("`{s}`: expected NAME{{label=\"value\", ...}}"));
+    };
+    let mut labels = Labels::new();
+    for m in &v.matchers.matchers {
+        if m.name == "__name__" {
+            continue;
+        }
+        if m.op.to_string() != "=" {
+            return Err(format!("`{s}`: only `label=\"value\"` names an instance"));
+        }
+        labels.insert(m.name.clone(), m.value.clone());
+    }
+    Ok((name.to_string(), labels))
+}
 
 /// Each `RULE.QUERY: series` of a case, checked against the rules; every
 /// query of a tested rule needs one, and all have the same length.
@@ -218,10 +248,21 @@ fn check_values(cx: &mut Ctx, at: &At, c: &RawTestCase, rules: &RuleSet) -> (Ser
     let mut lengths: Vec<(String, usize)> = Vec::new();
     for (key, series) in &c.values {
         let vat = at.key("values").key(key);
-        let Some((rule, query)) = key.rsplit_once('.') else {
+        // `RULE.QUERY` or `RULE.QUERY{label="value",...}`: one series.
+        let (base, labels) = match key.split_once('{') {
+            Some((b, _)) => match parse_instance(key) {
+                Ok((_, l)) => (b, l),
+                Err(e) => {
+                    cx.error_key(&vat, e);
+                    continue;
+                }
+            },
+            None => (key.as_str(), Labels::new()),
+        };
+        let Some((rule, query)) = base.rsplit_once('.') else {
             cx.error_key(
                 &vat,
-                format!("`{key}` must be RULE.QUERY, e.g. chat-5xx.rate"),
+                format!("`{key}` must be RULE.QUERY or RULE.QUERY{{label=\"value\"}}, e.g. chat-5xx.rate"),
             );
             continue;
         };
@@ -247,7 +288,9 @@ fn check_values(cx: &mut Ctx, at: &At, c: &RawTestCase, rules: &RuleSet) -> (Ser
                 values
                     .entry(rule.to_string())
                     .or_default()
-                    .insert(query.to_string(), v);
+                    .entry(query.to_string())
+                    .or_default()
+                    .push((labels, v));
             }
             Err(e) => cx.error(&vat, e),
         }
@@ -316,7 +359,9 @@ fn check_inputs(
     let mut inputs = Vec::new();
     for (i, inp) in c.inputs.iter().enumerate() {
         let iat = at.key("inputs").index(i);
-        if rules.rule(&inp.rule).is_none() {
+        if let Err(e) = parse_instance(&inp.rule) {
+            cx.error(&iat.key("rule"), e);
+        } else if rules.rule(&instance_rule(&inp.rule)).is_none() {
             cx.error(&iat.key("rule"), format!("unknown rule `{}`", inp.rule));
         }
         let kinds: Vec<InputKind> = [
@@ -337,7 +382,12 @@ fn check_inputs(
             times.check(cx, &iat.key("at"), inp.at.0),
             kinds.into_iter().next(),
         ) {
-            inputs.push((ms, inp.rule.clone(), k));
+            // The instance's key as ripcord writes it.
+            let key = match parse_instance(&inp.rule) {
+                Ok((name, labels)) => crate::rule::instances::key(&name, &labels),
+                Err(_) => inp.rule.clone(),
+            };
+            inputs.push((ms, key, k));
         }
     }
     for (i, a) in c.fail_actions.iter().enumerate() {
@@ -408,7 +458,12 @@ fn check_expect(
                 cx.error(eat, "without `rule`, an expectation is about ripcord's own pages: only `events` (e.g. [blind, seeing])");
             }
         }
-        Some(rule) if rules.rule(rule).is_none() => {
+        Some(rule) if parse_instance(rule).is_err() => {
+            if let Err(e) = parse_instance(rule) {
+                cx.error(&eat.key("rule"), e);
+            }
+        }
+        Some(rule) if rules.rule(&instance_rule(rule)).is_none() => {
             cx.error(&eat.key("rule"), format!("unknown rule `{rule}`"));
         }
         Some(rule) if tested == Some(false) => {
@@ -437,7 +492,11 @@ fn check_expect(
     );
     let events = parse_list(cx, "events", e.events);
     Expect {
-        rule: e.rule,
+        // The instance's key as ripcord writes it.
+        rule: e.rule.map(|r| match parse_instance(&r) {
+            Ok((name, labels)) => crate::rule::instances::key(&name, &labels),
+            Err(_) => r,
+        }),
         state,
         phase,
         actions: e.actions,
@@ -465,9 +524,9 @@ fn check_case(cx: &mut Ctx, at: &At, c: RawTestCase, rules: &RuleSet) -> Option<
     for (i, e) in c.expect.into_iter().enumerate() {
         let eat = at.key("expect").index(i);
         let tested = values_ok.then(|| {
-            e.rule
-                .as_ref()
-                .is_none_or(|r| values.contains_key(r) || inputs.iter().any(|(_, ir, _)| ir == r))
+            e.rule.as_ref().map(|r| instance_rule(r)).is_none_or(|r| {
+                values.contains_key(&r) || inputs.iter().any(|(_, ir, _)| instance_rule(ir) == r)
+            })
         });
         let when = times.check(cx, &eat.key("at"), e.at.0);
         let parsed = check_expect(cx, &eat, e, rules, tested);
@@ -505,28 +564,34 @@ fn fmt_value(v: Option<f64>) -> String {
     }
 }
 
-/// What the rule's queries answered at step `k`.
-fn observation(series: &IndexMap<String, Vec<Value>>, k: usize) -> Observation {
-    let mut samples = BTreeMap::new();
+/// The rule named in `r` (`rule` or `rule{...}`).
+fn instance_rule(r: &str) -> String {
+    crate::rule::instances::rule_of(r).to_string()
+}
+
+/// What the rule's queries answered at step `k`: each series with a
+/// value is in the answer, one without (`_`) is not.
+fn evaluation(series: &IndexMap<String, Vec<(Labels, Vec<Value>)>>, k: usize) -> Evaluation {
+    let mut answers = BTreeMap::new();
     let (mut failed, mut bad) = (false, None);
-    for (q, s) in series {
-        match s[k] {
-            Value::Num(v) => {
-                samples.insert(q.clone(), Sample::Value(v));
+    for (q, all) in series {
+        let mut vector = Vec::new();
+        for (labels, s) in all {
+            match s[k] {
+                Value::Num(v) => vector.push((labels.clone(), v)),
+                Value::NoData => {}
+                Value::Error => failed = true,
+                Value::Bad => bad = Some(q.clone()),
             }
-            Value::NoData => {
-                samples.insert(q.clone(), Sample::Empty);
-            }
-            Value::Error => failed = true,
-            Value::Bad => bad = Some(q.clone()),
         }
+        answers.insert(q.clone(), Answer::Vector(vector));
     }
     match (failed, bad) {
-        (true, _) => Observation::Failed("query failed (simulated by the test)".into()),
-        (false, Some(q)) => Observation::Unevaluable(format!(
+        (true, _) => Evaluation::Failed("query failed (simulated by the test)".into()),
+        (false, Some(q)) => Evaluation::Unevaluable(format!(
             "query `{q}` cannot be used (simulated by the test)"
         )),
-        (false, None) => Observation::Samples(samples),
+        (false, None) => Evaluation::Answers(answers),
     }
 }
 
@@ -566,7 +631,8 @@ fn timeline_lines(sim: &Sim, used: &BTreeSet<&String>, log_start: usize, t: i64,
             );
         }
     }
-    for rule in used {
+    let keys: Vec<String> = used.iter().flat_map(|r| sim.instances(r)).collect();
+    for rule in &keys {
         let st = sim.state(rule);
         let vals: Vec<String> = st
             .last_values
@@ -574,7 +640,7 @@ fn timeline_lines(sim: &Sim, used: &BTreeSet<&String>, log_start: usize, t: i64,
             .map(|(q, v)| format!("{q}={}", fmt_value(*v)))
             .collect();
         let mut notes: Vec<String> = Vec::new();
-        for e in sim.log[log_start..].iter().filter(|e| &&e.rule == rule) {
+        for e in sim.log[log_start..].iter().filter(|e| &e.rule == rule) {
             match &e.what {
                 Happened::Action { name, dry_run } => notes.push(format!(
                     "{} {name}",
@@ -648,11 +714,8 @@ fn problems(sim: &Sim, e: &Expect, now: Timestamp) -> Vec<String> {
 }
 
 fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
-    let used: BTreeSet<&String> = c
-        .values
-        .keys()
-        .chain(c.inputs.iter().map(|(_, r, _)| r))
-        .collect();
+    let inputs: Vec<String> = c.inputs.iter().map(|(_, r, _)| instance_rule(r)).collect();
+    let used: BTreeSet<&String> = c.values.keys().chain(inputs.iter()).collect();
     let rule_list: Vec<Arc<Rule>> = used
         .iter()
         .filter_map(|n| rules.rule(n).map(|r| r.evaluated_every(c.step)))
@@ -669,7 +732,7 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
         let log_start = sim.log.len();
         for (rule, series) in &c.values {
             // The rule exists: check_case verified every name.
-            let _ = sim.evaluate(rule, observation(series, k), now);
+            let _ = sim.evaluate_answers(rule, &evaluation(series, k), now);
         }
         feed_inputs(&mut sim, c, now);
         timeline_lines(&sim, &used, log_start, t, &mut timeline);

@@ -8,7 +8,7 @@ fn the_shipped_runbook_rules_check_clean() {
     let out = ripcord(&["check", "rules/"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.starts_with("ok: "), "{}", out.stdout);
-    assert!(out.stdout.contains("24 rules"), "{}", out.stdout);
+    assert!(out.stdout.contains("22 rules"), "{}", out.stdout);
 }
 
 #[test]
@@ -31,7 +31,7 @@ fn all_problems_of_a_file_are_reported_in_one_run() {
             "r.yaml:4:16: condition uses `rat`, which is not a query of this rule (queries: rate)",
             "r.yaml:5:10: invalid duration `2x`: expected a number and a unit (ms, s, m, h, d, w), e.g. 30s, 2m, 1h30m",
             "r.yaml:6:15: unknown action `nope` (none are defined)",
-            "r.yaml:7:5: unknown field `colour`, expected one of `name`, `every`, `cron`, `queries`, `condition`, `for`, `no_data`, `severity`, `summary`, `description`, `actions`, `notify`, `approval`, `verify`, `cooldown`, `unevaluable_after`, `mode`, `labels`, `runbook_url`, `dashboard_url`",
+            "r.yaml:7:5: unknown field `colour`, expected one of `name`, `every`, `cron`, `queries`, `condition`, `by`, `for`, `no_data`, `severity`, `summary`, `description`, `actions`, `notify`, `approval`, `verify`, `cooldown`, `unevaluable_after`, `mode`, `labels`, `runbook_url`, `dashboard_url`",
         ]
     );
     assert_eq!(out.stdout.trim(), "5 problems in 1 file (0 warnings)");
@@ -51,7 +51,7 @@ fn references_resolve_across_files_and_warnings_do_not_fail() {
         [
             "rules.d/chat.yaml:4:11: warning: rule `chat` acts on a single breaching evaluation: set `for:` so a blip does not roll back",
             "rules.d/chat.yaml:4:11: warning: rule `chat` has no `verify:`: ripcord will not page if the rollback does not restore the metrics",
-            "rules.d/chat.yaml:5:18: warning: query `q` can return more than one series (it keeps the series' labels); a rule needs one number, and several series make it unevaluable: aggregate it (e.g. max(...) or sum(...)) if one series is meant",
+            "rules.d/chat.yaml:5:18: warning: query `q` can return more than one series (it keeps the series' labels); a rule without `by:` needs one number, and several series make it unevaluable: aggregate it (e.g. max(...) or sum(...)) if one series is meant, or add `by: [LABEL, ...]` for one instance per series",
             "rules.d/notifiers.yaml:2:37: warning: the PagerDuty routing key cannot be resolved here (environment variable PD_KEY is not set): where ripcord runs, pages to this notifier would fail",
             "rules.d/notifiers.yaml:3:3: warning: notifier `spare` is not used by any rule",
             "rules.d/notifiers.yaml:3:32: warning: the Slack webhook URL is written inline: use ${env:NAME}, ${file:PATH} or ${credential:NAME} so it stays out of the rule file",

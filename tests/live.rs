@@ -269,7 +269,7 @@ fn a_step_killed_with_ripcord_is_never_run_again_and_the_incident_survives() {
 }
 
 #[test]
-fn two_rules_sharing_an_action_never_overlap_and_the_budget_stops_the_sixth() {
+fn two_rules_sharing_an_action_run_it_once_and_the_budget_stops_the_sixth() {
     let exp = Exporter::start("demo_errors_ratio 0.2\n");
     let prom = Prometheus::start(&[exp.port()]);
     prom.wait_for("demo_errors_ratio", "0.2");
@@ -287,14 +287,20 @@ fn two_rules_sharing_an_action_never_overlap_and_the_budget_stops_the_sixth() {
     );
     let mut rc = Ripcord::new(&prom.url(), "", &rules);
     rc.start();
-    wait_until("both runs to finish", SECS_30, || recorded(&rec).len() == 4);
+    // Both rules breach: the same steps run once, the other incident joins.
+    for rule in ["one", "two"] {
+        rc.wait_event(rule, "phase acting → verifying", SECS_30);
+    }
     let l = recorded(&rec);
-    assert_eq!(l[0].1, "start");
-    assert_eq!(
-        l[1].1, "end",
-        "the second run started before the first ended: {l:?}"
-    );
-    assert!(l[2].2 >= l[1].2, "{l:?}");
+    assert_eq!(l.len(), 2, "one run, start and end: {l:?}");
+    let joined = rc
+        .journal()
+        .into_iter()
+        .filter(
+            |e| matches!(e, Entry::Event { text, .. } if text.contains("joined, not run again")),
+        )
+        .count();
+    assert_eq!(joined, 1, "the second incident joined the first one's run");
     drop(rc);
 
     let rec6 = tmp.path().join("rec6");
@@ -445,19 +451,23 @@ fn dry_run_records_the_resolved_steps_and_runs_nothing_and_eval_acts_on_nothing(
 /// one action both run it, one after the other, never at once.
 #[test]
 fn two_incidents_sharing_an_action_run_it_one_after_the_other() {
-    let exp = Exporter::start("demo_errors_ratio 0.001\n");
+    // Two instances whose steps resolve differently (their label is in
+    // argv): both run, under the action's lock, never at once.
+    let exp = Exporter::start(
+        "demo_errors_ratio{domain=\"a\"} 0.001\ndemo_errors_ratio{domain=\"b\"} 0.001\n",
+    );
     let prom = Prometheus::start(&[exp.port()]);
-    prom.wait_for("demo_errors_ratio", "0.001");
+    prom.wait_for("count(demo_errors_ratio)", "\"2\"");
     let tmp = tempfile::tempdir().expect("tmp");
     let rec = tmp.path().join("rec");
     let rules = format!(
-        "actions:\n{}rules:\n  - name: first\n    every: 1s\n    queries: {{ratio: max(demo_errors_ratio)}}\n    condition: ratio > 0.05\n    actions: [shared]\n    cooldown: 1h\n  - name: second\n    every: 1s\n    queries: {{ratio: max(demo_errors_ratio)}}\n    condition: ratio > 0.05\n    actions: [shared]\n    cooldown: 1h\n",
-        record_action("shared", &recorder(tmp.path()), &rec, "2")
+        "actions:\n  shared:\n    steps:\n      - exec: {{argv: [\"{}\", \"shared-{{{{ labels.domain }}}}\", \"2\"], env: {{REC: \"{}\"}}, timeout: 60s}}\nrules:\n  - name: errors\n    every: 1s\n    queries: {{ratio: max by (domain) (demo_errors_ratio)}}\n    by: [domain]\n    condition: ratio > 0.05\n    actions: [shared]\n    cooldown: 1h\n",
+        recorder(tmp.path()).display(),
+        rec.display()
     );
     let mut rc = Ripcord::new(&prom.url(), "", &rules);
     rc.start();
-    rc.wait_log("ripcord running", SECS_30);
-    exp.set("demo_errors_ratio 0.2\n");
+    exp.set("demo_errors_ratio{domain=\"a\"} 0.2\ndemo_errors_ratio{domain=\"b\"} 0.2\n");
     wait_until("both runs of the shared action to end", SECS_30, || {
         recorded(&rec).iter().filter(|(_, e, _)| e == "end").count() == 2
     });
@@ -467,14 +477,22 @@ fn two_incidents_sharing_an_action_run_it_one_after_the_other() {
         ["start", "end", "start", "end"],
         "the second run starts only after the first ended"
     );
+    let mut names: Vec<String> = recorded(&rec).into_iter().map(|(n, _, _)| n).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names, ["shared-a", "shared-b"]);
     assert!(
         rc.log()
             .contains("waits for another incident's run of it to finish"),
         "the waiting incident says so:\n{}",
         rc.log()
     );
-    // Each rule's incident saw its own run finish.
-    for rule in ["first", "second"] {
-        rc.wait_event(rule, "phase acting → verifying", SECS_30);
+    // Each instance's incident saw its own run finish.
+    for domain in ["a", "b"] {
+        rc.wait_event(
+            &format!("errors{{domain=\"{domain}\"}}"),
+            "phase acting → verifying",
+            SECS_30,
+        );
     }
 }

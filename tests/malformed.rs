@@ -28,7 +28,13 @@ const CASES: &[(&str, &[&str])] = &[
     ("condition-not-boolean.yaml", &["condition-not-boolean.yaml:4:16: condition `rate * 2` must be true or false, but gives a number"]),
     ("condition-unknown-query.yaml", &["condition-unknown-query.yaml:4:16: condition uses `rat`, which is not a query of this rule (queries: rate)"]),
     ("condition-assignment.yaml", &["condition-assignment.yaml:4:16: invalid condition `rate = 0.5`: assigns to `rate`"]),
-    ("missing-condition.yaml", &["missing-condition.yaml:2:5: missing field `condition`"]),
+    ("alert-style-two-queries.yaml", &["alert-style-two-queries.yaml:3:15: rule `r` has no `condition:`, so it is alert-style: every series of its one query breaches; it has 2 queries: keep one, or add a condition"]),
+    ("step-template-not-a-label.yaml", &["step-template-not-a-label.yaml:3:14: `{{ rule }}`: `{{ rule }}` is not `{{ labels.NAME }}`, the only substitution a step takes"]),
+    ("by-bad-label.yaml", &[
+        "by-bad-label.yaml:4:15: `1x` is not a label name (letters, digits and `_`, not starting with a digit)",
+        "by-bad-label.yaml:4:21: `pod` is listed twice",
+    ]),
+    ("label-pattern-bad-regex.yaml", &["label-pattern-bad-regex.yaml:3:20: label_pattern `a(` is not a regular expression: unclosed group"]),
     ("missing-queries.yaml", &["missing-queries.yaml:2:5: missing field `queries`"]),
     ("empty-queries.yaml", &["empty-queries.yaml:3:14: rule `r` has no queries"]),
     ("bad-query-name.yaml", &[

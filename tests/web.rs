@@ -202,7 +202,7 @@ async fn count(c: &Client, css: &str) -> usize {
 
 #[test]
 fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
-    let exp = Exporter::start("checkout_ratio 0.001\nsearch_ratio 0.001\nlogin_ratio 0.001\n");
+    let exp = Exporter::start("checkout_ratio 0.001\nsearch_ratio 0.001\nlogin_ratio 0.001\nedge_ratio{domain=\"chat\"} 0.001\nedge_ratio{domain=\"match\"} 0.002\n");
     let prom = Prometheus::start(&[exp.port()]);
     prom.wait_for("search_ratio", "0.001");
     let tmp = tempfile::tempdir().expect("tmp");
@@ -227,7 +227,7 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
     // A second file, for the overview's file filter.
     std::fs::write(
         rc.path("rules.d/drills.yaml"),
-        "rules:\n  - name: drill-target\n    every: 1s\n    queries: {v: vector(0)}\n    condition: v > 1\n    actions: [undo-drill]\n",
+        "rules:\n  - name: drill-target\n    every: 1s\n    queries: {v: vector(0)}\n    condition: v > 1\n    actions: [undo-drill]\n  - name: edge\n    every: 1s\n    queries: {v: max by (domain) (edge_ratio)}\n    by: [domain]\n    condition: v > 0.5\n    notify: []\n",
     )
     .expect("write drills.yaml");
     rc.start();
@@ -318,11 +318,26 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         assert!(row_text.contains("breaches when ratio > 0.05"), "{row_text}");
         assert!(row_text.contains("rules.d/rules.yaml"), "{row_text}");
 
+        // A `by:` rule shows a row per instance, with its labels.
+        until("edge's two instances listed", LONG, || async {
+            row(&c, &base, "drill-target").await;
+            count(&c, "tr[data-rule^=\"edge{\"]").await == 2
+        })
+        .await;
+        let chat = c
+            .find(Locator::Css("tr[data-rule=\"edge{domain=\\\"chat\\\"}\"]"))
+            .await
+            .expect("chat's row")
+            .text()
+            .await
+            .expect("text");
+        assert!(chat.contains("domain=chat") && chat.contains("ok"), "{chat}");
+
         // The file filter keeps one file's rules, with the state filter.
         on(&c, "nav.files a[data-file$=\"drills.yaml\"]", None).await;
-        until("only drills.yaml's rule listed", LONG, || async {
+        until("only drills.yaml's rules listed", LONG, || async {
             count(&c, "tr[data-rule=\"drill-target\"]").await == 1
-                && count(&c, "tr[data-rule]").await == 1
+                && count(&c, "tr[data-rule]").await == 3
         })
         .await;
         let url = c.current_url().await.expect("url");
@@ -331,7 +346,7 @@ fn the_page_lists_rules_and_a_logged_in_person_vetoes_and_pauses() {
         until("state and file filters together", LONG, || async {
             let u = c.current_url().await.map(|u| u.query().unwrap_or_default().to_string());
             u.is_ok_and(|q| q.contains("state=ok") && q.contains("file="))
-                && count(&c, "tr[data-rule]").await == 1
+                && count(&c, "tr[data-rule]").await == 3
         })
         .await;
         c.goto(&format!("{base}/")).await.expect("goto");

@@ -85,6 +85,17 @@ impl StepKind for ExecStep {
         self.timeout
     }
 
+    fn with_labels(&self, fill: super::Fill<'_>) -> Result<ExecStep, String> {
+        Ok(ExecStep {
+            argv: self
+                .argv
+                .iter()
+                .map(|a| fill(a))
+                .collect::<Result<_, _>>()?,
+            ..self.clone()
+        })
+    }
+
     async fn run(&self, ctx: &StepContext) -> StepOutcome {
         let mut env = ctx.env();
         for (k, v) in &self.env {

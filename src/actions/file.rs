@@ -117,6 +117,19 @@ impl StepKind for FileStep {
         self.timeout
     }
 
+    fn with_labels(&self, fill: super::Fill<'_>) -> Result<FileStep, String> {
+        let path = self.path.to_str().map(fill).transpose()?;
+        Ok(FileStep {
+            path: path.map_or_else(|| self.path.clone(), PathBuf::from),
+            set: self
+                .set
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), fill(v)?)))
+                .collect::<Result<_, String>>()?,
+            ..self.clone()
+        })
+    }
+
     async fn run(&self, _ctx: &StepContext) -> StepOutcome {
         let s = self.clone();
         match tokio::task::spawn_blocking(move || apply(&s.path, s.format, &s.set)).await {

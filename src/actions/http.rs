@@ -99,6 +99,17 @@ impl StepKind for HttpStep {
         self.timeout
     }
 
+    fn with_labels(&self, fill: super::Fill<'_>) -> Result<HttpStep, String> {
+        // Safe label values hold no `$`: filling cannot make a secret
+        // reference, so the text parses as it did, placeholders aside.
+        let again = |s: &SecretString| SecretString::parse(&fill(s.as_written())?);
+        Ok(HttpStep {
+            url: again(&self.url)?,
+            body: self.body.as_ref().map(again).transpose()?,
+            ..self.clone()
+        })
+    }
+
     async fn run(&self, _ctx: &StepContext) -> StepOutcome {
         run(self).await
     }

@@ -156,6 +156,37 @@ impl StepKind for KubectlStep {
         self.timeout
     }
 
+    fn with_labels(&self, fill: super::Fill<'_>) -> Result<KubectlStep, String> {
+        let verb = match &self.verb {
+            KubectlVerb::RolloutUndo {
+                resource,
+                to_revision,
+            } => KubectlVerb::RolloutUndo {
+                resource: fill(resource)?,
+                to_revision: *to_revision,
+            },
+            KubectlVerb::SetImage {
+                resource,
+                container,
+                image,
+            } => KubectlVerb::SetImage {
+                resource: fill(resource)?,
+                container: fill(container)?,
+                image: fill(image)?,
+            },
+            KubectlVerb::Scale { resource, replicas } => KubectlVerb::Scale {
+                resource: fill(resource)?,
+                replicas: *replicas,
+            },
+        };
+        Ok(KubectlStep {
+            verb,
+            namespace: self.namespace.as_deref().map(fill).transpose()?,
+            context: self.context.as_deref().map(fill).transpose()?,
+            ..self.clone()
+        })
+    }
+
     async fn run(&self, ctx: &StepContext) -> StepOutcome {
         run(self, ctx).await
     }

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod file;
 pub mod http;
 pub mod kubectl;
+pub mod labels;
 pub mod systemctl;
 
 use std::collections::BTreeMap;
@@ -44,7 +45,13 @@ pub trait StepKind: Sized + Clone + std::fmt::Debug {
     fn timeout(&self) -> Duration;
     /// Runs the step to its end; the deadline is the caller's.
     fn run(&self, ctx: &StepContext) -> impl Future<Output = StepOutcome> + Send;
+    /// The step with `fill` applied to each string field that may hold
+    /// `{{ labels.NAME }}` ([`labels`]); the first refusal stops it.
+    fn with_labels(&self, fill: Fill<'_>) -> Result<Self, String>;
 }
+
+/// What [`StepKind::with_labels`] applies to a string field.
+pub type Fill<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 
 /// The one place a step's timeout is enforced: past `timeout` the run is
 /// dropped (a process group gets SIGTERM, then SIGKILL, from its guard in
@@ -96,6 +103,13 @@ macro_rules! step_kinds {
                 }
             }
 
+            /// The step with an instance's labels in it.
+            pub fn with_labels(&self, fill: Fill<'_>) -> Result<Step, String> {
+                match self {
+                    $(Step::$variant(s) => s.with_labels(fill).map(Step::$variant),)*
+                }
+            }
+
             /// Runs the step to completion or its timeout.
             pub async fn run(&self, ctx: &StepContext) -> StepOutcome {
                 match self {
@@ -117,7 +131,13 @@ macro_rules! step_kinds {
                     <$ty as StepKind>::validate(cx, at, raw).map(Step::$variant)
                 })))*
                 .flatten();
-            step.filter(|_| cx.error_count() == errors_before)
+            let step = step.filter(|_| cx.error_count() == errors_before)?;
+            // `{{ labels.NAME }}` is the only substitution a step takes.
+            if let Err(e) = step.with_labels(&|s| labels::names(s).map(|_| s.to_string())) {
+                cx.error(at, e);
+                return None;
+            }
+            Some(step)
         }
     };
 }
@@ -134,13 +154,18 @@ step_kinds! {
 #[derive(Clone, Debug, Default)]
 pub struct StepContext {
     pub rule: String,
+    /// The instance's key (the rule's name for a rule without `by:`).
+    pub key: String,
+    /// The instance's labels.
+    pub labels: BTreeMap<String, String>,
     pub incident: String,
     /// Each query's value at the incident; `None` is no data.
     pub values: BTreeMap<String, Option<f64>>,
 }
 
 impl StepContext {
-    /// `RIPCORD_RULE`, `RIPCORD_INCIDENT`, `RIPCORD_VALUE_<QUERY>`.
+    /// `RIPCORD_RULE`, `RIPCORD_INCIDENT`, `RIPCORD_VALUE_<QUERY>`,
+    /// `RIPCORD_LABEL_<NAME>`.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("RIPCORD_RULE".to_string(), self.rule.clone()),
@@ -152,6 +177,7 @@ impl StepContext {
                 v.map(|f| f.to_string()).unwrap_or_default(),
             ));
         }
+        env.extend(labels::env(&self.labels));
         env
     }
 }

@@ -74,10 +74,12 @@ impl StepKind for SystemctlStep {
                 ),
             ],
         )?;
-        if unit.is_empty()
-            || unit.starts_with('-')
-            || unit.contains(char::is_whitespace)
-            || unit.contains('/')
+        // A placeholder stands for one safe value: check the rest.
+        let shape = super::labels::blank(&unit);
+        if shape.is_empty()
+            || shape.starts_with('-')
+            || shape.contains(char::is_whitespace)
+            || shape.contains('/')
         {
             cx.error(&at.key(verb_name), format!("`{unit}` is not a unit name"));
         }
@@ -118,6 +120,19 @@ impl StepKind for SystemctlStep {
 
     fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    fn with_labels(&self, fill: super::Fill<'_>) -> Result<SystemctlStep, String> {
+        let unit = fill(&self.unit)?;
+        if unit.contains('/') {
+            return Err(format!(
+                "the unit with the instance's labels, `{unit}`, is not a unit name: the step was refused and nothing ran"
+            ));
+        }
+        Ok(SystemctlStep {
+            unit,
+            ..self.clone()
+        })
     }
 
     async fn run(&self, ctx: &StepContext) -> StepOutcome {

@@ -52,7 +52,15 @@ pub struct ReloadStatus {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RuleStatus {
+    /// The instance's key: the rule's name, or `rule{label="value",...}`
+    /// for an instance of a `by:` or alert-style rule.
     pub name: String,
+    /// The rule it is an instance of.
+    #[serde(default)]
+    pub rule: String,
+    /// The instance's labels (empty for a rule without `by:`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     pub state: crate::rule::StateName,
     pub phase: crate::rule::PhaseName,
     pub incident: Option<String>,
@@ -133,6 +141,9 @@ pub struct RuleView {
     pub file: String,
     #[serde(default)]
     pub yaml: String,
+    /// A `by:` or alert-style rule's instances: key, state, incident.
+    #[serde(default)]
+    pub instances: Vec<(String, String, Option<String>)>,
 }
 
 /// A backtest of one rule from the web page.

@@ -256,8 +256,11 @@ fn rules_context(snap: &Snapshot, filter: Filter<'_>, now: SystemTime) -> Vec<mi
                     sparkline(q, vs, th)
                 })
                 .collect();
+            let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             context! {
                 name => r.name,
+                rule => if r.rule.is_empty() { r.name.clone() } else { r.rule.clone() },
+                labels => labels,
                 state => r.state.as_str(),
                 symbol => symbol(r.state),
                 phase => (r.phase.as_str() != r.state.as_str()).then(|| r.phase.as_str()),

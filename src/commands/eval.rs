@@ -7,6 +7,7 @@ use std::io::Write;
 use crate::config::{Config, Mode, RuleSet};
 use crate::daemon::{evaluate, now};
 use crate::prom::Prom;
+use crate::rule::instances::{self, Evaluation};
 use crate::rule::{self, Effect, Input, Observation, RuleState, Sample, Shared};
 
 /// Evaluates the named rules (all when empty). Returns false if any failed.
@@ -29,14 +30,45 @@ pub async fn run(
         .iter()
         .filter(|r| names.is_empty() || names.contains(&r.name))
     {
-        let obs = evaluate(&prom, r, at).await;
+        let eval = evaluate(&prom, r, at).await;
         writeln!(out, "{}", r.name)?;
+        if let Evaluation::Failed(e) | Evaluation::Unevaluable(e) = &eval {
+            all_ok = false;
+            writeln!(out, "  error: {e}")?;
+            writeln!(out, "  → state would be held: nothing happens")?;
+            continue;
+        }
+        let seen = instances::split(r, &eval, &[]);
+        if seen.is_empty() {
+            writeln!(out, "  no series: every instance is ok")?;
+        }
+        for s in seen {
+            if !s.labels.is_empty() {
+                writeln!(out, " {}", s.key)?;
+            }
+            if !instance(r, s, at, out)? {
+                all_ok = false;
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+/// One instance's values and what the core makes of them, from a fresh
+/// state: pure, no I/O. False if it could not be evaluated.
+fn instance(
+    r: &crate::config::Rule,
+    seen: instances::Seen,
+    at: crate::rule::Timestamp,
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
+    let obs = seen.obs;
+    {
         match &obs {
             Observation::Failed(e) | Observation::Unevaluable(e) => {
-                all_ok = false;
                 writeln!(out, "  error: {e}")?;
                 writeln!(out, "  → state would be held: nothing happens")?;
-                continue;
+                return Ok(false);
             }
             Observation::Samples(s) => {
                 for q in r.queries.keys() {
@@ -52,7 +84,10 @@ pub async fn run(
         let mut shared = Shared::new(u32::MAX, Mode::DryRun);
         let (state, effects) = rule::step(
             r,
-            &RuleState::default(),
+            &RuleState {
+                labels: seen.labels,
+                ..RuleState::default()
+            },
             &mut shared,
             Input::Evaluate(obs),
             at,
@@ -102,5 +137,5 @@ pub async fn run(
         writeln!(out, "  condition    {}", r.condition.source())?;
         writeln!(out, "  → {verdict}")?;
     }
-    Ok(all_ok)
+    Ok(true)
 }

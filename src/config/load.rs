@@ -514,9 +514,26 @@ fn validate_action(cx: &mut Ctx, a: &Named<raw::RawAction>) -> Option<Action> {
             steps.push(step);
         }
     }
+    let label_pattern = match &a.raw.label_pattern {
+        None => None,
+        Some(p) => match regex::Regex::new(&format!("^(?:{p})$")) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let first = e.to_string();
+                let first = first.lines().last().unwrap_or("invalid").trim();
+                let first = first.strip_prefix("error: ").unwrap_or(first).to_string();
+                cx.error(
+                    &a.at.key("label_pattern"),
+                    format!("label_pattern `{p}` is not a regular expression: {first}"),
+                );
+                return None;
+            }
+        },
+    };
     (steps.len() == a.raw.steps.len()).then(|| Action {
         name: a.name.clone(),
         description: a.raw.description.clone(),
+        label_pattern,
         steps,
     })
 }

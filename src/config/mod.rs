@@ -202,6 +202,9 @@ pub struct Rule {
     pub schedule: Schedule,
     /// Query name → PromQL, in the order written.
     pub queries: IndexMap<String, String>,
+    /// Labels whose distinct values make instances (empty: one instance).
+    pub by: Vec<String>,
+    /// [`Condition::presence`] for an alert-style rule.
     pub condition: Condition,
     /// How long the condition must hold before an incident opens.
     pub for_: Duration,
@@ -243,4 +246,7 @@ pub struct Action {
     pub name: String,
     pub description: Option<String>,
     pub steps: Vec<Step>,
+    /// What label values put into its steps must match, on top of the
+    /// safe set ([`crate::actions::labels`]), anchored at both ends.
+    pub label_pattern: Option<regex::Regex>,
 }

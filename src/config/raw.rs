@@ -130,6 +130,9 @@ pub struct RawLimits {
 pub struct RawAction {
     pub description: Option<String>,
     pub steps: Vec<RawStep>,
+    /// A label value put into a step must match this too (a regex, whole
+    /// value): only ever stricter than the built-in safe set.
+    pub label_pattern: Option<String>,
 }
 
 // ---------------------------------------------------------------- rules
@@ -141,7 +144,11 @@ pub struct RawRule {
     pub every: Option<Dur>,
     pub cron: Option<String>,
     pub queries: IndexMap<String, String>,
-    pub condition: String,
+    /// None: alert-style (one query, every series it returns breaches).
+    pub condition: Option<String>,
+    /// Labels that tell instances apart.
+    #[serde(default)]
+    pub by: Vec<String>,
     #[serde(rename = "for")]
     pub for_: Option<Dur>,
     pub no_data: Option<NoData>,

@@ -28,15 +28,34 @@ pub(super) fn validate_rule(
 
     check_queries(cx, at, &r);
     let names: Vec<&str> = r.queries.keys().map(String::as_str).collect();
-    let condition = match Condition::compile(&r.condition, &names) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            if !names.is_empty() {
-                cx.error(&at.key("condition"), e);
+    let condition = match &r.condition {
+        Some(src) => match Condition::compile(src, &names) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if !names.is_empty() {
+                    cx.error(&at.key("condition"), e);
+                }
+                None
             }
-            None
-        }
+        },
+        // Alert-style: Prometheus's meaning of an alerting rule.
+        None => match names.as_slice() {
+            [q] => Some(Condition::presence(q)),
+            [] => None,
+            _ => {
+                cx.error(
+                    &at.key("queries"),
+                    format!(
+                        "rule `{}` has no `condition:`, so it is alert-style: every series of its one query breaches; it has {} queries: keep one, or add a condition",
+                        r.name,
+                        names.len()
+                    ),
+                );
+                None
+            }
+        },
     };
+    check_by(cx, at, &r);
     let summary_src = r.summary.clone().unwrap_or_else(|| {
         let vals: Vec<String> = names
             .iter()
@@ -45,7 +64,12 @@ pub(super) fn validate_rule(
             .collect();
         format!("{{{{ rule }}}} breached: {}", vals.join(", "))
     });
-    let summary = match Template::compile(&summary_src, &names) {
+    // The labels its pages carry: its own, and its instances' (any, for
+    // an alert-style rule without `by:`).
+    let page_labels: Option<Vec<String>> = (r.condition.is_some() || !r.by.is_empty())
+        .then(|| r.labels.keys().chain(r.by.iter()).cloned().collect());
+    let summary = match Template::compile_with_labels(&summary_src, &names, page_labels.as_deref())
+    {
         Ok(t) => Some(t),
         Err(e) => {
             cx.error(&at.key("summary"), e);
@@ -111,6 +135,7 @@ pub(super) fn validate_rule(
         name: r.name,
         schedule,
         queries: r.queries,
+        by: r.by,
         condition: condition?,
         for_,
         no_data,
@@ -215,10 +240,36 @@ fn check_queries(cx: &mut Ctx, at: &At, r: &RawRule) {
                 format!("invalid PromQL in query `{name}`: {}", e.trim()),
             ),
             Ok(parsed) => {
-                if let Some(w) = super::shape::many_series_warning(name, &parsed) {
+                // Many series are what `by:` and alert-style rules are for.
+                let many_ok = !r.by.is_empty() || r.condition.is_none();
+                if let Some(w) =
+                    super::shape::many_series_warning(name, &parsed).filter(|_| !many_ok)
+                {
                     cx.warn(&qat, w);
                 }
             }
+        }
+    }
+}
+
+/// `by:` names distinct Prometheus label names.
+fn check_by(cx: &mut Ctx, at: &At, r: &RawRule) {
+    let mut seen = BTreeSet::new();
+    for (i, l) in r.by.iter().enumerate() {
+        let ok = l.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            cx.error(
+                &at.key("by").index(i),
+                format!("`{l}` is not a label name (letters, digits and `_`, not starting with a digit)"),
+            );
+        } else if l == "__name__" {
+            cx.error(
+                &at.key("by").index(i),
+                "`__name__` is not a label to tell instances apart: most queries drop it",
+            );
+        } else if !seen.insert(l) {
+            cx.error(&at.key("by").index(i), format!("`{l}` is listed twice"));
         }
     }
 }

@@ -83,12 +83,16 @@ pub fn many_series_warning(name: &str, expr: &Expr) -> Option<String> {
     match shape(expr) {
         Shape::One => None,
         Shape::Many(labels) => {
-            let keeps = match labels {
+            let keeps = match &labels {
                 Some(ls) => format!("it keeps the labels {}", ls.join(", ")),
                 None => "it keeps the series' labels".to_string(),
             };
+            let by = match labels {
+                Some(ls) if !ls.is_empty() => format!("`by: [{}]`", ls.join(", ")),
+                _ => "`by: [LABEL, ...]`".to_string(),
+            };
             Some(format!(
-                "query `{name}` can return more than one series ({keeps}); a rule needs one number, and several series make it unevaluable: aggregate it (e.g. max(...) or sum(...)) if one series is meant"
+                "query `{name}` can return more than one series ({keeps}); a rule without `by:` needs one number, and several series make it unevaluable: aggregate it (e.g. max(...) or sum(...)) if one series is meant, or add {by} for one instance per series"
             ))
         }
     }

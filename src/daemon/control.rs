@@ -127,6 +127,40 @@ impl Engine {
         )
     }
 
+    /// One instance's row of the status.
+    fn rule_status(&self, rule: &Rule, key: String, s: RuleState) -> RuleStatus {
+        let since = match &s.status {
+            Status::Pending { since, .. } => Some(*since),
+            Status::Open(i) => Some(i.opened_at),
+            _ => self.state_since.get(&key).copied(),
+        };
+        RuleStatus {
+            file: rule.file.display().to_string(),
+            condition: rule.condition.source().to_string(),
+            since: since.map(|t| t.rfc3339()),
+            recent: self
+                .recent
+                .get(&key)
+                .map(|r| r.series(rule))
+                .unwrap_or_default(),
+            rule: rule.name.clone(),
+            labels: s.labels.clone(),
+            name: key,
+            state: s.name(),
+            phase: s.phase(),
+            incident: s.incident().map(|i| i.id.clone()),
+            opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
+            last_evaluation: s.last_eval.map(|t| t.rfc3339()),
+            values: s.last_values.clone(),
+            last_error: s.last_error.clone(),
+            unevaluable_since: s
+                .unevaluable
+                .as_ref()
+                .filter(|u| u.paged)
+                .map(|u| u.since.rfc3339()),
+        }
+    }
+
     /// The rule whose open incident is `incident`, and its state.
     pub(super) fn incident_state(&self, incident: &str) -> Result<(String, RuleState), String> {
         self.states
@@ -146,36 +180,18 @@ impl Engine {
             rules: self
                 .rules
                 .iter()
-                .map(|(name, rule)| {
-                    let s = self.states.get(name).cloned().unwrap_or_default();
-                    let since = match &s.status {
-                        Status::Pending { since, .. } => Some(*since),
-                        Status::Open(i) => Some(i.opened_at),
-                        _ => self.state_since.get(name).copied(),
-                    };
-                    RuleStatus {
-                        file: rule.file.display().to_string(),
-                        condition: rule.condition.source().to_string(),
-                        since: since.map(|t| t.rfc3339()),
-                        recent: self
-                            .recent
-                            .get(name)
-                            .map(|r| r.series(rule))
-                            .unwrap_or_default(),
-                        name: name.clone(),
-                        state: s.name(),
-                        phase: s.phase(),
-                        incident: s.incident().map(|i| i.id.clone()),
-                        opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
-                        last_evaluation: s.last_eval.map(|t| t.rfc3339()),
-                        values: s.last_values.clone(),
-                        last_error: s.last_error.clone(),
-                        unevaluable_since: s
-                            .unevaluable
-                            .as_ref()
-                            .filter(|u| u.paged)
-                            .map(|u| u.since.rfc3339()),
+                .flat_map(|(name, rule)| {
+                    // Each instance; a rule not evaluated yet shows as one.
+                    let mut rows: Vec<(String, RuleState)> =
+                        crate::rule::instances::of_rule(&self.states, name)
+                            .map(|(k, s)| (k.clone(), s.clone()))
+                            .collect();
+                    if rows.is_empty() {
+                        rows.push((name.clone(), RuleState::default()));
                     }
+                    rows.into_iter()
+                        .map(|(key, s)| self.rule_status(rule, key, s))
+                        .collect::<Vec<_>>()
                 })
                 .collect(),
             paused: self

@@ -40,6 +40,12 @@ pub(super) struct Engine {
     /// Rules a reload would remove while their incident is open: since when
     /// they have been missing. Held back until `reload.removal_delay`.
     pub(super) pending_removals: BTreeMap<String, Timestamp>,
+    /// Incident → the digest of the resolved steps it runs (claimed in
+    /// `shared.runs`), until its result comes.
+    pub(super) claimed: HashMap<String, String>,
+    /// Incident running some steps → the (key, incident, action) of those
+    /// that joined that run and wait for its result.
+    pub(super) joiners: HashMap<String, Vec<(String, String, String)>>,
     /// Each rule's last evaluations, for the web page's sparklines.
     pub(super) recent: HashMap<String, recent::Recent>,
     /// When each rule's state last changed while this process ran.
@@ -89,7 +95,8 @@ impl Engine {
     /// write fails, no action starts: each is reported failed, and pages go
     /// out from memory.
     pub(super) fn apply(&mut self, name: &str, input: Input, at: Timestamp) {
-        let Some(rule) = self.rules.get(name).cloned() else {
+        // `name` is an instance's key: the rule's name, or `rule{...}`.
+        let Some(rule) = self.rules.get(instances::rule_of(name)).cloned() else {
             return;
         };
         let old = self.states.get(name).cloned().unwrap_or_default();
@@ -155,6 +162,7 @@ impl Engine {
             self.event(at, Some(name), EventKind::Phase, text);
         }
         let values = new.last_values.clone();
+        let labels = new.labels.clone();
         self.states.insert(name.to_string(), new);
         self.push_pages(pages);
         if commits_pages {
@@ -195,9 +203,15 @@ impl Engine {
                     incident,
                     action,
                     dry_run,
-                } if committed => {
-                    self.start_action(&rule, incident, action, dry_run, values.clone())
-                }
+                } if committed => self.start_action(
+                    &rule,
+                    (name, &labels),
+                    incident,
+                    action,
+                    dry_run,
+                    values.clone(),
+                    at,
+                ),
                 Effect::RunAction {
                     incident, action, ..
                 } => {
@@ -366,28 +380,103 @@ impl Engine {
 
     /// Starts `action_name` for `incident` once it holds the action's lock
     /// (at once if nobody else runs that action).
+    /// Starts `action_name` for `incident` of instance `key`: its steps
+    /// with the instance's labels in them (a refused label value fails the
+    /// action: nothing runs), then — unless another incident runs or ran
+    /// the same resolved steps, which it joins — under the action's lock.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_action(
         &mut self,
         rule: &Rule,
+        (key, labels): (&str, &BTreeMap<String, String>),
         incident: String,
         action_name: String,
         dry_run: bool,
         values: BTreeMap<String, Option<f64>>,
+        at: Timestamp,
     ) {
+        let done = |result: ActionResult| Msg::ActionDone {
+            rule: key.to_string(),
+            incident: incident.clone(),
+            action: action_name.clone(),
+            result,
+        };
         let Some(action) = self.actions.get(&action_name).cloned() else {
             // Cannot happen for a loaded rule set; reported, not panicked on.
-            let _ = self.tx.try_send(Msg::ActionDone {
-                rule: rule.name.clone(),
-                incident,
-                action: action_name.clone(),
-                result: ActionResult::Failed(format!("unknown action {action_name}")),
-            });
+            let _ = self.tx.try_send(done(ActionResult::Failed(format!(
+                "unknown action {action_name}"
+            ))));
             return;
         };
+        let action = match resolve(&action, labels) {
+            Ok(a) => a,
+            Err(why) => {
+                error!(rule = %key, incident = %incident, "{action_name} not run: {why}");
+                self.refund(at, dry_run);
+                let _ = self.tx.try_send(done(ActionResult::Failed(why)));
+                return;
+            }
+        };
+        if !dry_run {
+            let steps = steps_digest(&action);
+            match global::claim(
+                &mut self.shared,
+                &steps,
+                &action_name,
+                &incident,
+                at,
+                rule.cooldown,
+            ) {
+                global::Claim::Run => {
+                    self.journal(Entry::Shared {
+                        shared: self.shared.clone(),
+                    });
+                    self.claimed.insert(incident.clone(), steps);
+                }
+                global::Claim::JoinRunning { incident: with } => {
+                    let text = format!("{action_name}: the same steps run now for incident {with}: joined, not run again");
+                    info!(rule = %key, incident = %incident, "{text}");
+                    self.event(at, Some(key), EventKind::Record, text);
+                    self.refund(at, dry_run);
+                    self.joiners.entry(with).or_default().push((
+                        key.to_string(),
+                        incident.clone(),
+                        action_name.clone(),
+                    ));
+                    return;
+                }
+                global::Claim::AlreadyRan {
+                    incident: with,
+                    at: ran,
+                    ok,
+                } => {
+                    let text = format!(
+                        "{action_name}: the same steps ran at {} for incident {with} ({}): joined, not run again",
+                        ran.rfc3339(),
+                        if ok { "succeeded" } else { "failed" }
+                    );
+                    info!(rule = %key, incident = %incident, "{text}");
+                    self.event(at, Some(key), EventKind::Record, text);
+                    self.refund(at, dry_run);
+                    let result = if ok {
+                        ActionResult::Succeeded
+                    } else {
+                        ActionResult::Failed(format!(
+                            "the same steps failed for incident {with} at {}; not run again",
+                            ran.rfc3339()
+                        ))
+                    };
+                    let _ = self.tx.try_send(done(result));
+                    return;
+                }
+            }
+        }
         let start = Start {
             action,
             ctx: StepContext {
                 rule: rule.name.clone(),
+                key: key.to_string(),
+                labels: labels.clone(),
                 incident: incident.clone(),
                 values,
             },
@@ -396,9 +485,21 @@ impl Engine {
         match self.locks.acquire(&action_name, &incident, start) {
             Some(start) => self.spawn_action(start),
             None => {
-                info!(rule = %rule.name, incident = %incident, "{action_name} waits for another incident's run of it to finish")
+                info!(rule = %key, incident = %incident, "{action_name} waits for another incident's run of it to finish")
             }
         }
+    }
+
+    /// Gives back the budget an action start took at `at` when it runs
+    /// nothing, and commits it.
+    fn refund(&mut self, at: Timestamp, dry_run: bool) {
+        if dry_run {
+            return;
+        }
+        self.shared.budget.refund(at);
+        self.journal(Entry::Shared {
+            shared: self.shared.clone(),
+        });
     }
 
     fn spawn_action(&mut self, start: Start) {
@@ -414,7 +515,7 @@ impl Engine {
             let result = run_action(&action, &ctx, dry_run, &journal, &tx, &stopping).await;
             let _ = tx
                 .send(Msg::ActionDone {
-                    rule: ctx.rule,
+                    rule: ctx.key,
                     incident: ctx.incident,
                     action: action.name.clone(),
                     result,
@@ -433,28 +534,7 @@ impl Engine {
                 describe,
                 outcome,
             } => self.step_page(&rule, &incident, &action, step, &describe, outcome.as_ref()),
-            Msg::Evaluated { rule, at, obs } => {
-                self.last_progress = std::time::Instant::now();
-                self.blindness(at, &obs);
-                let label = RuleLabel { rule: rule.clone() };
-                self.metrics.evaluations.get_or_create(&label).inc();
-                if matches!(obs, Observation::Failed(_) | Observation::Unevaluable(_)) {
-                    self.metrics.evaluation_failures.get_or_create(&label).inc();
-                }
-                self.metrics
-                    .prometheus_up
-                    .set(i64::from(global::blinding(&obs).is_none()));
-                self.apply(&rule, Input::Evaluate(obs), at);
-                let paged = self
-                    .states
-                    .get(&rule)
-                    .and_then(|s| s.unevaluable.as_ref())
-                    .is_some_and(|u| u.paged);
-                self.metrics
-                    .rule_unevaluable
-                    .get_or_create(&label)
-                    .set(i64::from(paged));
-            }
+            Msg::Evaluated { rule, at, eval } => self.evaluated(&rule, at, &eval),
             Msg::ActionDone {
                 rule,
                 incident,
@@ -473,6 +553,32 @@ impl Engine {
                         result: r.into(),
                     })
                     .inc();
+                // Incidents that joined this run get its result too.
+                if let Some(steps) = self.claimed.remove(&incident) {
+                    let ok = matches!(result, ActionResult::Succeeded);
+                    global::finish(&mut self.shared, &steps, &incident, ok);
+                    self.journal(Entry::Shared {
+                        shared: self.shared.clone(),
+                    });
+                }
+                for (key, joined, act) in self.joiners.remove(&incident).unwrap_or_default() {
+                    let r = match &result {
+                        ActionResult::Succeeded => ActionResult::Succeeded,
+                        ActionResult::Failed(e) => ActionResult::Failed(format!(
+                            "the run it joined (incident {incident}) failed: {e}"
+                        )),
+                        ActionResult::Interrupted => ActionResult::Interrupted,
+                    };
+                    self.apply(
+                        &key,
+                        Input::ActionFinished {
+                            incident: joined,
+                            action: act,
+                            result: r,
+                        },
+                        now(),
+                    );
+                }
                 self.apply(
                     &rule,
                     Input::ActionFinished {
@@ -487,6 +593,61 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// One evaluation of `rule`: blindness, metrics, then each instance's
+    /// step; instances the answers no longer name are forgotten once
+    /// nothing of them is open or counting.
+    fn evaluated(&mut self, rule: &str, at: Timestamp, eval: &Evaluation) {
+        self.last_progress = std::time::Instant::now();
+        self.blindness(at, eval.blinding());
+        let label = RuleLabel {
+            rule: rule.to_string(),
+        };
+        self.metrics.evaluations.get_or_create(&label).inc();
+        if !matches!(eval, Evaluation::Answers(_)) {
+            self.metrics.evaluation_failures.get_or_create(&label).inc();
+        }
+        self.metrics
+            .prometheus_up
+            .set(i64::from(eval.blinding().is_none()));
+        let Some(r) = self.rules.get(rule).cloned() else {
+            return;
+        };
+        let known: Vec<(String, BTreeMap<String, String>)> = instances::of_rule(&self.states, rule)
+            .map(|(k, s)| (k.clone(), s.labels.clone()))
+            .collect();
+        for seen in instances::split(&r, eval, &known) {
+            if !self.states.contains_key(&seen.key) {
+                self.states.insert(
+                    seen.key.clone(),
+                    RuleState {
+                        labels: seen.labels.clone(),
+                        ..RuleState::default()
+                    },
+                );
+            }
+            self.apply(&seen.key, Input::Evaluate(seen.obs.clone()), at);
+            let forget = self
+                .states
+                .get(&seen.key)
+                .is_some_and(|st| instances::forget(&r, &seen, st, at));
+            if forget {
+                self.states.remove(&seen.key);
+                self.recent.remove(&seen.key);
+                self.state_since.remove(&seen.key);
+                self.metrics.clear_state(&seen.key);
+            }
+        }
+        let paged = self
+            .states
+            .get(rule)
+            .and_then(|s| s.unevaluable.as_ref())
+            .is_some_and(|u| u.paged);
+        self.metrics
+            .rule_unevaluable
+            .get_or_create(&label)
+            .set(i64::from(paged));
     }
 
     /// The watchdog is fed only while evaluations keep reporting back, so a
@@ -508,11 +669,8 @@ impl Engine {
 
     /// Blindness is decided by the core ([`Blindness::observe`]); this
     /// logs, journals and pages what it decided.
-    pub(super) fn blindness(&mut self, at: Timestamp, obs: &Observation) {
-        let Some(notice) = self
-            .blind
-            .observe(at, global::blinding(obs), self.blind_after)
-        else {
+    pub(super) fn blindness(&mut self, at: Timestamp, blinding: Option<&str>) {
+        let Some(notice) = self.blind.observe(at, blinding, self.blind_after) else {
             return;
         };
         let n = match &notice {
@@ -576,4 +734,38 @@ impl Engine {
             self.apply(&name, Input::Tick, at);
         }
     }
+}
+
+/// `action` with the instance's labels in its steps (an action without
+/// placeholders comes back as it is).
+fn resolve(action: &Arc<Action>, labels: &BTreeMap<String, String>) -> Result<Arc<Action>, String> {
+    let filler = actions::labels::Filler {
+        labels,
+        pattern: action.label_pattern.as_ref(),
+    };
+    let fill = |s: &str| filler.fill(s);
+    let steps = action
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.with_labels(&fill)
+                .map_err(|e| format!("step {} ({}): {e}", i + 1, s.kind()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(Action {
+        steps,
+        ..(**action).clone()
+    }))
+}
+
+/// What makes two runs the same: each resolved step as it would run.
+fn steps_digest(action: &Action) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for s in &action.steps {
+        h.update(s.describe().as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
 }

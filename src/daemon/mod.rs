@@ -57,9 +57,10 @@ use crate::notify::outbox::Outbox;
 use crate::notify::{self, Notification};
 use crate::prom::Prom;
 use crate::rule::global::{self, BlindNotice, Blindness, Locks};
+use crate::rule::instances::{self, Evaluation};
 use crate::rule::{
-    self, ActionResult, Effect, EventKind, Input, Observation, PageEvent, Phase, Record, RuleState,
-    Shared, Status, Timestamp,
+    self, ActionResult, Effect, EventKind, Input, PageEvent, Phase, Record, RuleState, Shared,
+    Status, Timestamp,
 };
 
 /// Evaluations running at once, across all rules.
@@ -68,27 +69,28 @@ pub const MAX_CONCURRENT_EVALUATIONS: usize = 32;
 pub use crate::clock::now;
 
 /// Evaluates every query of `rule` at the same instant `at`. A failure
-/// that means Prometheus cannot answer is `Observation::Failed` (it makes
-/// ripcord blind); one of this rule's own is `Unevaluable`.
-pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> Observation {
+/// that means Prometheus cannot answer is `Evaluation::Failed` (it makes
+/// ripcord blind); one of this rule's own is `Unevaluable`. The answers
+/// are split into instances by the core ([`rule::instances::split`]).
+pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> Evaluation {
     let futs = rule.queries.iter().map(|(name, expr)| async move {
         let r = prom.query(expr, at).await;
-        (name.clone(), r.and_then(|res| res.to_sample(name)))
+        (name.clone(), r.and_then(|res| res.into_answer(name)))
     });
     let results = futures_util::future::join_all(futs).await;
-    let mut samples = BTreeMap::new();
+    let mut answers = BTreeMap::new();
     for (name, r) in results {
         match r {
-            Ok(s) => {
-                samples.insert(name, s);
+            Ok(a) => {
+                answers.insert(name, a);
             }
             Err(e) if e.is_blinding() => {
-                return Observation::Failed(format!("query `{name}`: {e}"));
+                return Evaluation::Failed(format!("query `{name}`: {e}"));
             }
-            Err(e) => return Observation::Unevaluable(e.to_string()),
+            Err(e) => return Evaluation::Unevaluable(e.to_string()),
         }
     }
-    Observation::Samples(samples)
+    Evaluation::Answers(answers)
 }
 
 enum Msg {
@@ -104,7 +106,7 @@ enum Msg {
     Evaluated {
         rule: String,
         at: Timestamp,
-        obs: Observation,
+        eval: Evaluation,
     },
     ActionDone {
         rule: String,

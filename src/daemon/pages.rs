@@ -64,6 +64,9 @@ pub fn rule_notification(
 /// The core's page, as a notification with what it is about.
 pub fn page_notification(r: &Rule, p: &Page, started: Timestamp) -> Notification {
     let mut n = rule_notification(r, p.kind.event(), p.summary.clone(), p.at, started);
+    // The instance's labels over the rule's: every receiver shows them.
+    n.labels
+        .extend(p.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     match &p.kind {
         PageKind::RuleUnevaluable { since, error } => {
             n.summary = format!(

@@ -70,7 +70,7 @@ async fn rule_loop(
         };
         let at = now();
         let started = std::time::Instant::now();
-        let obs = evaluate(&prom, &rule, at).await;
+        let eval = evaluate(&prom, &rule, at).await;
         metrics
             .evaluation_duration
             .observe(started.elapsed().as_secs_f64());
@@ -79,7 +79,7 @@ async fn rule_loop(
             .send(Msg::Evaluated {
                 rule: rule.name.clone(),
                 at,
-                obs,
+                eval,
             })
             .await
             .is_err()

@@ -125,6 +125,8 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
         .shared
         .unwrap_or_else(|| Shared::new(config.limits.max_actions_per_hour, config.mode));
     shared.budget.limit = config.limits.max_actions_per_hour;
+    // Nothing runs yet: a run the journal left unfinished was interrupted.
+    global::runs_after_replay(&mut shared);
     shared.mode = config.mode;
 
     // Everything opened: now the state directory may change. Pages the
@@ -182,6 +184,8 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         recent: HashMap::new(),
         state_since: HashMap::new(),
+        claimed: HashMap::new(),
+        joiners: HashMap::new(),
     };
 
     resume(&mut engine, &replayed.uncertain, &replayed.interrupted);

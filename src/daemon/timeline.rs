@@ -103,6 +103,17 @@ impl Engine {
             incidents,
             file: r.file.display().to_string(),
             yaml: as_yaml(&r.fingerprint),
+            instances: crate::rule::instances::of_rule(&self.states, name)
+                .filter(|(k, _)| k.as_str() != name)
+                .take(500)
+                .map(|(k, s)| {
+                    (
+                        k.clone(),
+                        s.name().as_str().to_string(),
+                        s.incident().map(|i| i.id.clone()),
+                    )
+                })
+                .collect(),
         })
     }
 
@@ -243,7 +254,7 @@ impl Engine {
             .states
             .get(&rule)
             .filter(|s| s.incident().is_some_and(|i| i.id == id));
-        let r = self.rules.get(&rule);
+        let r = self.rules.get(crate::rule::instances::rule_of(&rule));
         Ok(IncidentView {
             id: id.to_string(),
             rule: rule.clone(),

@@ -113,6 +113,7 @@ pub fn render(
                     "event": n.event,
                     "incident": n.incident,
                     "values": values,
+                    "labels": n.labels,
                     "condition": n.condition,
                     "details": n.details,
                     "dry_run": n.dry_run,

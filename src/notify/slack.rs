@@ -85,6 +85,10 @@ pub fn render(
             .collect();
         blocks.push(json!({"type": "section", "fields": fields}));
     }
+    if !n.labels.is_empty() {
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(&format!("labels: {}", labels.join(" ")), 3000)}]}));
+    }
     if let Some(c) = &n.condition {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("condition: `{c}`"), 3000)}}));
     }

@@ -21,7 +21,8 @@ use evalexpr::{ContextWithMutableVariables, HashMapContext, Node, Value};
 #[derive(Clone, Debug)]
 pub struct Condition {
     source: String,
-    node: Node,
+    /// `None`: alert-style, every series the query returns breaches.
+    node: Option<Node>,
 }
 
 impl PartialEq for Condition {
@@ -144,7 +145,7 @@ impl Condition {
         }
         let c = Condition {
             source: source.to_string(),
-            node,
+            node: Some(node),
         };
         // Try it on sample values: this catches non-boolean results, unknown
         // functions and type errors before production does.
@@ -159,11 +160,28 @@ impl Condition {
         &self.source
     }
 
+    /// An alert-style rule's condition (no `condition:`): a series of
+    /// `query` in the answer breaches, whatever its value.
+    pub fn presence(query: &str) -> Condition {
+        Condition {
+            source: format!("every series of {query} breaches (alert-style)"),
+            node: None,
+        }
+    }
+
+    /// Whether this is an alert-style rule's [`Condition::presence`].
+    pub fn is_presence(&self) -> bool {
+        self.node.is_none()
+    }
+
     /// Evaluates with every query's value. All values must be finite numbers;
     /// missing data is decided before a condition is evaluated.
     pub fn eval(&self, values: &BTreeMap<String, f64>) -> Result<bool, String> {
+        let Some(node) = &self.node else {
+            return Ok(true);
+        };
         let ctx = context(values)?;
-        match self.node.eval_with_context(&ctx) {
+        match node.eval_with_context(&ctx) {
             Ok(Value::Boolean(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "condition `{}` must be true or false, but gives {} ({other})",

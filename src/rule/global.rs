@@ -329,6 +329,90 @@ pub fn after_replay(
     out
 }
 
+// ------------------------------------------------------------ shared runs
+
+/// How long a finished run is remembered for incidents to join at most.
+pub const RUNS_KEPT: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// What an incident whose action resolved to `steps` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody ran these steps lately: it runs them (and the run is
+    /// recorded for others to join).
+    Run,
+    /// Another incident runs them now: it waits for that result.
+    JoinRunning { incident: String },
+    /// Another incident ran them within `window`: that result is its own.
+    AlreadyRan {
+        incident: String,
+        at: Timestamp,
+        ok: bool,
+    },
+}
+
+/// One rollback per thing rolled back: several instances whose action
+/// resolves to the same steps run them once. `window` is how long after a
+/// run the same steps count as done (the rule's cooldown).
+pub fn claim(
+    shared: &mut Shared,
+    steps: &str,
+    action: &str,
+    incident: &str,
+    now: Timestamp,
+    window: std::time::Duration,
+) -> Claim {
+    shared
+        .runs
+        .retain(|r| r.ok.is_none() || now.since(r.at) <= RUNS_KEPT);
+    let last = shared
+        .runs
+        .iter()
+        .rev()
+        .find(|r| r.steps == steps && r.incident != incident);
+    match last {
+        Some(r) if r.ok.is_none() => Claim::JoinRunning {
+            incident: r.incident.clone(),
+        },
+        Some(r) if now.since(r.at) <= window => Claim::AlreadyRan {
+            incident: r.incident.clone(),
+            at: r.at,
+            ok: r.ok == Some(true),
+        },
+        _ => {
+            shared.runs.push(SharedRun {
+                steps: steps.to_string(),
+                action: action.to_string(),
+                incident: incident.to_string(),
+                at: now,
+                ok: None,
+            });
+            Claim::Run
+        }
+    }
+}
+
+/// `incident`'s run of `steps` is over.
+pub fn finish(shared: &mut Shared, steps: &str, incident: &str, ok: bool) {
+    if let Some(r) = shared
+        .runs
+        .iter_mut()
+        .rev()
+        .find(|r| r.steps == steps && r.incident == incident && r.ok.is_none())
+    {
+        r.ok = Some(ok);
+    }
+}
+
+/// After a restart nothing is running: a run the journal left unfinished
+/// was interrupted, and counts as failed for whoever would join it.
+pub fn runs_after_replay(shared: &mut Shared) {
+    for r in &mut shared.runs {
+        if r.ok.is_none() {
+            r.ok = Some(false);
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "global_tests.rs"]
 mod tests;

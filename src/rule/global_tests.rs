@@ -448,3 +448,78 @@ fn restored_timers_table() {
         assert_eq!(after.phase(), want, "{name}");
     }
 }
+
+#[test]
+fn shared_runs_table() {
+    let hour = std::time::Duration::from_secs(3600);
+    let mut shared = Shared::new(5, Mode::Enforce);
+    // (what, steps, incident, at, want)
+    let rows: Vec<(&str, &str, &str, i64, Claim)> = vec![
+        (
+            "the first incident runs the steps",
+            "undo-chat",
+            "i1",
+            0,
+            Claim::Run,
+        ),
+        (
+            "another incident with the same steps joins the running one",
+            "undo-chat",
+            "i2",
+            5,
+            Claim::JoinRunning {
+                incident: "i1".into(),
+            },
+        ),
+        ("different steps run", "undo-match", "i3", 6, Claim::Run),
+    ];
+    for (what, steps, incident, at, want) in rows {
+        assert_eq!(
+            claim(&mut shared, steps, "a", incident, t(at), hour),
+            want,
+            "{what}"
+        );
+    }
+    finish(&mut shared, "undo-chat", "i1", true);
+    assert_eq!(
+        claim(&mut shared, "undo-chat", "a", "i4", t(600), hour),
+        Claim::AlreadyRan {
+            incident: "i1".into(),
+            at: t(0),
+            ok: true
+        },
+        "within the window a finished run counts as done"
+    );
+    assert_eq!(
+        claim(&mut shared, "undo-chat", "a", "i5", t(3601), hour),
+        Claim::Run,
+        "past the window the steps run again"
+    );
+    // After a restart nothing runs: the unfinished run failed for joiners.
+    runs_after_replay(&mut shared);
+    assert_eq!(
+        claim(&mut shared, "undo-match", "a", "i6", t(3700), hour),
+        Claim::Run,
+        "undo-match's run was interrupted long ago: past the window"
+    );
+    let mut fresh = Shared::new(5, Mode::Enforce);
+    assert_eq!(claim(&mut fresh, "s", "a", "x", t(0), hour), Claim::Run);
+    runs_after_replay(&mut fresh);
+    assert_eq!(
+        claim(&mut fresh, "s", "a", "y", t(1), hour),
+        Claim::AlreadyRan {
+            incident: "x".into(),
+            at: t(0),
+            ok: false
+        },
+        "an interrupted run is never run again by a joiner within the window"
+    );
+    // A day later runs are forgotten.
+    claim(&mut fresh, "other", "a", "z", t(90_000), hour);
+    assert!(fresh.runs.iter().all(|r| r.steps != "s"));
+    // The budget an action start took comes back when it runs nothing.
+    let mut b = ActionBudget::new(2);
+    assert!(b.try_take(t(1)) && b.try_take(t(2)));
+    b.refund(t(2));
+    assert!(b.try_take(t(3)), "the refunded action is available again");
+}

@@ -115,10 +115,18 @@ impl Machine<'_> {
             return;
         }
         let r = self.rule;
+        // The rule's labels, and the instance's over them.
+        let mut labels = r.labels.clone();
+        labels.extend(
+            self.state
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         let summary = r.summary.render(
             &r.name,
             r.severity.as_str(),
-            &r.labels,
+            &labels,
             &self.state.last_values,
         );
         self.effects.push(Effect::Page(Page {
@@ -129,6 +137,7 @@ impl Machine<'_> {
             summary,
             notifiers: r.notify.clone(),
             values: self.state.last_values.clone(),
+            labels: self.state.labels.clone(),
             dry_run,
             drill,
             at: self.now,
@@ -228,6 +237,9 @@ impl Machine<'_> {
             Observation::Samples(s) => s,
         };
         self.state.last_error = None;
+        if self.rule.condition.is_presence() {
+            return self.presence(&samples);
+        }
         let mut values = BTreeMap::new();
         let mut missing = Vec::new();
         self.state.last_values.clear();
@@ -282,6 +294,29 @@ impl Machine<'_> {
                 self.record(Record::EvaluationFailed { error });
                 Verdict::Hold
             }
+        }
+    }
+
+    /// An alert-style rule: a series is a breach whatever its value (NaN
+    /// too, as in Prometheus); no series is ok, not missing data.
+    fn presence(&mut self, samples: &BTreeMap<String, Sample>) -> Verdict {
+        self.evaluable();
+        self.state.last_values.clear();
+        let mut breach = false;
+        for q in self.rule.queries.keys() {
+            let v = match samples.get(q) {
+                Some(Sample::Value(v)) => {
+                    breach = true;
+                    v.is_finite().then_some(*v)
+                }
+                _ => None,
+            };
+            self.state.last_values.insert(q.clone(), v);
+        }
+        if breach {
+            Verdict::Breach
+        } else {
+            Verdict::Clear
         }
     }
 
@@ -379,7 +414,15 @@ impl Machine<'_> {
     }
 
     fn open(&mut self, drill_by: Option<String>, force_dry_run: bool) {
-        let mut id = format!("{}-{}", self.rule.name, self.now.compact());
+        // An instance's incidents carry a short digest of its labels: two
+        // instances opening in the same second get distinct ids, and no
+        // label value reaches an id (ids name files and URLs).
+        let mut id = if self.state.labels.is_empty() {
+            format!("{}-{}", self.rule.name, self.now.compact())
+        } else {
+            let k = super::instances::key(&self.rule.name, &self.state.labels);
+            format!("{}-{}-{}", self.rule.name, digest(&k), self.now.compact())
+        };
         if self.state.last_incident.as_deref() == Some(id.as_str()) {
             id = format!("{id}.{}", self.now.0.rem_euclid(1000));
         }
@@ -557,3 +600,9 @@ impl Machine<'_> {
 #[cfg(test)]
 #[path = "machine_tests.rs"]
 mod tests;
+
+/// Eight hex digits of `key`'s SHA-256.
+fn digest(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(key.as_bytes())[..4])
+}

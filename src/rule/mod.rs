@@ -2,6 +2,7 @@
 
 pub mod condition;
 pub mod global;
+pub mod instances;
 pub mod limits;
 pub mod machine;
 pub mod names;

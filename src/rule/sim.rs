@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::global::{blinding, pause, resume, Blindness};
+use super::instances::{self, Evaluation};
 use super::machine::step;
 use super::names::PageEvent;
 use super::types::*;
@@ -67,7 +68,12 @@ impl Sim {
     /// One evaluation of `rule`: blindness first (as the daemon decides
     /// it, across all rules), then the rule's own step.
     pub fn evaluate(&mut self, rule: &str, obs: Observation, now: Timestamp) -> Result<(), String> {
-        if let Some(notice) = self.blind.observe(now, blinding(&obs), self.blind_after) {
+        self.observe_blindness(blinding(&obs), now);
+        self.input(rule, Input::Evaluate(obs), now)
+    }
+
+    fn observe_blindness(&mut self, blinding: Option<&str>, now: Timestamp) {
+        if let Some(notice) = self.blind.observe(now, blinding, self.blind_after) {
             self.log.push(Entry {
                 at: now,
                 rule: String::new(),
@@ -77,7 +83,65 @@ impl Sim {
                 },
             });
         }
-        self.input(rule, Input::Evaluate(obs), now)
+    }
+
+    /// One evaluation of `rule` as Prometheus answered it: split into
+    /// instances ([`instances::split`]) and each stepped, as the daemon
+    /// does; instances the answers no longer name are forgotten alike.
+    pub fn evaluate_answers(
+        &mut self,
+        rule: &str,
+        eval: &Evaluation,
+        now: Timestamp,
+    ) -> Result<(), String> {
+        let r = self
+            .rules
+            .get(rule)
+            .cloned()
+            .ok_or_else(|| format!("unknown rule `{rule}`"))?;
+        self.observe_blindness(eval.blinding(), now);
+        let known: Vec<(String, instances::Labels)> = instances::of_rule(&self.states, rule)
+            .map(|(k, s)| (k.clone(), s.labels.clone()))
+            .collect();
+        for seen in instances::split(&r, eval, &known) {
+            self.states
+                .entry(seen.key.clone())
+                .or_insert_with(|| RuleState {
+                    labels: seen.labels.clone(),
+                    ..RuleState::default()
+                });
+            self.input(&seen.key, Input::Evaluate(seen.obs.clone()), now)?;
+            if self
+                .states
+                .get(&seen.key)
+                .is_some_and(|st| instances::forget(&r, &seen, st, now))
+            {
+                self.states.remove(&seen.key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every instance's state, by key (what the daemon journals).
+    pub fn states(&self) -> &BTreeMap<String, RuleState> {
+        &self.states
+    }
+
+    /// Replaces the states with `states`, as a restart replays them.
+    pub fn restore(&mut self, states: BTreeMap<String, RuleState>) {
+        self.states = states;
+    }
+
+    /// The instance keys of `rule` now (its own key if it has no other).
+    pub fn instances(&self, rule: &str) -> Vec<String> {
+        let keys: Vec<String> = instances::of_rule(&self.states, rule)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            vec![rule.to_string()]
+        } else {
+            keys
+        }
     }
 
     pub fn pause(&mut self, now: Timestamp, duration: Option<std::time::Duration>, reason: &str) {
@@ -88,11 +152,12 @@ impl Sim {
         let _ = resume(&mut self.shared);
     }
 
-    /// Feeds one input to `rule`, then every action result it causes.
+    /// Feeds one input to instance `rule` (a rule's name, or an instance's
+    /// key), then every action result it causes.
     pub fn input(&mut self, rule: &str, input: Input, now: Timestamp) -> Result<(), String> {
         let r = self
             .rules
-            .get(rule)
+            .get(instances::rule_of(rule))
             .cloned()
             .ok_or_else(|| format!("unknown rule `{rule}`"))?;
         let mut queue = VecDeque::from([input]);

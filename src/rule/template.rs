@@ -189,11 +189,31 @@ fn new_environment() -> Environment<'static> {
 }
 
 /// Renders a parsed template within the fuel and output budgets.
+/// The labels of an alert-style rule's trial render: whatever is asked.
+#[derive(Debug)]
+struct AnyLabel;
+
+impl minijinja::value::Object for AnyLabel {
+    fn get_value(self: &std::sync::Arc<Self>, _key: &Value) -> Option<Value> {
+        Some(Value::from("x"))
+    }
+}
+
 fn render_with(
     tmpl: &minijinja::Template<'_, '_>,
     rule: &str,
     severity: &str,
     labels: &BTreeMap<String, String>,
+    values: &BTreeMap<String, Option<f64>>,
+) -> Result<String, String> {
+    render_ctx(tmpl, rule, severity, Value::from_serialize(labels), values)
+}
+
+fn render_ctx(
+    tmpl: &minijinja::Template<'_, '_>,
+    rule: &str,
+    severity: &str,
+    labels: Value,
     values: &BTreeMap<String, Option<f64>>,
 ) -> Result<String, String> {
     let mut ctx: BTreeMap<String, Value> = values
@@ -202,7 +222,7 @@ fn render_with(
         .collect();
     ctx.insert("rule".into(), Value::from(rule));
     ctx.insert("severity".into(), Value::from(severity));
-    ctx.insert("labels".into(), Value::from_serialize(labels));
+    ctx.insert("labels".into(), labels);
     let mut out = Capped(Vec::new());
     let rendered = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
     match rendered {
@@ -225,11 +245,23 @@ impl Template {
     /// Rules made from one pattern share their summary (the default one
     /// above all): a verdict is remembered for the same source and names.
     pub fn compile(source: &str, queries: &[&str]) -> Result<Template, String> {
-        type Verdicts = std::collections::HashMap<(String, Vec<String>), Result<(), String>>;
+        Self::compile_with_labels(source, queries, Some(&[]))
+    }
+
+    /// Compiles `source` for a rule whose pages carry `labels` (its own and
+    /// its `by:` labels; `None`: any label, an alert-style rule's series').
+    pub fn compile_with_labels(
+        source: &str,
+        queries: &[&str],
+        labels: Option<&[String]>,
+    ) -> Result<Template, String> {
+        type Key = (String, Vec<String>, Option<Vec<String>>);
+        type Verdicts = std::collections::HashMap<Key, Result<(), String>>;
         static SEEN: std::sync::OnceLock<std::sync::Mutex<Verdicts>> = std::sync::OnceLock::new();
         let key = (
             source.to_string(),
             queries.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
+            labels.map(<[String]>::to_vec),
         );
         let seen = SEEN.get_or_init(Default::default);
         if let Some(v) = seen.lock().ok().and_then(|m| m.get(&key).cloned()) {
@@ -237,7 +269,7 @@ impl Template {
                 source: source.to_string(),
             });
         }
-        let verdict = Self::compile_uncached(source, queries).map(|_| ());
+        let verdict = Self::compile_uncached(source, queries, labels).map(|_| ());
         if let Ok(mut m) = seen.lock() {
             if m.len() >= 4096 {
                 m.clear();
@@ -249,7 +281,11 @@ impl Template {
         })
     }
 
-    fn compile_uncached(source: &str, queries: &[&str]) -> Result<Template, String> {
+    fn compile_uncached(
+        source: &str,
+        queries: &[&str],
+        labels: Option<&[String]>,
+    ) -> Result<Template, String> {
         if source.len() > MAX_SOURCE {
             return Err(format!(
                 "invalid template: {} bytes long; the limit is {MAX_SOURCE}",
@@ -277,8 +313,22 @@ impl Template {
             .iter()
             .map(|q| (q.to_string(), Some(0.0123)))
             .collect();
-        render_with(&tmpl, "rule", "critical", &BTreeMap::new(), &sample)
-            .map_err(|e| format!("invalid template: {e}"))?;
+        let rendered = match labels {
+            Some(names) => {
+                let l: BTreeMap<String, String> =
+                    names.iter().map(|n| (n.clone(), "x".to_string())).collect();
+                render_with(&tmpl, "rule", "critical", &l, &sample)
+            }
+            // Any label may be there: every one is, for the trial.
+            None => render_ctx(
+                &tmpl,
+                "rule",
+                "critical",
+                Value::from_object(AnyLabel),
+                &sample,
+            ),
+        };
+        rendered.map_err(|e| format!("invalid template: {e}"))?;
         Ok(Template {
             source: source.to_string(),
         })

@@ -124,6 +124,28 @@ impl ActionBudget {
         self.forget_old(now);
         self.limit.saturating_sub(self.started.len() as u32)
     }
+
+    /// Gives back the action taken at `at` (an incident that joined
+    /// another's run of the same steps runs nothing).
+    pub fn refund(&mut self, at: Timestamp) {
+        if let Some(i) = self.started.iter().rposition(|t| *t == at) {
+            self.started.remove(i);
+        }
+    }
+}
+
+/// One run of an action's resolved steps, which other incidents whose
+/// steps resolve the same join instead of running them again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRun {
+    /// A digest of the resolved steps: same kind, same fields.
+    pub steps: String,
+    pub action: String,
+    /// The incident that ran it.
+    pub incident: String,
+    pub at: Timestamp,
+    /// `None` while it runs; whether it succeeded once done.
+    pub ok: Option<bool>,
 }
 
 /// State shared by all rules: the budget, the pause and the global mode.
@@ -132,6 +154,9 @@ pub struct Shared {
     pub budget: ActionBudget,
     pub pause: Option<Pause>,
     pub mode: Mode,
+    /// Runs of resolved steps in the last day, for incidents to join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<SharedRun>,
 }
 
 impl Shared {
@@ -140,6 +165,7 @@ impl Shared {
             budget: ActionBudget::new(max_actions_per_hour),
             pause: None,
             mode,
+            runs: Vec::new(),
         }
     }
 
@@ -268,6 +294,10 @@ pub struct RuleState {
     /// Set while the rule's own evaluations fail.
     #[serde(default)]
     pub unevaluable: Option<Unevaluable>,
+    /// The instance's labels, for a `by:` or alert-style rule (empty: the
+    /// rule's own instance).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl RuleState {
@@ -439,6 +469,8 @@ pub struct Page {
     pub summary: String,
     pub notifiers: Vec<String>,
     pub values: BTreeMap<String, Option<f64>>,
+    /// The instance's labels (empty for a rule without `by:`).
+    pub labels: BTreeMap<String, String>,
     pub dry_run: bool,
     pub drill: bool,
     pub at: Timestamp,
