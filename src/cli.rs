@@ -111,6 +111,15 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Turn Prometheus alerting rules (rule files, PrometheusRule resources) into ripcord rule files that page only.
+    Import {
+        /// Write one rule file per input file (and imported-notifiers.yaml) into DIR; default: one file to stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Prometheus rule files or PrometheusRule manifests.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Print a shell completion script, e.g. `ripcord completions bash > /etc/bash_completion.d/ripcord`.
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (ripcord(1), one per subcommand, ripcord.yaml(5)) into DIR. For packagers.

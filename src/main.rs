@@ -239,6 +239,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Import { out, files } => {
+            let imported = match commands::import::import(&files) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            match &out {
+                None => print!("{}", commands::import::render_one(&imported)),
+                Some(dir) => {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow::anyhow!("{}: {}", dir.display(), ripcord::fsio::describe(&e))
+                    })?;
+                    for (name, text) in commands::import::render_dir(&imported) {
+                        let path = dir.join(name);
+                        std::fs::write(&path, text).map_err(|e| {
+                            anyhow::anyhow!("{}: {}", path.display(), ripcord::fsio::describe(&e))
+                        })?;
+                    }
+                }
+            }
+            eprint!("{}", commands::import::report(&imported));
+            Ok(ExitCode::from(commands::import::exit_code(&imported)))
+        }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "ripcord", &mut std::io::stdout().lock());

@@ -8,6 +8,7 @@ mod backtest;
 mod check;
 mod fuzz;
 mod hostile;
+mod import;
 mod instances;
 mod live;
 mod malformed;

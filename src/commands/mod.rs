@@ -4,4 +4,5 @@ pub mod backtest;
 pub mod check;
 pub mod control;
 pub mod eval;
+pub mod import;
 pub mod test;
