@@ -14,9 +14,10 @@ use serde::Serialize;
 
 use crate::config::{Config, Mode, Rule, RuleSet};
 use crate::prom::Prom;
+use crate::rule::instances::{self, Answer, Evaluation, Labels};
 use crate::rule::sim::{Happened, Sim};
 use crate::rule::StateName;
-use crate::rule::{Observation, Record, Sample, Shared, Timestamp};
+use crate::rule::{Record, Shared, Timestamp};
 
 /// Points per query_range request (Prometheus refuses more than 11,000).
 const CHUNK: i64 = 10_000;
@@ -81,10 +82,11 @@ pub struct Report {
     pub traces: BTreeMap<String, Trace>,
 }
 
-/// Time (ms) → the query's value there, or why there is none usable.
-type History = BTreeMap<i64, Result<f64, String>>;
+/// Time (ms) → every series the query returned there.
+type History = BTreeMap<i64, Vec<(Labels, f64)>>;
 
-/// One query's history at each step: a value, nothing, or an error.
+/// One query's history: each step's series, split into chunks Prometheus
+/// takes.
 async fn history(
     prom: &Prom,
     query: &str,
@@ -94,7 +96,7 @@ async fn history(
     step: Duration,
 ) -> Result<History, String> {
     let step_ms = step.as_millis() as i64;
-    let mut out: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    let mut out: History = BTreeMap::new();
     let mut start = from.0;
     while start <= to.0 {
         let end = (start + step_ms * (CHUNK - 1)).min(to.0);
@@ -102,24 +104,14 @@ async fn history(
             .query_range(query, Timestamp(start), Timestamp(end), step)
             .await
             .map_err(|e| format!("query `{name}`: {e}"))?;
-        for (_, points) in series {
+        for (labels, points) in series {
             for (t, v) in points {
-                out.entry(t).or_default().push(v);
+                out.entry(t).or_default().push((labels.clone(), v));
             }
         }
         start = end + step_ms;
     }
-    Ok(out
-        .into_iter()
-        .map(|(t, vs)| {
-            let r = if vs.len() == 1 {
-                Ok(vs[0])
-            } else {
-                Err(format!("query `{name}` returned {} series", vs.len()))
-            };
-            (t, r)
-        })
-        .collect())
+    Ok(out)
 }
 
 /// Why a backtest could not run.
@@ -257,38 +249,57 @@ pub async fn replay_rules(
     })
 }
 
-/// What the queries answered at `t`, counted into the rule's summary.
-fn observe(queries: &BTreeMap<String, History>, sum: &mut Summary, t: i64) -> Observation {
-    let mut samples = BTreeMap::new();
-    let mut failed = None;
+/// What the queries answered at `t`, counted into the rule's summary: the
+/// answers the core splits into instances, as `run` does.
+fn observe(queries: &BTreeMap<String, History>, sum: &mut Summary, t: i64) -> Evaluation {
+    let mut answers = BTreeMap::new();
+    let mut empty = false;
     for (q, h) in queries {
-        match h.get(&t) {
-            Some(Ok(v)) => {
-                let e = sum.ranges.entry(q.clone()).or_insert((*v, *v));
-                if v.is_finite() {
-                    e.0 = e.0.min(*v);
-                    e.1 = e.1.max(*v);
-                }
-                samples.insert(q.clone(), Sample::Value(*v));
-            }
-            Some(Err(e)) => failed = Some(e.clone()),
-            None => {
-                samples.insert(q.clone(), Sample::Empty);
-            }
+        let series = h.get(&t).cloned().unwrap_or_default();
+        empty |= series.is_empty();
+        for (_, v) in series.iter().filter(|(_, v)| v.is_finite()) {
+            let e = sum.ranges.entry(q.clone()).or_insert((*v, *v));
+            e.0 = e.0.min(*v);
+            e.1 = e.1.max(*v);
         }
+        answers.insert(q.clone(), Answer::Vector(series));
     }
-    match failed {
-        Some(e) => {
-            sum.error_steps += 1;
-            Observation::Failed(e)
-        }
-        None => {
-            if samples.values().any(|s| *s == Sample::Empty) {
-                sum.no_data_steps += 1;
-            }
-            Observation::Samples(samples)
-        }
+    if empty {
+        sum.no_data_steps += 1;
     }
+    Evaluation::Answers(answers)
+}
+
+/// Each query's highest value at `t` over its series (the plot's line for
+/// a rule with instances), `None` where it has none.
+fn highest(queries: &BTreeMap<String, History>, t: i64) -> BTreeMap<String, Option<f64>> {
+    queries
+        .iter()
+        .map(|(q, h)| {
+            let v = h
+                .get(&t)
+                .into_iter()
+                .flatten()
+                .map(|(_, v)| *v)
+                .filter(|v| v.is_finite())
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            (q.clone(), v)
+        })
+        .collect()
+}
+
+/// The state that says most of a rule's instances: an incident over
+/// pending over the rest.
+fn worst(states: impl Iterator<Item = StateName>) -> StateName {
+    let rank = |s: &StateName| match s {
+        StateName::Unrecovered => 5,
+        StateName::Firing => 4,
+        StateName::Pending => 3,
+        StateName::Recovered => 2,
+        StateName::Closed => 1,
+        StateName::Ok => 0,
+    };
+    states.max_by_key(rank).unwrap_or_default()
 }
 
 /// Feeds the history through the core, step by step, keeping each rule's
@@ -312,13 +323,18 @@ fn replay(
             let (Some(queries), Some(sum)) = (data.get(&r.name), summaries.get_mut(&r.name)) else {
                 continue;
             };
-            let obs = observe(queries, sum, t);
-            let _ = sim.evaluate(&r.name, obs, Timestamp(t));
-            let st = sim.state(&r.name);
-            if let Some(tr) = traces.get_mut(&r.name) {
-                tr.points.push((t, st.last_values.clone(), st.name()));
+            let eval = observe(queries, sum, t);
+            let _ = sim.evaluate_answers(&r.name, &eval, Timestamp(t));
+            let keys = sim.instances(&r.name);
+            let state = worst(keys.iter().map(|k| sim.state(k).name()));
+            if keys.iter().any(|k| sim.state(k).last_error.is_some()) {
+                sum.error_steps += 1;
             }
-            match st.name() {
+            let open = keys.iter().any(|k| sim.state(k).incident().is_some());
+            if let Some(tr) = traces.get_mut(&r.name) {
+                tr.points.push((t, highest(queries, t), state));
+            }
+            match state {
                 StateName::Pending => {
                     let since = *pending_since.entry(r.name.clone()).or_insert(t);
                     sum.longest_pending_seconds =
@@ -328,7 +344,7 @@ fn replay(
                     pending_since.remove(&r.name);
                 }
             }
-            if st.incident().is_some() {
+            if open {
                 sum.firing_seconds += step.as_secs();
             }
         }
@@ -343,14 +359,14 @@ fn timeline(sim: &Sim, summaries: &mut BTreeMap<String, Summary>) -> Vec<Event> 
         let what = match &e.what {
             Happened::Record(Record::Transition { from, to }) => {
                 if *to == StateName::Firing && *from != StateName::Firing {
-                    if let Some(s) = summaries.get_mut(&e.rule) {
+                    if let Some(s) = summaries.get_mut(instances::rule_of(&e.rule)) {
                         s.incidents += 1;
                     }
                 }
                 format!("{from} → {to}")
             }
             Happened::Action { name, .. } => {
-                if let Some(s) = summaries.get_mut(&e.rule) {
+                if let Some(s) = summaries.get_mut(instances::rule_of(&e.rule)) {
                     s.would_run.push(name.clone());
                 }
                 format!("would run {name}")
