@@ -10,7 +10,7 @@ use crate::support::{files, ripcord_in};
 fn corpus() -> Vec<PathBuf> {
     let root = crate::support::root().join("tests/import/corpus");
     let mut out = Vec::new();
-    for dir in ["awesome-prometheus-alerts", "kube-prometheus"] {
+    for dir in ["awesome-prometheus-alerts", "kube-prometheus", "thanos"] {
         for e in std::fs::read_dir(root.join(dir)).expect("corpus dir") {
             out.push(e.expect("entry").path());
         }
@@ -40,7 +40,9 @@ fn the_corpus_converts_whole_checks_as_one_set_and_says_its_share() {
     assert_eq!(out.code, 0, "every rule converts:\n{}", out.stderr);
     let summary = out.stderr.lines().last().unwrap_or_default().to_string();
     assert!(
-        summary.starts_with("imported 46 of 46 alerting rules (100.0%;"),
+        summary.starts_with("imported 503 of 503 alerting rules (100.0%;")
+            && summary
+                .ends_with("from 33 file(s); 0 skipped; 11 recording rule(s) stay in Prometheus"),
         "{summary}"
     );
     // One file per input, and the notifier they page.
@@ -50,19 +52,24 @@ fn the_corpus_converts_whole_checks_as_one_set_and_says_its_share() {
         .collect();
     written.sort();
     assert_eq!(
-        written,
-        [
-            "alertmanager-prometheusRule.yaml",
-            "imported-notifiers.yaml",
-            "node-exporter.yaml"
-        ]
+        written.len(),
+        34,
+        "33 inputs and the notifiers: {written:?}"
     );
+    for f in [
+        "alertmanager-prometheusRule.yaml",
+        "imported-notifiers.yaml",
+        "node-exporter.yaml",
+        "alerts.yaml",
+    ] {
+        assert!(written.iter().any(|w| w == f), "{f} in {written:?}");
+    }
     let check = ripcord_in(tmp.path(), &["check", "imported"]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
     assert!(
         check
             .stdout
-            .starts_with("ok: 3 files, 46 rules, 0 actions, 1 notifier (0 warnings)"),
+            .starts_with("ok: 34 files, 503 rules, 0 actions, 1 notifier (0 warnings)"),
         "{}",
         check.stdout
     );
@@ -79,7 +86,7 @@ fn the_corpus_converts_whole_checks_as_one_set_and_says_its_share() {
     std::fs::write(tmp.path().join("one.yaml"), &one.stdout).expect("write");
     let check = ripcord_in(tmp.path(), &["check", "one.yaml"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
-    assert!(check.stdout.contains("46 rules"), "{}", check.stdout);
+    assert!(check.stdout.contains("503 rules"), "{}", check.stdout);
     // Names are unique: one alert name, two severities, in one group.
     assert!(one
         .stdout

@@ -314,17 +314,10 @@ fn convert(
             .collect()
     });
     if let Some(s) = annotations.and_then(|a| text(a, "summary")) {
-        match translate(s).and_then(|t| {
-            crate::rule::template::Template::compile_with_labels(
-                &t,
-                &[QUERY],
-                page_labels.as_deref(),
-            )
-            .map(|_| t)
-        }) {
+        match summary(s, page_labels.as_deref()) {
             Ok(t) => put(&mut rule, "summary", Value::String(t)),
             Err(e) => note(format!(
-                "summary not converted ({e}); the default summary is used: {s:?}"
+                "summary not converted: {e}; the default summary is used instead of {s:?}"
             )),
         }
     }
@@ -346,6 +339,25 @@ fn convert(
     Ok((Value::Mapping(rule), notes, alert_style))
 }
 
+/// A summary in ripcord's templates, checked as the rule will render it:
+/// with the labels its pages carry (`None`: any).
+fn summary(s: &str, labels: Option<&[String]>) -> Result<String, String> {
+    use crate::rule::template::Template;
+    let t = translate(s)?;
+    match Template::compile_with_labels(&t, &[QUERY], labels) {
+        Ok(_) => Ok(t),
+        // It works with any label: it names one the expression drops.
+        Err(_) if Template::compile_with_labels(&t, &[QUERY], None).is_ok() => Err(format!(
+            "it uses a label the expression does not keep (it keeps: {})",
+            match labels {
+                Some([]) | None => "none".to_string(),
+                Some(l) => l.join(", "),
+            }
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 fn known_severity(s: &str) -> bool {
     matches!(
         s.to_ascii_lowercase().as_str(),
@@ -356,9 +368,14 @@ fn known_severity(s: &str) -> bool {
 /// The query, the condition (if the top level compares the vector with a
 /// number) and the `by:` labels the expression keeps.
 fn split(expr: &Expr) -> (String, Option<String>, Vec<String>) {
+    // `__name__` tells no instance apart (queries drop it): labels kept
+    // besides it, or none known.
     let keeps = |e: &Expr| match shape(e) {
         Shape::One => Some(Vec::new()),
-        Shape::Many(Some(ls)) => Some(ls),
+        Shape::Many(Some(ls)) => {
+            let ls: Vec<String> = ls.into_iter().filter(|l| l != "__name__").collect();
+            (!ls.is_empty()).then_some(ls)
+        }
         Shape::Many(None) => None,
     };
     if let Expr::Binary(b) = expr {
