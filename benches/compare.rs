@@ -92,12 +92,20 @@ fn main() {
         "versions": versions(),
         "plan": plan.describe(),
     });
+    // `--series-only`: the many-series rows alone (printed, not saved).
+    if args.iter().any(|a| a == "--series-only") {
+        results["series"] = series_cost(&plan);
+        println!("{}", markdown(&results));
+        return;
+    }
     eprintln!("== detection latency");
     results["latency"] = latency(&plan);
     eprintln!("== evaluation cost");
     let (cost, footprint) = cost(&plan);
     results["cost"] = cost;
     results["footprint"] = footprint;
+    eprintln!("== many series");
+    results["series"] = series_cost(&plan);
     std::fs::write(
         out.join(if tiny {
             "results-tiny.json"
@@ -133,6 +141,8 @@ struct Plan {
     /// Queries a second both evaluators aim at: interval = N / rate.
     query_rate: f64,
     min_wall: Duration,
+    /// Many series: groups × series per group.
+    series: (usize, usize),
 }
 
 impl Plan {
@@ -146,6 +156,7 @@ impl Plan {
             sizes: vec![100, 1000, 10_000],
             query_rate: 200.0,
             min_wall: Duration::from_secs(40),
+            series: (100, 100),
         }
     }
 
@@ -158,7 +169,8 @@ impl Plan {
             peers_at_defaults: false,
             sizes: vec![20],
             query_rate: 20.0,
-            min_wall: Duration::from_secs(4),
+            min_wall: Duration::from_secs(6),
+            series: (4, 10),
         }
     }
 
@@ -478,33 +490,8 @@ fn cost(plan: &Plan) -> (Value, Value) {
                 "      - alert: r_{i}\n        expr: 'bench_value{{i=\"{i}\"}} > 1000000000'\n"
             ));
         }
-        std::fs::write(dir.join("vmalert.yml"), vm_rules).expect("vmalert rules");
-        let hook = Server::start(|_, _| (200, String::new()));
-        let vm_port = free_port();
-        let prom_cpu0 = cpu_seconds(prom.pid());
-        let spawned = Instant::now();
-        let vm = Proc::spawn(
-            dir,
-            "vmalert",
-            Command::new("vmalert").args([
-                &format!("-datasource.url={}", prom.url()),
-                &format!("-rule={}", dir.join("vmalert.yml").display()),
-                &format!("-notifier.url=http://127.0.0.1:{}", hook.port),
-                &format!("-httpListenAddr=127.0.0.1:{vm_port}"),
-            ]),
-        );
-        std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
-        let v_cpu = cpu_seconds(vm.pid());
-        let v_mem = memory(vm.pid());
-        let v_wall = spawned.elapsed().as_secs_f64();
-        let prom_cpu_v = cpu_seconds(prom.pid()) - prom_cpu0;
-        let m = scrape(vm_port, "/metrics");
-        let v_evals = sum_metric(&m, "vmalert_alerting_rules_evaluations_total")
-            .max(sum_metric(&m, "vmalert_execution_total"));
-        let v_errors = sum_metric(&m, "vmalert_alerting_rules_errors_total")
-            + sum_metric(&m, "vmalert_execution_errors_total");
-        drop(vm);
-
+        let (v_evals, v_errors, v_cpu, v_mem, v_wall, prom_cpu_v) =
+            run_vmalert(dir, &prom, &vm_rules, wall);
         let expected = n as f64 * wall.as_secs_f64() / interval.as_secs_f64();
         let row = json!({
             "rules": n,
@@ -521,6 +508,140 @@ fn cost(plan: &Plan) -> (Value, Value) {
         rows.push(row);
     }
     (Value::Array(rows), footprint)
+}
+
+/// Many series: `groups` × `per_group` series of `bench_series{g, i}`,
+/// watched by one `by:` rule over them all and by one rule per group, at
+/// the same interval, by ripcord and by vmalert (the same expressions as
+/// alerting rules) one after the other against one Prometheus.
+fn series_cost(plan: &Plan) -> Value {
+    let (groups, per_group) = plan.series;
+    let n = groups * per_group;
+    let interval = Duration::from_secs(5);
+    let wall = plan.min_wall;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let mut body = String::from("# TYPE bench_series gauge\n");
+    for g in 0..groups {
+        for i in 0..per_group {
+            body.push_str(&format!("bench_series{{g=\"{g}\",i=\"{i}\"}} {i}\n"));
+        }
+    }
+    let exporter = Server::start(move |_, _| (200, body.clone()));
+    let prom = Prom::start(
+        dir,
+        &format!(
+            "global: {{scrape_interval: 5s}}\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
+            exporter.port
+        ),
+    );
+    prom.wait_for_series("count(bench_series)", n);
+    let every = interval.as_secs();
+    // (name, ripcord rules, vmalert rules)
+    let one = (
+        format!("1 rule × {n} series (by:, all kept)"),
+        format!("rules:\n  - name: all\n    every: {every}s\n    queries: {{v: bench_series}}\n    by: [g, i]\n    condition: v > 1000000000\n"),
+        format!("groups:\n  - name: bench\n    interval: {every}s\n    rules:\n      - alert: all\n        expr: 'bench_series > 1000000000'\n"),
+    );
+    let mut r_many = String::from("rules:\n");
+    let mut v_many = format!(
+        "groups:\n  - name: bench\n    interval: {every}s\n    concurrency: 32\n    rules:\n"
+    );
+    for g in 0..groups {
+        r_many.push_str(&format!("  - name: g{g}\n    every: {every}s\n    queries: {{v: 'bench_series{{g=\"{g}\"}}'}}\n    by: [i]\n    condition: v > 1000000000\n"));
+        v_many.push_str(&format!(
+            "      - alert: g{g}\n        expr: 'bench_series{{g=\"{g}\"}} > 1000000000'\n"
+        ));
+    }
+    let many = (
+        format!("{groups} rules × {per_group} series"),
+        r_many,
+        v_many,
+    );
+    // The same expression as vmalert's: Prometheus filters, ripcord keeps
+    // only what breaches (alert-style), as vmalert does.
+    let alert_style = (
+        format!("1 alert-style rule × {n} series"),
+        format!("rules:\n  - name: all\n    every: {every}s\n    queries: {{v: 'bench_series > 1000000000'}}\n    by: [g, i]\n"),
+        one.2.clone(),
+    );
+    let mut rows = Vec::new();
+    for (name, r_rules, v_rules) in [one, alert_style, many] {
+        eprintln!("-- {name} every {interval:?} for {wall:?}");
+        let prom_cpu0 = cpu_seconds(prom.pid());
+        let spawned = Instant::now();
+        let ripcord = Ripcord::start(dir, &prom, &r_rules, "");
+        ripcord.wait_ready(Duration::from_secs(120));
+        std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
+        let r_cpu = cpu_seconds(ripcord.pid());
+        let r_mem = memory(ripcord.pid());
+        let r_wall = spawned.elapsed().as_secs_f64();
+        let prom_cpu_r = cpu_seconds(prom.pid()) - prom_cpu0;
+        let m = scrape(ripcord.api_port, "/metrics");
+        let r_evals = sum_metric(&m, "ripcord_evaluations_total");
+        let r_errors = sum_metric(&m, "ripcord_evaluation_failures_total")
+            + sum_metric(&m, "ripcord_missed_evaluations_total");
+        let status = scrape(ripcord.api_port, "/api/v1/status");
+        let instances = serde_json::from_str::<Value>(&status)
+            .ok()
+            .and_then(|v| v["rules"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        drop(ripcord);
+
+        let (v_evals, v_errors, v_cpu, v_mem, v_wall, prom_cpu_v) =
+            run_vmalert(dir, &prom, &v_rules, wall);
+        eprintln!(
+            "   ripcord {r_evals} evals ({instances} instances), {r_cpu:.2} CPU s, peak {:.1} MB; vmalert {v_evals} evals, {v_cpu:.2} CPU s, peak {:.1} MB",
+            r_mem.hwm_mb, v_mem.hwm_mb
+        );
+        rows.push(json!({
+            "config": name,
+            "series": n,
+            "interval_s": interval.as_secs_f64(),
+            "wall_s": wall.as_secs_f64(),
+            "ripcord_instances": instances,
+            "ripcord": side(r_evals, r_errors, r_cpu, &r_mem, r_wall, prom_cpu_r),
+            "vmalert": side(v_evals, v_errors, v_cpu, &v_mem, v_wall, prom_cpu_v),
+        }));
+    }
+    Value::Array(rows)
+}
+
+/// vmalert with `rules` against `prom` for `wall`: its evaluations and
+/// errors, CPU seconds, memory, wall time and Prometheus's CPU meanwhile.
+fn run_vmalert(
+    dir: &Path,
+    prom: &Prom,
+    rules: &str,
+    wall: Duration,
+) -> (f64, f64, f64, Memory, f64, f64) {
+    std::fs::write(dir.join("vmalert.yml"), rules).expect("vmalert rules");
+    let hook = Server::start(|_, _| (200, String::new()));
+    let vm_port = free_port();
+    let prom_cpu0 = cpu_seconds(prom.pid());
+    let spawned = Instant::now();
+    let vm = Proc::spawn(
+        dir,
+        "vmalert",
+        Command::new("vmalert").args([
+            &format!("-datasource.url={}", prom.url()),
+            &format!("-rule={}", dir.join("vmalert.yml").display()),
+            &format!("-notifier.url=http://127.0.0.1:{}", hook.port),
+            &format!("-httpListenAddr=127.0.0.1:{vm_port}"),
+        ]),
+    );
+    std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
+    let cpu = cpu_seconds(vm.pid());
+    let mem = memory(vm.pid());
+    let elapsed = spawned.elapsed().as_secs_f64();
+    let prom_cpu = cpu_seconds(prom.pid()) - prom_cpu0;
+    let m = scrape(vm_port, "/metrics");
+    let evals = sum_metric(&m, "vmalert_alerting_rules_evaluations_total")
+        .max(sum_metric(&m, "vmalert_execution_total"));
+    let errors = sum_metric(&m, "vmalert_alerting_rules_errors_total")
+        + sum_metric(&m, "vmalert_execution_errors_total");
+    drop(vm);
+    (evals, errors, cpu, mem, elapsed, prom_cpu)
 }
 
 fn side(evals: f64, errors: f64, cpu: f64, mem: &Memory, wall: f64, prom_cpu: f64) -> Value {
@@ -1071,6 +1192,44 @@ fn markdown(r: &Value) -> String {
             ratio("peak_rss_mb_per_1000")
         ));
     }
+    s.push_str("\n### Many series (`by:` instances; same series, interval and wall time; one after the other)\n\n");
+    s.push_str("| config | tool | rule evaluations | errors | CPU s | CPU ms / evaluation | peak RSS MB | Prometheus CPU share |\n|---|---|---|---|---|---|---|---|\n");
+    for row in r["series"].as_array().into_iter().flatten() {
+        for tool in ["ripcord", "vmalert"] {
+            let t = &row[tool];
+            let per = t["cpu_s"].as_f64().unwrap_or(f64::NAN)
+                / t["evaluations"].as_f64().unwrap_or(f64::NAN)
+                * 1000.0;
+            s.push_str(&format!(
+                "| {} | {tool}{} | {} | {} | {} | {:.3} | {} | {}% |\n",
+                row["config"].as_str().unwrap_or_default(),
+                if tool == "ripcord" {
+                    format!(" ({} instances)", row["ripcord_instances"])
+                } else {
+                    String::new()
+                },
+                t["evaluations"],
+                t["errors"],
+                f(&t["cpu_s"]),
+                per,
+                f(&t["peak_rss_mb"]),
+                f(&json!(
+                    t["prometheus_cpu_share"].as_f64().unwrap_or(f64::NAN) * 100.0
+                )),
+            ));
+        }
+        let per = |tool: &str| {
+            row[tool]["cpu_s"].as_f64().unwrap_or(f64::NAN)
+                / row[tool]["evaluations"].as_f64().unwrap_or(f64::NAN)
+        };
+        let rss = |tool: &str| row[tool]["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+        s.push_str(&format!(
+            "| {} | **ripcord / vmalert** | | | | **{:.2}** | **{:.2}** | |\n",
+            row["config"].as_str().unwrap_or_default(),
+            per("ripcord") / per("vmalert"),
+            rss("ripcord") / rss("vmalert"),
+        ));
+    }
     let fp = &r["footprint"];
     s.push_str(&format!(
         "\n### Footprint\n\n| measure | value |\n|---|---|\n| RSS with 100 rules, steady state | {} MB |\n| start-up to READY=1, {} rules | {} s |\n| reload (SIGHUP → READY=1), {} rules unchanged | {} s |\n| reload, all {} rules changed | {} s |\n",
@@ -1097,6 +1256,21 @@ fn check_tiny(r: &Value) {
         );
     }
     assert!(r["footprint"]["reload_all_changed_s"].as_f64().is_some());
+    for row in r["series"].as_array().expect("series rows") {
+        for tool in ["ripcord", "vmalert"] {
+            assert!(
+                row[tool]["evaluations"].as_f64().unwrap_or(0.0) > 0.0,
+                "{tool} evaluated nothing: {row}"
+            );
+        }
+        let alert_style = row["config"]
+            .as_str()
+            .is_some_and(|c| c.contains("alert-style"));
+        assert!(
+            alert_style || row["ripcord_instances"].as_u64().unwrap_or(0) >= 10,
+            "ripcord kept an instance per series: {row}"
+        );
+    }
 }
 
 fn plot(r: &Value, path: &Path) {

@@ -1,10 +1,10 @@
 //! The Prometheus HTTP API client: instant queries for `run` and `eval`.
 //!
 //! Every query of one evaluation is sent with the same `time=`, and with a
-//! `timeout=` so Prometheus gives up when ripcord does. Results are reduced
-//! to one number per query: an empty vector is no data, more than one series
-//! is an error naming the query and the count, and `"NaN"`, `"+Inf"`,
-//! `"-Inf"` come back as such (the core treats them as no data).
+//! `timeout=` so Prometheus gives up when ripcord does. Results come back
+//! as numbers or series with their labels (`QueryResult::into_answer`);
+//! the core splits them into instances (`rule::instances`). `"NaN"`,
+//! `"+Inf"`, `"-Inf"` come back as such (the core treats them as no data).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::config::{PromAuth, PrometheusConfig};
-use crate::rule::{Sample, Timestamp};
+use crate::rule::Timestamp;
 
 /// Why a query has no usable result.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -32,8 +32,6 @@ pub enum PromError {
     },
     #[error("unexpected answer from Prometheus (HTTP {status}): {detail}")]
     Decode { status: u16, detail: String },
-    #[error("query `{query}` returned {count} series; a rule's query must yield one number: aggregate it (e.g. sum() or max()) or use per-series rules")]
-    TooManySeries { query: String, count: usize },
     #[error("query `{query}` returned a {kind}, not a number")]
     NotANumber { query: String, kind: String },
     #[error("Prometheus's answer to `{query}` is larger than {limit} bytes (prometheus.max_response_bytes): narrow the query")]
@@ -83,27 +81,6 @@ impl QueryResult {
             }),
         }
     }
-
-    /// Reduces to the one number a rule needs.
-    pub fn to_sample(&self, query: &str) -> Result<Sample, PromError> {
-        match self {
-            QueryResult::Scalar(v) => Ok(Sample::Value(*v)),
-            QueryResult::Vector(v) if v.is_empty() => Ok(Sample::Empty),
-            QueryResult::Vector(v) if v.len() == 1 => Ok(Sample::Value(v[0].1)),
-            QueryResult::Vector(v) => Err(PromError::TooManySeries {
-                query: query.to_string(),
-                count: v.len(),
-            }),
-            QueryResult::Matrix(_) => Err(PromError::NotANumber {
-                query: query.to_string(),
-                kind: "range vector".into(),
-            }),
-            QueryResult::String(_) => Err(PromError::NotANumber {
-                query: query.to_string(),
-                kind: "string".into(),
-            }),
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -121,7 +98,9 @@ struct Envelope {
 struct Data {
     #[serde(rename = "resultType")]
     result_type: String,
-    result: serde_json::Value,
+    /// Parsed by type straight from the bytes: a 10 000-series answer
+    /// never becomes a generic JSON tree first.
+    result: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -178,17 +157,17 @@ pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), Pr
     let result = match data.result_type.as_str() {
         "scalar" => {
             let (_, v): (f64, String) =
-                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+                serde_json::from_str(data.result.get()).map_err(|e| bad(e.to_string()))?;
             QueryResult::Scalar(parse_value(&v).map_err(bad)?)
         }
         "string" => {
             let (_, v): (f64, String) =
-                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+                serde_json::from_str(data.result.get()).map_err(|e| bad(e.to_string()))?;
             QueryResult::String(v)
         }
         "vector" => {
             let items: Vec<VectorItem> =
-                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+                serde_json::from_str(data.result.get()).map_err(|e| bad(e.to_string()))?;
             let mut out = Vec::with_capacity(items.len());
             for it in items {
                 out.push((it.metric, parse_value(&it.value.1).map_err(bad)?));
@@ -196,8 +175,8 @@ pub fn decode(status: u16, body: &[u8]) -> Result<(QueryResult, Vec<String>), Pr
             QueryResult::Vector(out)
         }
         "matrix" => {
-            let items: Vec<serde_json::Value> =
-                serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+            let items: Vec<serde::de::IgnoredAny> =
+                serde_json::from_str(data.result.get()).map_err(|e| bad(e.to_string()))?;
             QueryResult::Matrix(items.len())
         }
         other => return Err(bad(format!("unknown resultType `{other}`"))),
@@ -223,7 +202,7 @@ pub fn decode_matrix(status: u16, body: &[u8]) -> Result<Matrix, PromError> {
         return Err(bad(format!("expected a matrix, got {}", data.result_type)));
     }
     let items: Vec<MatrixItem> =
-        serde_json::from_value(data.result).map_err(|e| bad(e.to_string()))?;
+        serde_json::from_str(data.result.get()).map_err(|e| bad(e.to_string()))?;
     items
         .into_iter()
         .map(|it| {
@@ -391,18 +370,15 @@ mod tests {
 
     #[test]
     fn decodes_every_result_type() {
+        use crate::rule::instances::Answer;
+        let answer = |body: &[u8]| decode(200, body).unwrap().0.into_answer("q");
         let v = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"job":"a"},"value":[1.5,"0.25"]}]}}"#;
-        let (r, _) = decode(200, v).unwrap();
-        assert_eq!(r.to_sample("q").unwrap(), Sample::Value(0.25));
+        let labels: BTreeMap<String, String> = [("job".to_string(), "a".to_string())].into();
+        assert_eq!(answer(v).unwrap(), Answer::Vector(vec![(labels, 0.25)]));
         let v = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
-        assert_eq!(
-            decode(200, v).unwrap().0.to_sample("q").unwrap(),
-            Sample::Empty
-        );
+        assert_eq!(answer(v).unwrap(), Answer::Vector(Vec::new()));
         let v = br#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"NaN"]}}"#;
-        assert!(
-            matches!(decode(200, v).unwrap().0.to_sample("q").unwrap(), Sample::Value(x) if x.is_nan())
-        );
+        assert!(matches!(answer(v).unwrap(), Answer::Scalar(x) if x.is_nan()));
         for (s, want) in [("+Inf", f64::INFINITY), ("-Inf", f64::NEG_INFINITY)] {
             let v = format!(
                 r#"{{"status":"success","data":{{"resultType":"scalar","result":[1,"{s}"]}}}}"#
@@ -413,22 +389,13 @@ mod tests {
             );
         }
         let v = br#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}}"#;
-        assert!(matches!(
-            decode(200, v).unwrap().0.to_sample("q"),
-            Err(PromError::NotANumber { .. })
-        ));
+        assert!(matches!(answer(v), Err(PromError::NotANumber { .. })));
         let v = br#"{"status":"success","data":{"resultType":"string","result":[1,"hello"]}}"#;
-        assert!(matches!(
-            decode(200, v).unwrap().0.to_sample("q"),
-            Err(PromError::NotANumber { .. })
-        ));
+        assert!(matches!(answer(v), Err(PromError::NotANumber { .. })));
         let v = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]},"warnings":["w"]}"#;
         let (r, warnings) = decode(200, v).unwrap();
         assert_eq!(warnings, vec!["w".to_string()]);
-        assert_eq!(
-            r.to_sample("rate").unwrap_err().to_string(),
-            "query `rate` returned 2 series; a rule's query must yield one number: aggregate it (e.g. sum() or max()) or use per-series rules"
-        );
+        assert!(matches!(r.into_answer("q").unwrap(), Answer::Vector(v) if v.len() == 2));
     }
 
     #[test]

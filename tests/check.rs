@@ -27,7 +27,7 @@ fn all_problems_of_a_file_are_reported_in_one_run() {
     assert_eq!(
         errors,
         [
-            "r.yaml:3:21: invalid PromQL in query `rate`: unclosed left parenthesis",
+            "r.yaml:3:25: invalid PromQL in query `rate`: unclosed left parenthesis",
             "r.yaml:4:16: condition uses `rat`, which is not a query of this rule (queries: rate)",
             "r.yaml:5:10: invalid duration `2x`: expected a number and a unit (ms, s, m, h, d, w), e.g. 30s, 2m, 1h30m",
             "r.yaml:6:15: unknown action `nope` (none are defined)",

@@ -244,6 +244,93 @@ impl PositionIndex {
     }
 }
 
+/// Where character `offset` of a scalar `value` stands in `text`, given
+/// the position `start` of the scalar (its first character, or its `|` /
+/// `>` indicator). Plain and block scalars map character for character
+/// (a line break in the value is the end of a line in the file); a quoted
+/// scalar maps on its first line. Anything it cannot follow is `start`.
+pub fn offset_pos(text: &str, start: Pos, value: &str, offset: usize) -> Pos {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(first) = lines.get(start.line.saturating_sub(1)) else {
+        return start;
+    };
+    let head: String = first.chars().skip(start.col.saturating_sub(1)).collect();
+    let offset = value.chars().take(offset).count();
+    match head.chars().next() {
+        Some('|' | '>') => {
+            // The content: the lines after the indicator, at the indent of
+            // the first non-blank one.
+            let body = &lines[start.line.min(lines.len())..];
+            let Some(indent) = body
+                .iter()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.len() - l.trim_start().len())
+            else {
+                return start;
+            };
+            walk(body, start.line + 1, indent, offset).unwrap_or(start)
+        }
+        Some('\'' | '"') => {
+            let on_line = head.chars().count().saturating_sub(1);
+            if offset < on_line {
+                Pos {
+                    line: start.line,
+                    col: start.col + 1 + offset,
+                }
+            } else {
+                start
+            }
+        }
+        // The index may point at a block scalar's first content line.
+        Some(_) if start.line >= 2 && is_block_indicator(lines[start.line - 2]) => {
+            walk(&lines[start.line - 1..], start.line, start.col - 1, offset).unwrap_or(start)
+        }
+        Some(_) => {
+            let len = head.chars().count();
+            if offset <= len {
+                return Pos {
+                    line: start.line,
+                    col: start.col + offset,
+                };
+            }
+            // A plain scalar folded over lines: one space per line break.
+            let rest = &lines[start.line.min(lines.len())..];
+            let indent = rest
+                .first()
+                .map(|l| l.len() - l.trim_start().len())
+                .unwrap_or(0);
+            walk(rest, start.line + 1, indent, offset - len - 1).unwrap_or(start)
+        }
+        None => start,
+    }
+}
+
+/// Whether `line` ends with a block scalar's indicator (`key: |`, `- >-`).
+fn is_block_indicator(line: &str) -> bool {
+    let t = line.trim_end();
+    ["|", "|-", "|+", ">", ">-", ">+"]
+        .iter()
+        .any(|i| t.ends_with(i) && t[..t.len() - i.len()].ends_with([' ', ':']))
+}
+
+/// Character `offset` of the text of `lines` (each less `indent` leading
+/// bytes, joined by one character), as a position; `first` is the line
+/// number of `lines[0]`.
+fn walk(lines: &[&str], first: usize, indent: usize, mut offset: usize) -> Option<Pos> {
+    for (k, l) in lines.iter().enumerate() {
+        let content = l.get(indent.min(l.len())..).unwrap_or("");
+        let n = content.chars().count();
+        if offset < n {
+            return Some(Pos {
+                line: first + k,
+                col: indent + 1 + offset,
+            });
+        }
+        offset = offset.checked_sub(n + 1)?;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +379,26 @@ mod tests {
             idx.locate(&[Seg::key("a"), Seg::key("c")]),
             Pos { line: 1, col: 19 }
         );
+    }
+
+    #[test]
+    fn offsets_inside_scalars_map_to_the_file() {
+        let text = "rules:\n  - queries: {q: 'sum(rate(x[5m])) by'}\n    block: |\n      sum(x)\n        / bar{a\n    plain: up ==\n      == 1\n";
+        // Quoted: after the quote.
+        let q = offset_pos(text, Pos { line: 2, col: 18 }, "sum(rate(x[5m])) by", 17);
+        assert_eq!((q.line, q.col), (2, 36));
+        // A block scalar, from its indicator or its first content line.
+        let v = "sum(x)\n  / bar{a\n";
+        for start in [Pos { line: 3, col: 12 }, Pos { line: 4, col: 7 }] {
+            // Offset 14 is the `{`: line 5, after six spaces of indent.
+            let b = offset_pos(text, start, v, 14);
+            assert_eq!((b.line, b.col), (5, 14), "from {start:?}");
+        }
+        // A plain scalar folded over two lines.
+        let p = offset_pos(text, Pos { line: 6, col: 12 }, "up == == 1", 6);
+        assert_eq!((p.line, p.col), (7, 7));
+        // Nothing to follow: where the scalar starts.
+        let s = Pos { line: 9, col: 1 };
+        assert_eq!(offset_pos(text, s, "x", 0), s);
     }
 }

@@ -235,8 +235,10 @@ fn check_queries(cx: &mut Ctx, at: &At, r: &RawRule) {
             continue;
         }
         match promql_parser::parser::parse(expr) {
-            Err(e) => cx.error(
+            Err(e) => cx.error_in(
                 &qat,
+                expr,
+                super::shape::fault_offset(expr),
                 format!("invalid PromQL in query `{name}`: {}", e.trim()),
             ),
             Ok(parsed) => {

@@ -98,6 +98,35 @@ pub fn many_series_warning(name: &str, expr: &Expr) -> Option<String> {
     }
 }
 
+/// Where a query that does not parse goes wrong, as a character offset:
+/// the first token after the longest prefix that parses on its own (the
+/// parser says what is wrong, not where). 0 if no prefix parses, or the
+/// query is too long to search.
+pub fn fault_offset(expr: &str) -> usize {
+    const MAX: usize = 4096;
+    if expr.len() > MAX {
+        return 0;
+    }
+    let ends: Vec<usize> = expr
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .filter(|&e| !expr[..e].ends_with(char::is_whitespace))
+        .collect();
+    let longest = ends
+        .iter()
+        .rev()
+        .copied()
+        .find(|&e| e < expr.len() && promql_parser::parser::parse(&expr[..e]).is_ok());
+    match longest {
+        None => expr.len() - expr.trim_start().len(),
+        Some(e) => {
+            let rest = &expr[e..];
+            let skip = rest.len() - rest.trim_start().len();
+            expr[..e + skip].chars().count()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +179,22 @@ mod tests {
         let w = many_series_warning("v", &parse("sum by (pod) (x)")).expect("warns");
         assert!(w.contains("query `v`") && w.contains("labels pod"), "{w}");
         assert!(many_series_warning("v", &parse("sum(x)")).is_none());
+    }
+
+    #[test]
+    fn a_fault_is_the_first_token_after_the_longest_prefix_that_parses() {
+        for (q, at) in [
+            ("sum(rate(x[5m])) by", 17),
+            ("foo{a=\"b\"", 3),
+            ("sum(rate(foo[5m])", 3),
+            ("rate(x[5m]) +", 12),
+            (
+                "sum(rate(foo[5m]))\n  / on(job) group_left bar{a=\"b\"\n",
+                45,
+            ),
+            ("   )", 3),
+        ] {
+            assert_eq!(fault_offset(q), at, "{q:?}");
+        }
     }
 }

@@ -150,6 +150,15 @@ impl Ctx {
         self.diags.push(d);
     }
 
+    /// An error at character `offset` inside the scalar `value` at `at`
+    /// (a fault inside a query, not the query's first character).
+    pub fn error_in(&mut self, at: &At, value: &str, offset: usize, msg: impl Into<String>) {
+        let start = self.pos(at);
+        let pos = super::position::offset_pos(&self.docs[at.doc].text, start, value, offset);
+        let d = Diagnostic::error(self.file(at), pos, msg);
+        self.diags.push(d);
+    }
+
     pub fn error_key(&mut self, at: &At, msg: impl Into<String>) {
         let pos = self.docs[at.doc].index().locate_key(&at.path);
         let d = Diagnostic::error(self.file(at), pos, msg);

@@ -614,10 +614,13 @@ impl Engine {
         let Some(r) = self.rules.get(rule).cloned() else {
             return;
         };
-        let known: Vec<(String, BTreeMap<String, String>)> = instances::of_rule(&self.states, rule)
-            .map(|(k, s)| (k.clone(), s.labels.clone()))
-            .collect();
-        for seen in instances::split(&r, eval, &known) {
+        let seen = {
+            let known: Vec<&BTreeMap<String, String>> = instances::of_rule(&self.states, rule)
+                .map(|(_, s)| &s.labels)
+                .collect();
+            instances::split(&r, eval, &known)
+        };
+        for seen in seen {
             if !self.states.contains_key(&seen.key) {
                 self.states.insert(
                     seen.key.clone(),

@@ -122,7 +122,7 @@ pub struct Seen {
 /// Splits `eval` into the observation of each instance: those the answers
 /// name and those `known` (the instances in the state). A failure of the
 /// whole rule goes to the rule's own instance alone.
-pub fn split(rule: &Rule, eval: &Evaluation, known: &[(String, Labels)]) -> Vec<Seen> {
+pub fn split(rule: &Rule, eval: &Evaluation, known: &[&Labels]) -> Vec<Seen> {
     let own = |obs: Observation| {
         vec![Seen {
             key: rule.name.clone(),
@@ -202,11 +202,7 @@ fn too_many(rule: &Rule, n: usize) -> Vec<Seen> {
     }]
 }
 
-fn split_by(
-    rule: &Rule,
-    answers: &BTreeMap<String, Answer>,
-    known: &[(String, Labels)],
-) -> Vec<Seen> {
+fn split_by(rule: &Rule, answers: &BTreeMap<String, Answer>, known: &[&Labels]) -> Vec<Seen> {
     // Per instance, per query: the values of its own series.
     let mut own: BTreeMap<Labels, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     // Per query: values that apply to every instance.
@@ -225,8 +221,8 @@ fn split_by(
         }
     }
     let mut instances: BTreeMap<Labels, bool> = own.keys().map(|l| (l.clone(), true)).collect();
-    for (_, l) in known {
-        instances.entry(l.clone()).or_insert(false);
+    for l in known {
+        instances.entry((*l).clone()).or_insert(false);
     }
     // The rule's own instance stands in while no other is named: a rule
     // whose queries name no instance still shows, and follows no_data.
@@ -288,11 +284,7 @@ fn instance_obs(
     Observation::Samples(samples)
 }
 
-fn split_alerts(
-    rule: &Rule,
-    answers: &BTreeMap<String, Answer>,
-    known: &[(String, Labels)],
-) -> Vec<Seen> {
+fn split_alerts(rule: &Rule, answers: &BTreeMap<String, Answer>, known: &[&Labels]) -> Vec<Seen> {
     let Some((q, a)) = answers.iter().next() else {
         return Vec::new();
     };
@@ -328,8 +320,8 @@ fn split_alerts(
     }
     let mut instances: BTreeMap<Labels, Option<f64>> =
         firing.into_iter().map(|(l, v)| (l, Some(v))).collect();
-    for (_, l) in known {
-        instances.entry(l.clone()).or_insert(None);
+    for l in known {
+        instances.entry((*l).clone()).or_insert(None);
     }
     if instances.len() > MAX_INSTANCES {
         return too_many(rule, instances.len());

@@ -141,8 +141,7 @@ fn split_table() {
         },
     ];
     for row in rows {
-        let known: Vec<(String, Labels)> =
-            row.known.iter().map(|l| (key("e", l), l.clone())).collect();
+        let known: Vec<&Labels> = row.known.iter().collect();
         let seen = split(&r, &row.eval, &known);
         let got: Vec<(Labels, bool, Option<f64>, Option<f64>)> = seen
             .iter()
@@ -211,10 +210,8 @@ fn what_cannot_be_told_apart_is_unevaluable_where_it_belongs() {
         |s| matches!(&s.obs, Observation::Unevaluable(e) if e.contains("without the `by:` labels"))
     ));
     // A failure of the whole rule goes to the rule's own instance only.
-    let known = vec![(
-        key("e", &l(&[("domain", "chat")])),
-        l(&[("domain", "chat")]),
-    )];
+    let chat = l(&[("domain", "chat")]);
+    let known = vec![&chat];
     for eval in [
         Evaluation::Failed("down".into()),
         Evaluation::Unevaluable("400".into()),
@@ -243,7 +240,8 @@ fn what_cannot_be_told_apart_is_unevaluable_where_it_belongs() {
 #[test]
 fn alert_style_every_series_breaches_and_an_empty_answer_is_ok() {
     let r = alerts();
-    let known = vec![(key("a", &l(&[("pod", "old")])), l(&[("pod", "old")]))];
+    let old = l(&[("pod", "old")]);
+    let known = vec![&old];
     let seen = split(
         &r,
         &answers(&[(

@@ -100,10 +100,13 @@ impl Sim {
             .cloned()
             .ok_or_else(|| format!("unknown rule `{rule}`"))?;
         self.observe_blindness(eval.blinding(), now);
-        let known: Vec<(String, instances::Labels)> = instances::of_rule(&self.states, rule)
-            .map(|(k, s)| (k.clone(), s.labels.clone()))
-            .collect();
-        for seen in instances::split(&r, eval, &known) {
+        let seen = {
+            let known: Vec<&instances::Labels> = instances::of_rule(&self.states, rule)
+                .map(|(_, s)| &s.labels)
+                .collect();
+            instances::split(&r, eval, &known)
+        };
+        for seen in seen {
             self.states
                 .entry(seen.key.clone())
                 .or_insert_with(|| RuleState {
