@@ -436,15 +436,7 @@ fn cost(plan: &Plan) -> (Value, Value) {
         for i in 0..n {
             body.push_str(&format!("bench_value{{i=\"{i}\"}} {i}\n"));
         }
-        let exporter = Server::start(move |_, _| (200, body.clone()));
-        let prom = Prom::start(
-            dir,
-            &format!(
-                "global: {{scrape_interval: 5s}}\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
-                exporter.port
-            ),
-        );
-        prom.wait_for_series("count(bench_value)", n);
+        let (_exporter, prom) = Prom::scraping(dir, body, "bench_value", n);
 
         // ripcord
         let mut rules = String::from("rules:\n");
@@ -527,15 +519,7 @@ fn series_cost(plan: &Plan) -> Value {
             body.push_str(&format!("bench_series{{g=\"{g}\",i=\"{i}\"}} {i}\n"));
         }
     }
-    let exporter = Server::start(move |_, _| (200, body.clone()));
-    let prom = Prom::start(
-        dir,
-        &format!(
-            "global: {{scrape_interval: 5s}}\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
-            exporter.port
-        ),
-    );
-    prom.wait_for_series("count(bench_series)", n);
+    let (_exporter, prom) = Prom::scraping(dir, body, "bench_series", n);
     let every = interval.as_secs();
     // (name, ripcord rules, vmalert rules)
     let one = (
@@ -739,6 +723,21 @@ impl Prom {
                 .is_some_and(|(s, _)| s == 200)
         });
         p
+    }
+
+    /// An exporter serving `body` and a Prometheus scraping it every 5 s,
+    /// returned once all `n` series of `metric` are queryable.
+    fn scraping(dir: &Path, body: String, metric: &str, n: usize) -> (Server, Prom) {
+        let exporter = Server::start(move |_, _| (200, body.clone()));
+        let prom = Prom::start(
+            dir,
+            &format!(
+                "global: {{scrape_interval: 5s}}\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
+                exporter.port
+            ),
+        );
+        prom.wait_for_series(&format!("count({metric})"), n);
+        (exporter, prom)
     }
 
     fn url(&self) -> String {

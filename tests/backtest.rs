@@ -18,14 +18,56 @@ fn value_at(minute: f64) -> Option<f64> {
 
 const RULES: &str = "actions:\n  undo: {steps: [{exec: {argv: [/bin/false]}}]}\nrules:\n  - name: errors\n    every: 30s\n    queries: {ratio: max(demo_errors_ratio)}\n    condition: ratio > 0.05\n    for: 2m\n    actions: [undo]\n    cooldown: 10m\n  - name: quiet\n    every: 30s\n    queries: {ratio: max(demo_errors_ratio)}\n    condition: ratio > 0.5\n    for: 1m\n    actions: [undo]\n";
 
-#[test]
-fn backtest_reports_the_incidents_the_core_predicts_and_matches_ripcord_test() {
-    // An hour of 15 s samples, ending two hours ago.
+/// The start of the test's history: a whole minute three hours ago.
+fn history_start() -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let start = (now - 3 * 3600) / 60 * 60;
+    (now - 3 * 3600) / 60 * 60
+}
+
+fn rfc(s: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s)).to_string()
+}
+
+/// Seconds since the epoch of a timeline entry's `at`.
+fn epoch_secs(entry: &serde_json::Value) -> u64 {
+    humantime::parse_rfc3339(entry["at"].as_str().expect("at"))
+        .expect("time")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_secs()
+}
+
+/// `ripcord backtest --json` over `[from, from + secs]` at 30 s steps, once
+/// the history is queryable (freshly loaded blocks can take a moment): the
+/// first answer that exits 0 and shows an incident, within a deadline.
+fn backtest_json(rc: &Ripcord, from: u64, secs: u64) -> serde_json::Value {
+    let (from, to) = (rfc(from), rfc(from + secs));
+    let args = [
+        "backtest", "--from", &from, "--to", &to, "--step", "30s", "--json",
+    ];
+    let mut out = rc.cli(&args, &[]);
+    wait_until(
+        "the history to be queryable",
+        Duration::from_secs(30),
+        || {
+            if out.code == 0 && out.stdout.contains("→ firing") {
+                return true;
+            }
+            out = rc.cli(&args, &[]);
+            false
+        },
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("json")
+}
+
+#[test]
+fn backtest_reports_the_incidents_the_core_predicts_and_matches_ripcord_test() {
+    // An hour of 15 s samples, ending two hours ago.
+    let start = history_start();
     let mut om = String::from("# TYPE demo_errors_ratio gauge\n");
     for i in 0..=240u64 {
         let t = start + i * 15;
@@ -36,59 +78,14 @@ fn backtest_reports_the_incidents_the_core_predicts_and_matches_ripcord_test() {
     om.push_str("# EOF\n");
     let prom = Prometheus::with_history(&om);
     let rc = Ripcord::new(&prom.url(), "", RULES);
-    let rfc = |s: u64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
-            .to_string()
-    };
-    let mut out = rc.cli(
-        &[
-            "backtest",
-            "--from",
-            &rfc(start),
-            "--to",
-            &rfc(start + 3600),
-            "--step",
-            "30s",
-            "--json",
-        ],
-        &[],
-    );
-    // Freshly loaded blocks can take a moment to be queryable.
-    for _ in 0..50 {
-        if out.code == 0 && out.stdout.contains("→ firing") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        out = rc.cli(
-            &[
-                "backtest",
-                "--from",
-                &rfc(start),
-                "--to",
-                &rfc(start + 3600),
-                "--step",
-                "30s",
-                "--json",
-            ],
-            &[],
-        );
-    }
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let v = backtest_json(&rc, start, 3600);
     let at = |what: &str| -> Vec<u64> {
         v["timeline"]
             .as_array()
             .expect("timeline")
             .iter()
             .filter(|e| e["what"] == what)
-            .map(|e| {
-                humantime::parse_rfc3339(e["at"].as_str().expect("at"))
-                    .expect("time")
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .expect("after epoch")
-                    .as_secs()
-                    - start
-            })
+            .map(|e| epoch_secs(e) - start)
             .collect()
     };
     // The blip at 10m went pending and back; the breach at 20m opened the
@@ -235,11 +232,7 @@ fn backtest_times_and_errors_are_clear() {
 fn a_by_rule_backtests_per_instance() {
     // Half an hour of 15 s samples for two domains; `b` breaches from 10m
     // to 20m, `a` never.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let start = (now - 3 * 3600) / 60 * 60;
+    let start = history_start();
     let mut om = String::from("# TYPE demo_errors_ratio gauge\n");
     for i in 0..=120u64 {
         let t = start + i * 15;
@@ -254,42 +247,14 @@ fn a_by_rule_backtests_per_instance() {
         "",
         "rules:\n  - name: errors\n    every: 30s\n    queries: {ratio: max by (domain) (demo_errors_ratio)}\n    by: [domain]\n    condition: ratio > 0.05\n    for: 2m\n",
     );
-    let rfc = |s: u64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
-            .to_string()
-    };
-    let args = [
-        "backtest",
-        "--from",
-        &rfc(start),
-        "--to",
-        &rfc(start + 1800),
-        "--step",
-        "30s",
-        "--json",
-    ];
-    let mut out = rc.cli(&args, &[]);
-    // Freshly loaded blocks can take a moment to be queryable.
-    for _ in 0..50 {
-        if out.code == 0 && out.stdout.contains("→ firing") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        out = rc.cli(&args, &[]);
-    }
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let v = backtest_json(&rc, start, 1800);
     let firing: Vec<(String, u64)> = v["timeline"]
         .as_array()
         .expect("timeline")
         .iter()
         .filter(|e| e["what"] == "pending → firing")
         .map(|e| {
-            let at = humantime::parse_rfc3339(e["at"].as_str().expect("at"))
-                .expect("time")
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("after epoch")
-                .as_secs();
+            let at = epoch_secs(e);
             (
                 e["rule"].as_str().unwrap_or_default().to_string(),
                 at - start,
