@@ -653,6 +653,11 @@ fn timeline_lines(sim: &Sim, used: &BTreeSet<&String>, log_start: usize, t: i64,
                     crate::rule::Record::Transition { .. } => {}
                     other => notes.push(other.to_string()),
                 },
+                Happened::Joined { name, with, ok } => notes.push(format!(
+                    "joined {name} of {with} ({})",
+                    if *ok { "succeeded" } else { "failed" }
+                )),
+                Happened::Refused { name, why } => notes.push(format!("{name} not run: {why}")),
             }
         }
         let _ = writeln!(
@@ -723,6 +728,7 @@ fn run_case(rules: &RuleSet, c: &Case) -> Outcome {
     let mut sim = Sim::new(rule_list, Shared::new(c.max_actions_per_hour, c.mode));
     sim.failing = c.fail_actions.iter().cloned().collect();
     sim.blind_after = c.blind_after;
+    sim.actions = rules.actions.clone();
     let mut failures = Vec::new();
     let mut timeline = String::new();
     let step_ms = c.step.as_millis() as i64;

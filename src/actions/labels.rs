@@ -13,6 +13,7 @@
 //! recognised: any other `{{` or `}}` in a step is an error at load.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a label value may hold, in words, for errors and docs.
 pub const SAFE: &str = "letters, digits and `._:/@-`, not starting with `-`";
@@ -155,6 +156,43 @@ pub fn env(labels: &BTreeMap<String, String>) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// `action` with the instance's labels in its steps (an action without
+/// placeholders comes back as it is).
+pub fn resolve(
+    action: &Arc<crate::config::Action>,
+    labels: &BTreeMap<String, String>,
+) -> Result<Arc<crate::config::Action>, String> {
+    let filler = Filler {
+        labels,
+        pattern: action.label_pattern.as_ref(),
+    };
+    let fill = |s: &str| filler.fill(s);
+    let steps = action
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.with_labels(&fill)
+                .map_err(|e| format!("step {} ({}): {e}", i + 1, s.kind()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(crate::config::Action {
+        steps,
+        ..(**action).clone()
+    }))
+}
+
+/// What makes two runs the same: each resolved step as it would run.
+pub fn steps_digest(action: &crate::config::Action) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for s in &action.steps {
+        h.update(s.describe().as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
 }
 
 #[cfg(test)]

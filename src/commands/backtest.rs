@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, Mode, Rule, RuleSet};
+use crate::config::{Action, Config, Mode, Rule, RuleSet};
 use crate::prom::Prom;
 use crate::rule::instances::{self, Answer, Evaluation, Labels};
 use crate::rule::sim::{Happened, Sim};
@@ -165,7 +165,7 @@ pub async fn run(
         &prom,
         shared,
         config.prometheus.blind_after,
-        &chosen,
+        (&chosen, &rules.actions),
         (from, to),
         step,
     )
@@ -179,7 +179,7 @@ pub async fn replay_rules(
     prom: &Prom,
     shared: Shared,
     blind_after: Duration,
-    chosen: &[Arc<Rule>],
+    (chosen, actions): (&[Arc<Rule>], &BTreeMap<String, Arc<Action>>),
     window: (Timestamp, Timestamp),
     step: Duration,
 ) -> Result<Report, BacktestError> {
@@ -203,6 +203,7 @@ pub async fn replay_rules(
     // Actions are never run: the driver answers each at once, as `test` does.
     let mut sim = Sim::new(chosen.iter().map(|r| r.evaluated_every(step)), shared);
     sim.blind_after = blind_after;
+    sim.actions = actions.clone();
     let mut summaries: BTreeMap<String, Summary> = chosen
         .iter()
         .map(|r| {
@@ -379,6 +380,10 @@ fn timeline(sim: &Sim, summaries: &mut BTreeMap<String, Summary>) -> Vec<Event> 
                 format!("would page {} ({kind})", notifiers.join(", "))
             }
             Happened::Record(r @ Record::Suppressed { .. }) => r.to_string(),
+            Happened::Joined { name, with, .. } => {
+                format!("would join {with}'s run of {name} (the same steps): not run again")
+            }
+            Happened::Refused { name, why } => format!("would not run {name}: {why}"),
             _ => continue,
         };
         timeline.push(Event {

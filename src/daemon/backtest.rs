@@ -29,6 +29,7 @@ pub(super) fn step_for(rule: &Rule, span: Duration) -> Duration {
 pub(super) fn start(
     prom: Prom,
     rule: Arc<Rule>,
+    actions: BTreeMap<String, Arc<Action>>,
     window: (Timestamp, Timestamp),
     limits: (u32, Duration),
     busy: Arc<Semaphore>,
@@ -59,11 +60,18 @@ pub(super) fn start(
         let (max_actions, blind_after) = limits;
         let shared = Shared::new(max_actions, crate::config::Mode::Enforce);
         let chosen = [rule];
-        let answer = backtest::replay_rules(&prom, shared, blind_after, &chosen, window, step)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|report| view(&report))
-            .and_then(|v| serde_json::to_string(&v).map_err(|e| e.to_string()));
+        let answer = backtest::replay_rules(
+            &prom,
+            shared,
+            blind_after,
+            (&chosen, &actions),
+            window,
+            step,
+        )
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|report| view(&report))
+        .and_then(|v| serde_json::to_string(&v).map_err(|e| e.to_string()));
         let _ = reply.send(answer);
     });
 }

@@ -408,7 +408,7 @@ impl Engine {
             ))));
             return;
         };
-        let action = match resolve(&action, labels) {
+        let action = match actions::labels::resolve(&action, labels) {
             Ok(a) => a,
             Err(why) => {
                 error!(rule = %key, incident = %incident, "{action_name} not run: {why}");
@@ -418,7 +418,7 @@ impl Engine {
             }
         };
         if !dry_run {
-            let steps = steps_digest(&action);
+            let steps = actions::labels::steps_digest(&action);
             match global::claim(
                 &mut self.shared,
                 &steps,
@@ -737,38 +737,4 @@ impl Engine {
             self.apply(&name, Input::Tick, at);
         }
     }
-}
-
-/// `action` with the instance's labels in its steps (an action without
-/// placeholders comes back as it is).
-fn resolve(action: &Arc<Action>, labels: &BTreeMap<String, String>) -> Result<Arc<Action>, String> {
-    let filler = actions::labels::Filler {
-        labels,
-        pattern: action.label_pattern.as_ref(),
-    };
-    let fill = |s: &str| filler.fill(s);
-    let steps = action
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.with_labels(&fill)
-                .map_err(|e| format!("step {} ({}): {e}", i + 1, s.kind()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Arc::new(Action {
-        steps,
-        ..(**action).clone()
-    }))
-}
-
-/// What makes two runs the same: each resolved step as it would run.
-fn steps_digest(action: &Action) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for s in &action.steps {
-        h.update(s.describe().as_bytes());
-        h.update([0u8]);
-    }
-    hex::encode(&h.finalize()[..16])
 }

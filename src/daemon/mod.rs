@@ -273,6 +273,7 @@ pub async fn run(
                     Some(r) => backtest::start(
                         prom.clone(),
                         r.clone(),
+                        engine.actions.clone(),
                         (from, to),
                         (config.limits.max_actions_per_hour, config.prometheus.blind_after),
                         backtests.clone(),

@@ -13,7 +13,7 @@ use super::instances::{self, Evaluation};
 use super::machine::step;
 use super::names::PageEvent;
 use super::types::*;
-use crate::config::Rule;
+use crate::config::{Action, Rule};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Happened {
@@ -26,6 +26,19 @@ pub enum Happened {
         notifiers: Vec<String>,
     },
     Record(Record),
+    /// The action resolved to steps another incident ran within the
+    /// cooldown: this incident took that result and ran nothing.
+    Joined {
+        name: String,
+        with: String,
+        ok: bool,
+    },
+    /// The action's steps could not take the instance's labels: nothing
+    /// ran.
+    Refused {
+        name: String,
+        why: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +57,10 @@ pub struct Sim {
     pub log: Vec<Entry>,
     pub blind: Blindness,
     pub blind_after: std::time::Duration,
+    /// The actions' definitions. With them, an action is resolved with
+    /// the instance's labels and joins a run of the same steps, as the
+    /// daemon does; without them every action start counts as a run.
+    pub actions: BTreeMap<String, Arc<Action>>,
 }
 
 impl Sim {
@@ -62,6 +79,7 @@ impl Sim {
             log: Vec::new(),
             blind: Blindness::default(),
             blind_after: crate::config::load::DEFAULT_BLIND_AFTER,
+            actions: BTreeMap::new(),
         }
     }
 
@@ -175,20 +193,14 @@ impl Sim {
                         action,
                         dry_run,
                     } => {
-                        let result = if self.failing.contains(&action) {
-                            ActionResult::Failed("failed (simulated by the test)".into())
-                        } else {
-                            ActionResult::Succeeded
-                        };
+                        let (result, what) =
+                            self.run(&r, rule, &incident, action.clone(), dry_run, now);
                         queue.push_back(Input::ActionFinished {
                             incident,
-                            action: action.clone(),
+                            action,
                             result,
                         });
-                        Happened::Action {
-                            name: action,
-                            dry_run,
-                        }
+                        what
                     }
                     Effect::Page(p) => Happened::Page {
                         kind: p.kind.event(),
@@ -204,6 +216,107 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// What running `action` for `incident` of instance `key` comes to:
+    /// the same order of decisions as the daemon's (labels, then one run
+    /// per resolved steps), every run answered at once.
+    fn run(
+        &mut self,
+        r: &Rule,
+        key: &str,
+        incident: &str,
+        action: String,
+        dry_run: bool,
+        now: Timestamp,
+    ) -> (ActionResult, Happened) {
+        let outcome = |failing: &BTreeSet<String>| {
+            if failing.contains(&action) {
+                ActionResult::Failed("failed (simulated by the test)".into())
+            } else {
+                ActionResult::Succeeded
+            }
+        };
+        let Some(def) = self.actions.get(&action).cloned() else {
+            let result = outcome(&self.failing);
+            return (
+                result,
+                Happened::Action {
+                    name: action,
+                    dry_run,
+                },
+            );
+        };
+        let labels = self.state(key).labels.clone();
+        let resolved = match crate::actions::labels::resolve(&def, &labels) {
+            Ok(a) => a,
+            Err(why) => {
+                if !dry_run {
+                    self.shared.budget.refund(now);
+                }
+                return (
+                    ActionResult::Failed(why.clone()),
+                    Happened::Refused { name: action, why },
+                );
+            }
+        };
+        if dry_run {
+            return (
+                outcome(&self.failing),
+                Happened::Action {
+                    name: action,
+                    dry_run,
+                },
+            );
+        }
+        let steps = crate::actions::labels::steps_digest(&resolved);
+        match super::global::claim(&mut self.shared, &steps, &action, incident, now, r.cooldown) {
+            super::global::Claim::Run => {
+                let result = outcome(&self.failing);
+                let ok = result == ActionResult::Succeeded;
+                super::global::finish(&mut self.shared, &steps, incident, ok);
+                (
+                    result,
+                    Happened::Action {
+                        name: action,
+                        dry_run,
+                    },
+                )
+            }
+            // Every run here is over as soon as it starts, so a join is
+            // of a finished run.
+            super::global::Claim::AlreadyRan {
+                incident: with, ok, ..
+            } => {
+                self.shared.budget.refund(now);
+                let result = if ok {
+                    ActionResult::Succeeded
+                } else {
+                    ActionResult::Failed(format!(
+                        "the same steps failed for incident {with}; not run again"
+                    ))
+                };
+                (
+                    result,
+                    Happened::Joined {
+                        name: action,
+                        with,
+                        ok,
+                    },
+                )
+            }
+            super::global::Claim::JoinRunning { incident: with } => {
+                self.shared.budget.refund(now);
+                (
+                    ActionResult::Succeeded,
+                    Happened::Joined {
+                        name: action,
+                        with,
+                        ok: true,
+                    },
+                )
+            }
+        }
     }
 
     pub fn state(&self, rule: &str) -> &RuleState {
