@@ -446,22 +446,9 @@ fn cost(plan: &Plan) -> (Value, Value) {
                 interval.as_secs()
             ));
         }
-        let prom_cpu0 = cpu_seconds(prom.pid());
-        let spawned = Instant::now();
-        let ripcord = Ripcord::start(dir, &prom, &rules, "");
-        let ready = ripcord.wait_ready(Duration::from_secs(120));
-        let start_to_ready = ready.duration_since(spawned).as_secs_f64();
-        std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
-        let r_cpu = cpu_seconds(ripcord.pid());
-        let r_mem = memory(ripcord.pid());
-        let r_wall = spawned.elapsed().as_secs_f64();
-        let prom_cpu_r = cpu_seconds(prom.pid()) - prom_cpu0;
-        let m = scrape(ripcord.api_port, "/metrics");
-        let r_evals = sum_metric(&m, "ripcord_evaluations_total");
-        let r_errors = sum_metric(&m, "ripcord_evaluation_failures_total")
-            + sum_metric(&m, "ripcord_missed_evaluations_total");
+        let (r, ripcord, start_to_ready) = run_ripcord(dir, &prom, &rules, wall);
         if n == 100 {
-            footprint["idle_rss_mb_100_rules"] = json!(r_mem.rss_mb);
+            footprint["idle_rss_mb_100_rules"] = json!(r.mem.rss_mb);
         }
         if n == *plan.sizes.iter().max().unwrap_or(&n) {
             footprint["rules"] = json!(n);
@@ -482,21 +469,17 @@ fn cost(plan: &Plan) -> (Value, Value) {
                 "      - alert: r_{i}\n        expr: 'bench_value{{i=\"{i}\"}} > 1000000000'\n"
             ));
         }
-        let (v_evals, v_errors, v_cpu, v_mem, v_wall, prom_cpu_v) =
-            run_vmalert(dir, &prom, &vm_rules, wall);
+        let v = run_vmalert(dir, &prom, &vm_rules, wall);
         let expected = n as f64 * wall.as_secs_f64() / interval.as_secs_f64();
         let row = json!({
             "rules": n,
             "interval_s": interval.as_secs_f64(),
             "wall_s": wall.as_secs_f64(),
             "scheduled_evaluations": expected,
-            "ripcord": side(r_evals, r_errors, r_cpu, &r_mem, r_wall, prom_cpu_r),
-            "vmalert": side(v_evals, v_errors, v_cpu, &v_mem, v_wall, prom_cpu_v),
+            "ripcord": r.side(),
+            "vmalert": v.side(),
         });
-        eprintln!(
-            "   ripcord {r_evals} evals, {r_cpu:.2} CPU s, peak {:.1} MB; vmalert {v_evals} evals, {v_cpu:.2} CPU s, peak {:.1} MB",
-            r_mem.hwm_mb, v_mem.hwm_mb
-        );
+        eprintln!("   ripcord {}; vmalert {}", r.brief(), v.brief());
         rows.push(row);
     }
     (Value::Array(rows), footprint)
@@ -552,19 +535,7 @@ fn series_cost(plan: &Plan) -> Value {
     let mut rows = Vec::new();
     for (name, r_rules, v_rules) in [one, alert_style, many] {
         eprintln!("-- {name} every {interval:?} for {wall:?}");
-        let prom_cpu0 = cpu_seconds(prom.pid());
-        let spawned = Instant::now();
-        let ripcord = Ripcord::start(dir, &prom, &r_rules, "");
-        ripcord.wait_ready(Duration::from_secs(120));
-        std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
-        let r_cpu = cpu_seconds(ripcord.pid());
-        let r_mem = memory(ripcord.pid());
-        let r_wall = spawned.elapsed().as_secs_f64();
-        let prom_cpu_r = cpu_seconds(prom.pid()) - prom_cpu0;
-        let m = scrape(ripcord.api_port, "/metrics");
-        let r_evals = sum_metric(&m, "ripcord_evaluations_total");
-        let r_errors = sum_metric(&m, "ripcord_evaluation_failures_total")
-            + sum_metric(&m, "ripcord_missed_evaluations_total");
+        let (r, ripcord, _) = run_ripcord(dir, &prom, &r_rules, wall);
         let status = scrape(ripcord.api_port, "/api/v1/status");
         let instances = serde_json::from_str::<Value>(&status)
             .ok()
@@ -572,11 +543,11 @@ fn series_cost(plan: &Plan) -> Value {
             .unwrap_or(0);
         drop(ripcord);
 
-        let (v_evals, v_errors, v_cpu, v_mem, v_wall, prom_cpu_v) =
-            run_vmalert(dir, &prom, &v_rules, wall);
+        let v = run_vmalert(dir, &prom, &v_rules, wall);
         eprintln!(
-            "   ripcord {r_evals} evals ({instances} instances), {r_cpu:.2} CPU s, peak {:.1} MB; vmalert {v_evals} evals, {v_cpu:.2} CPU s, peak {:.1} MB",
-            r_mem.hwm_mb, v_mem.hwm_mb
+            "   ripcord {} ({instances} instances); vmalert {}",
+            r.brief(),
+            v.brief()
         );
         rows.push(json!({
             "config": name,
@@ -584,8 +555,8 @@ fn series_cost(plan: &Plan) -> Value {
             "interval_s": interval.as_secs_f64(),
             "wall_s": wall.as_secs_f64(),
             "ripcord_instances": instances,
-            "ripcord": side(r_evals, r_errors, r_cpu, &r_mem, r_wall, prom_cpu_r),
-            "vmalert": side(v_evals, v_errors, v_cpu, &v_mem, v_wall, prom_cpu_v),
+            "ripcord": r.side(),
+            "vmalert": v.side(),
         }));
     }
     Value::Array(rows)
@@ -593,12 +564,7 @@ fn series_cost(plan: &Plan) -> Value {
 
 /// vmalert with `rules` against `prom` for `wall`: its evaluations and
 /// errors, CPU seconds, memory, wall time and Prometheus's CPU meanwhile.
-fn run_vmalert(
-    dir: &Path,
-    prom: &Prom,
-    rules: &str,
-    wall: Duration,
-) -> (f64, f64, f64, Memory, f64, f64) {
+fn run_vmalert(dir: &Path, prom: &Prom, rules: &str, wall: Duration) -> Run {
     std::fs::write(dir.join("vmalert.yml"), rules).expect("vmalert rules");
     let hook = Server::start(|_, _| (200, String::new()));
     let vm_port = free_port();
@@ -625,22 +591,79 @@ fn run_vmalert(
     let errors = sum_metric(&m, "vmalert_alerting_rules_errors_total")
         + sum_metric(&m, "vmalert_execution_errors_total");
     drop(vm);
-    (evals, errors, cpu, mem, elapsed, prom_cpu)
+    Run {
+        evals,
+        errors,
+        cpu,
+        mem,
+        wall: elapsed,
+        prom_cpu,
+    }
 }
 
-fn side(evals: f64, errors: f64, cpu: f64, mem: &Memory, wall: f64, prom_cpu: f64) -> Value {
-    let per_k = evals / 1000.0;
-    json!({
-        "evaluations": evals,
-        "errors": errors,
-        "cpu_s": cpu,
-        "cpu_s_per_1000": if per_k > 0.0 { cpu / per_k } else { f64::NAN },
-        "peak_rss_mb": mem.hwm_mb,
-        "peak_rss_mb_per_1000": if per_k > 0.0 { mem.hwm_mb / per_k } else { f64::NAN },
-        "rss_mb": mem.rss_mb,
-        "wall_s": wall,
-        "prometheus_cpu_share": prom_cpu / wall,
-    })
+/// ripcord with `rules` against `prom` for `wall` (start-up included),
+/// still running so the caller can ask it more, and its time to READY=1.
+fn run_ripcord(dir: &Path, prom: &Prom, rules: &str, wall: Duration) -> (Run, Ripcord, f64) {
+    let prom_cpu0 = cpu_seconds(prom.pid());
+    let spawned = Instant::now();
+    let ripcord = Ripcord::start(dir, prom, rules, "");
+    let ready = ripcord.wait_ready(Duration::from_secs(120));
+    let start_to_ready = ready.duration_since(spawned).as_secs_f64();
+    std::thread::sleep(wall.saturating_sub(spawned.elapsed()));
+    let cpu = cpu_seconds(ripcord.pid());
+    let mem = memory(ripcord.pid());
+    let elapsed = spawned.elapsed().as_secs_f64();
+    let prom_cpu = cpu_seconds(prom.pid()) - prom_cpu0;
+    let m = scrape(ripcord.api_port, "/metrics");
+    let evals = sum_metric(&m, "ripcord_evaluations_total");
+    let errors = sum_metric(&m, "ripcord_evaluation_failures_total")
+        + sum_metric(&m, "ripcord_missed_evaluations_total");
+    let run = Run {
+        evals,
+        errors,
+        cpu,
+        mem,
+        wall: elapsed,
+        prom_cpu,
+    };
+    (run, ripcord, start_to_ready)
+}
+
+/// One tool's run over a wall time: its own evaluation and error counts,
+/// its CPU seconds and memory, and Prometheus's CPU seconds meanwhile.
+struct Run {
+    evals: f64,
+    errors: f64,
+    cpu: f64,
+    mem: Memory,
+    wall: f64,
+    prom_cpu: f64,
+}
+
+impl Run {
+    fn brief(&self) -> String {
+        format!(
+            "{} evals, {:.2} CPU s, peak {:.1} MB",
+            self.evals, self.cpu, self.mem.hwm_mb
+        )
+    }
+
+    /// The run as a row of results.json.
+    fn side(&self) -> Value {
+        let per_k = self.evals / 1000.0;
+        let per = |x: f64| if per_k > 0.0 { x / per_k } else { f64::NAN };
+        json!({
+            "evaluations": self.evals,
+            "errors": self.errors,
+            "cpu_s": self.cpu,
+            "cpu_s_per_1000": per(self.cpu),
+            "peak_rss_mb": self.mem.hwm_mb,
+            "peak_rss_mb_per_1000": per(self.mem.hwm_mb),
+            "rss_mb": self.mem.rss_mb,
+            "wall_s": self.wall,
+            "prometheus_cpu_share": self.prom_cpu / self.wall,
+        })
+    }
 }
 
 // ------------------------------------------------------------ processes

@@ -128,19 +128,14 @@ fn env() -> &'static Environment<'static> {
     ENV.get_or_init(templates)
 }
 
-/// A page: HTML with headers that keep it on this host.
-fn html(status: StatusCode, body: String) -> Response {
-    let mut r = (status, body).into_response();
+/// A response of `kind` with headers that keep it on this host: `csp` as
+/// its Content-Security-Policy, no sniffing, no referrer, no caching.
+fn hardened(mut r: Response, kind: &'static str, csp: &'static str) -> Response {
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::REFERRER_POLICY,
@@ -152,6 +147,15 @@ fn html(status: StatusCode, body: String) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// A page: HTML with headers that keep it on this host.
+fn html(status: StatusCode, body: String) -> Response {
+    hardened(
+        (status, body).into_response(),
+        "text/html; charset=utf-8",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
 }
 
 fn render(name: &str, ctx: minijinja::Value) -> Response {
@@ -587,22 +591,11 @@ pub(super) async fn backtest_svg(
             Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
         },
     };
-    let mut r = svg.into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("image/svg+xml"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    hardened(
+        svg.into_response(),
+        "image/svg+xml",
+        "default-src 'none'; style-src 'unsafe-inline'",
+    )
 }
 
 /// `/rules/NAME`: the rule as loaded, its actions' steps, its incidents,
