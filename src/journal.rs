@@ -99,7 +99,19 @@ pub const FILE_NAME: &str = "journal.jsonl";
 /// Past this many appends since the last snapshot, the owner compacts.
 pub const COMPACT_AFTER: usize = 10_000;
 
+/// What a journal write must get past first when ripcord runs in a group
+/// (`ha:`): the leader's transaction in etcd. A write the fence refuses is
+/// not written, and the writer treats it as failed (no step runs).
+pub trait Fence: Send + Sync {
+    fn commit(&self, e: &Entry) -> Result<(), String>;
+    /// Whether this instance may act right now (checked again just before
+    /// a step starts, after its intent is committed).
+    fn may_act(&self) -> Result<(), String>;
+}
+
 pub struct Journal {
+    /// `None` on a single instance.
+    pub fence: Option<std::sync::Arc<dyn Fence>>,
     path: PathBuf,
     file: File,
     pub appended: usize,
@@ -229,6 +241,7 @@ impl Journal {
         let file = OpenOptions::new().append(true).open(&path)?;
         let len = file.metadata()?.len();
         Ok(Journal {
+            fence: None,
             path,
             file,
             appended: 0,
@@ -239,6 +252,9 @@ impl Journal {
 
     /// Appends one entry and syncs it to disk before returning.
     pub fn append(&mut self, e: &Entry) -> std::io::Result<()> {
+        if let Some(f) = &self.fence {
+            f.commit(e).map_err(std::io::Error::other)?;
+        }
         let mut line = Vec::new();
         if self.failing.is_some() {
             // Whatever a failed write left is ended before this one starts.
@@ -263,6 +279,11 @@ impl Journal {
                 Err(err)
             }
         }
+    }
+
+    /// Ok unless a fence says this instance may not act now.
+    pub fn may_act(&self) -> Result<(), String> {
+        self.fence.as_ref().map_or(Ok(()), |f| f.may_act())
     }
 
     pub fn file_path(&self) -> &Path {

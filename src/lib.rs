@@ -26,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod diag;
 pub mod fsio;
+pub mod ha;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub rules: Gauge,
     pub rule_unevaluable: Family<RuleLabel, Gauge>,
     pub state_dir_writable: Gauge,
+    /// 1 while this instance may act: always on a single instance, only
+    /// while it leads its group with `ha:`.
+    pub ha_leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -78,6 +81,7 @@ impl Metrics {
             rules: Gauge::default(),
             rule_unevaluable: Family::default(),
             state_dir_writable: Gauge::default(),
+            ha_leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("evaluations", "Rule evaluations", m.evaluations.clone());
@@ -134,6 +138,12 @@ impl Metrics {
             m.state_dir_writable.clone(),
         );
         m.state_dir_writable.set(1);
+        registry.register(
+            "ha_leader",
+            "1 while this instance acts (with ha: only while it leads its group)",
+            m.ha_leader.clone(),
+        );
+        m.ha_leader.set(1);
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {

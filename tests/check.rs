@@ -96,7 +96,7 @@ fn a_bad_config_is_reported_at_its_line() {
         [
             "ripcord.yaml:2:8: prometheus url `localhost:9090` must start with http:// or https://",
             "ripcord.yaml:3:9: invalid listen address `everywhere`: expected IP:PORT, e.g. 127.0.0.1:9733",
-            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`, `outbox`, `api`, `reload`, `web`",
+            "ripcord.yaml:4:1: unknown field `mod`, expected one of `prometheus`, `rules`, `state_dir`, `listen`, `mode`, `limits`, `outbox`, `api`, `reload`, `web`, `ha`",
         ]
     );
 }
@@ -172,6 +172,9 @@ fn the_packaged_config_is_all_defaults_commented_or_not() {
         // The one setting shown with a non-default example value.
         let had_token = c.api_token.take().is_some();
         assert!(had_token == path.starts_with(dir.path()));
+        // So is the commented `ha:` block (HA is off by default).
+        let had_ha = c.ha.take().is_some();
+        assert!(had_ha == path.starts_with(dir.path()), "{:?}", path);
         // web.read's default follows api.token: token with one, open without.
         use ripcord::config::raw::WebRead;
         let want = if had_token {

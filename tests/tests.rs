@@ -7,6 +7,7 @@ mod api;
 mod backtest;
 mod check;
 mod fuzz;
+mod ha;
 mod hostile;
 mod import;
 mod instances;

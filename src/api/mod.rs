@@ -40,6 +40,9 @@ pub struct Snapshot {
     /// Rules whose removal a reload held back, and why.
     #[serde(default)]
     pub pending_removals: Vec<String>,
+    /// The group, when ripcord runs with `ha:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::ha::HaStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

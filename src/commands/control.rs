@@ -86,6 +86,41 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> Result<(), C
         writeln!(out, "{}", serde_json::to_string_pretty(&snap)?)?;
         return Ok(());
     }
+    if let Some(ha) = &snap.ha {
+        writeln!(
+            out,
+            "group {}: {} is {}; leader {}; members {}; lease {} (ttl {}s){}",
+            ha.prefix,
+            ha.name,
+            if ha.leading {
+                "the LEADER"
+            } else {
+                "a standby"
+            },
+            ha.leader.as_deref().unwrap_or("NONE"),
+            if ha.members.is_empty() {
+                "none seen".to_string()
+            } else {
+                ha.members.join(", ")
+            },
+            ha.lease_age_seconds
+                .map(|a| format!("{a:.0}s old"))
+                .unwrap_or_else(|| "none".into()),
+            ha.lease_ttl_seconds,
+            match (&ha.etcd_problem, &ha.etcd_problem_since) {
+                (Some(p), Some(since)) => format!("; ETCD UNUSABLE since {since}: {p}"),
+                (Some(p), None) => format!("; ETCD UNUSABLE: {p}"),
+                _ => String::new(),
+            }
+        )?;
+        if !ha.leading {
+            writeln!(
+                out,
+                "a standby evaluates and acts on nothing; the leader's `ripcord status` shows the rules"
+            )?;
+            return Ok(());
+        }
+    }
     let paused = match &snap.paused {
         Some(p) => format!(
             "PAUSED ({}{})",

@@ -28,6 +28,92 @@ pub use super::{
 
 // ---------------------------------------------------------------- main config
 
+/// `ha:`, checked: endpoints are http(s) URLs, the prefix an absolute key
+/// path, the lease long enough for etcd and short enough to matter, the
+/// name a plain word (it is part of keys, logs and pages).
+fn load_ha(cx: &mut Ctx, at: &At, h: raw::RawHa, base: &Path) -> Option<HaConfig> {
+    let etcd = at.key("etcd");
+    let name = h.name.unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|n| n.into_string().ok())
+            .unwrap_or_default()
+    });
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    let mut ok = true;
+    if !plain(&name) {
+        cx.error(&at.key("name"), format!("ha.name `{name}` must be 1-64 letters, digits, `.`, `_` or `-` (it is part of etcd keys and pages); unique in the group"));
+        ok = false;
+    }
+    let endpoints = h.etcd.endpoints.into_vec();
+    if endpoints.is_empty() {
+        cx.error(&etcd.key("endpoints"), "ha.etcd.endpoints is empty: list every member of the etcd cluster, e.g. [http://10.0.0.1:2379, http://10.0.0.2:2379, http://10.0.0.3:2379]");
+        ok = false;
+    }
+    for (i, e) in endpoints.iter().enumerate() {
+        if !is_http_url(e) {
+            cx.error(
+                &etcd.key("endpoints").index(i),
+                format!(
+                    "etcd endpoint `{}` must start with http:// or https://",
+                    crate::body::redact_url(e)
+                ),
+            );
+            ok = false;
+        }
+    }
+    let prefix = h.etcd.prefix.unwrap_or_else(|| DEFAULT_HA_PREFIX.into());
+    let prefix = prefix.trim_end_matches('/').to_string();
+    if !prefix.starts_with('/') || prefix.len() < 2 {
+        cx.error(&etcd.key("prefix"), format!("ha.etcd.prefix `{prefix}` must be a key path like /ripcord/payments: every instance with the same prefix is one group"));
+        ok = false;
+    }
+    let lease_ttl = h.etcd.lease_ttl.map(|d| d.0).unwrap_or(DEFAULT_LEASE_TTL);
+    if lease_ttl < Duration::from_secs(2) || lease_ttl > Duration::from_secs(300) {
+        cx.error(&etcd.key("lease_ttl"), format!("ha.etcd.lease_ttl {} must be between 2s and 5m: a failover takes about this long, and etcd refuses leases much shorter than its election timeout", humantime::format_duration(lease_ttl)));
+        ok = false;
+    }
+    let auth = match (h.etcd.username, h.etcd.password) {
+        (Some(u), Some(p)) => {
+            source::warn_inline_secret(cx, &etcd.key("password"), &p, "ha.etcd.password");
+            Some((u, p))
+        }
+        (None, None) => None,
+        _ => {
+            cx.error(&etcd, "ha.etcd: set both username and password, or neither");
+            ok = false;
+            None
+        }
+    };
+    let identity = match (h.etcd.cert_file, h.etcd.key_file) {
+        (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+        (None, None) => None,
+        _ => {
+            cx.error(
+                &etcd,
+                "ha.etcd: set both cert_file and key_file, or neither",
+            );
+            ok = false;
+            None
+        }
+    };
+    let ca_file = h.etcd.ca_file.map(|c| base.join(c));
+    let tls = (ca_file.is_some() || identity.is_some()).then_some(EtcdTls { ca_file, identity });
+    ok.then_some(HaConfig {
+        name,
+        endpoints,
+        prefix,
+        lease_ttl,
+        auth,
+        tls,
+    })
+}
+
 /// Loads `ripcord.yaml`. A missing file at the default path means "all
 /// defaults"; a missing file named explicitly is an error.
 pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
@@ -137,7 +223,12 @@ pub fn load_config(path: &Path, must_exist: bool) -> Loaded<Config> {
                 "max_actions_per_hour is 0: ripcord will page but never act",
             );
         }
+        let ha = match raw.ha {
+            Some(h) if have_doc => load_ha(&mut cx, &at.key("ha"), h, base),
+            _ => None,
+        };
         Some(Config {
+            ha,
             path: path.exists().then(|| path.to_path_buf()),
             prometheus: PrometheusConfig {
                 url: url.trim_end_matches('/').to_string(),

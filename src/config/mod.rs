@@ -81,7 +81,35 @@ pub struct Config {
     /// Who may read the web page (`web.read`); the default is `token` when
     /// an API token is configured, `open` otherwise.
     pub web_read: raw::WebRead,
+    /// High availability on etcd (`ha:`); `None`: one instance.
+    pub ha: Option<HaConfig>,
 }
+
+/// `ha:`: instances with the same etcd prefix form one group; exactly one,
+/// the holder of the leader key's lease, acts.
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    /// Unique in the group; the host name unless set.
+    pub name: String,
+    pub endpoints: Vec<String>,
+    /// No trailing `/`, e.g. `/ripcord/payments`.
+    pub prefix: String,
+    pub lease_ttl: Duration,
+    pub auth: Option<(String, SecretString)>,
+    pub tls: Option<EtcdTls>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, both or neither.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// `ha.etcd.lease_ttl`'s default.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// `ha.etcd.prefix`'s default.
+pub const DEFAULT_HA_PREFIX: &str = "/ripcord/default";
 
 /// `reload: {removal_delay}`'s default: long enough for an editor's save or
 /// a directory moved and back, short enough for a deliberate removal.

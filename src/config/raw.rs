@@ -53,6 +53,32 @@ pub struct RawConfig {
     pub reload: RawReload,
     #[serde(default)]
     pub web: RawWeb,
+    /// High availability on etcd; absent: one instance, local journal only.
+    pub ha: Option<RawHa>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHa {
+    /// This instance's name in its group (default: the host name).
+    pub name: Option<String>,
+    pub etcd: RawEtcd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    pub endpoints: OneOrMany,
+    /// Every key ripcord writes lives under it; one group per prefix.
+    pub prefix: Option<String>,
+    pub lease_ttl: Option<Dur>,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    /// PEM files for https endpoints: the CA to trust, and a client
+    /// certificate and key if etcd asks for one.
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -118,6 +118,9 @@ impl Engine {
         if let Some((_, why)) = &self.state_problem {
             blind.push_str(&format!(", STATE DIR UNWRITABLE ({why}): nothing runs"));
         }
+        if let Some(n) = &self.ha {
+            blind.push_str(&format!(", leader of {} as {}", n.prefix, n.name));
+        }
         if self.rules.is_empty() {
             return format!("no rules loaded: add rule files and reload{paused}{blind}");
         }
@@ -176,6 +179,7 @@ impl Engine {
         let at = now();
         let outbox_pages = self.outbox.lock().map(|o| o.len()).unwrap_or(0);
         Snapshot {
+            ha: self.ha.as_ref().map(|n| n.status()),
             version: crate::LONG_VERSION.into(),
             rules: self
                 .rules

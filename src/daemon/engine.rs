@@ -50,6 +50,8 @@ pub(super) struct Engine {
     pub(super) recent: HashMap<String, recent::Recent>,
     /// When each rule's state last changed while this process ran.
     pub(super) state_since: HashMap<String, Timestamp>,
+    /// The group this instance leads, with `ha:`.
+    pub(super) ha: Option<Arc<crate::ha::Node>>,
 }
 
 /// An action ready to start for an incident, once it holds its lock.

@@ -95,7 +95,8 @@ impl Engine {
         let compacted = match self.journal.lock() {
             Ok(mut j) => {
                 match crate::fsio::blocking(|| Journal::open_compacted(&self.dir, &snap)) {
-                    Ok(new) => {
+                    Ok(mut new) => {
+                        new.fence = j.fence.take();
                         *j = new;
                         true
                     }

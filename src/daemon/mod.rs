@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 mod backtest;
 mod control;
 mod engine;
+mod group;
 mod health;
 mod pages;
 mod recent;
@@ -41,6 +42,7 @@ mod systemd;
 mod timeline;
 
 use engine::{journal_append, Engine};
+use group::Term;
 use runner::run_action;
 use scheduler::Scheduler;
 use startup::{snapshot_entries, Opened};
@@ -139,14 +141,40 @@ pub enum DaemonError {
     Token(String),
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(String),
+    #[error("ha: {0}")]
+    Ha(String),
 }
 
-/// Runs until `shutdown` resolves, then lets running steps finish.
+/// Runs until `shutdown` resolves, then lets running steps finish. With
+/// `ha:`, this instance campaigns and runs the engine only while it leads
+/// its group ([`group`]).
 pub async fn run(
     config: Config,
     rules: RuleSet,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    match config.ha.clone() {
+        None => run_term(&config, rules, None, shutdown).await.map(|_| ()),
+        Some(ha) => group::run(&config, rules, &ha, shutdown).await,
+    }
+}
+
+/// Why a term of the engine ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    /// This instance no longer leads its group.
+    LostLeadership,
+}
+
+/// Runs the engine until `shutdown` resolves or, in a group, until this
+/// instance no longer leads.
+async fn run_term(
+    config: &Config,
+    rules: RuleSet,
+    ha: Option<Term>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Ended, DaemonError> {
     let Opened {
         prom,
         tx,
@@ -160,7 +188,16 @@ pub async fn run(
         mut hup,
         token,
         dir,
-    } = startup::open(&config, rules).await?;
+    } = startup::open(config, rules, ha.as_ref()).await?;
+    let node = ha.map(|t| t.node);
+    let lost = async {
+        match &node {
+            Some(n) => n.lost_leadership().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lost);
+    let mut ended = Ended::Shutdown;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let misses = Arc::new(AtomicU64::new(0));
@@ -241,7 +278,7 @@ pub async fn run(
             _ = async { tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if reload_at.is_some() => {
                 reload_at = None;
                 hup_pending = false;
-                reload::reload_told(&mut engine, &mut sched, &config);
+                reload::reload_told(&mut engine, &mut sched, config);
             }
             Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
             _ = tick.tick() => {
@@ -288,6 +325,11 @@ pub async fn run(
                 }
             },
             _ = &mut shutdown => break,
+            _ = &mut lost => {
+                error!("this instance no longer leads its group: no new step starts; back to standby");
+                ended = Ended::LostLeadership;
+                break;
+            }
         }
     }
 
@@ -298,7 +340,11 @@ pub async fn run(
             engine.handle(msg);
         }
     }
-    flush_pages(&engine).await;
+    // A former leader leaves its pages to the next one (they wait in
+    // etcd): delivering them now could send them twice.
+    if ended == Ended::Shutdown {
+        flush_pages(&engine).await;
+    }
     let _ = deliver_stop_tx.send(true);
     let _ = delivery.await;
     let _ = server.await;
@@ -311,7 +357,7 @@ pub async fn run(
     }
     let missed = misses.load(Ordering::Relaxed);
     info!(missed_evaluations = missed, "stopped");
-    Ok(())
+    Ok(ended)
 }
 
 /// Serves the API until `stop` turns true.

@@ -155,7 +155,9 @@ pub fn global_notification(
         rule: None,
         incident: None,
         severity: match event {
-            PageEvent::Blind | PageEvent::StateUnwritable => crate::config::Severity::Critical,
+            PageEvent::Blind | PageEvent::StateUnwritable | PageEvent::HaCannotAct => {
+                crate::config::Severity::Critical
+            }
             PageEvent::ReloadFailed | PageEvent::JournalDamaged => crate::config::Severity::Error,
             _ => crate::config::Severity::Info,
         },
@@ -167,7 +169,10 @@ pub fn global_notification(
         labels: BTreeMap::new(),
         runbook_url: None,
         dashboard_url: None,
-        resolve: matches!(event, PageEvent::Seeing | PageEvent::StateWritable),
+        resolve: matches!(
+            event,
+            PageEvent::Seeing | PageEvent::StateWritable | PageEvent::HaCanAct
+        ),
         dry_run: false,
         drill: false,
         started,

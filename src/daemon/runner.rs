@@ -41,6 +41,17 @@ pub(super) async fn run_action(
             ));
         }
         crate::notify::outbox::crash_point("intent_written");
+        // In a group, leadership is checked again right before the step:
+        // a leader that lost it since the commit starts nothing (the next
+        // leader reports the committed intent as interrupted).
+        let fence = journal
+            .lock()
+            .map_err(|_| "the journal's lock is poisoned".to_string())
+            .and_then(|j| j.may_act());
+        if let Err(why) = fence {
+            error!(rule = %ctx.rule, incident = %ctx.incident, "{} step {} not run: {why}", action.name, i + 1);
+            return ActionResult::Failed(format!("step {} not run: {why}", i + 1));
+        }
         let outcome = if dry_run {
             info!(rule = %ctx.rule, incident = %ctx.incident, "dry-run: would run {}: {describe}", action.name);
             StepOutcome {

@@ -49,7 +49,11 @@ pub(super) fn snapshot_entries(
     out
 }
 
-pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, DaemonError> {
+pub(super) async fn open(
+    config: &Config,
+    rules: RuleSet,
+    ha: Option<&Term>,
+) -> Result<Opened, DaemonError> {
     let prom = Prom::new(&config.prometheus).map_err(DaemonError::Prometheus)?;
     let dir = config.state_dir.clone();
     state_dir::prepare(&dir)?;
@@ -94,12 +98,7 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
             "resolves to an empty string: no request could ever match it; put a long random token in it (e.g. `openssl rand -hex 32`)".into(),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| DaemonError::Listen {
-            addr: config.listen,
-            problem: state_dir::describe(&e),
-        })?;
+    let listener = bind_retrying(config.listen).await?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| DaemonError::Signal(e.to_string()))?;
 
@@ -149,8 +148,15 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
     }
     health::archive_incidents(&dir);
     crate::notify::outbox::crash_point("before_compaction");
-    let journal = Journal::open_compacted(&dir, &snapshot_entries(&states, &shared))
+    let mut journal = Journal::open_compacted(&dir, &snapshot_entries(&states, &shared))
         .map_err(|e| state_dir::error(&journal_path, &e))?;
+    // In a group, every commit from here on is the leader's, fenced.
+    if let Some(t) = ha {
+        journal.fence = Some(t.node.clone());
+        let node = t.node.clone();
+        outbox.on_finished = Some(Arc::new(move |key: &str| node.page_finished(key)));
+        metrics.ha_leader.set(1);
+    }
     // The compacted journal names no page: the outbox's tombstones can go.
     outbox.forget_finished();
 
@@ -186,7 +192,11 @@ pub(super) async fn open(config: &Config, rules: RuleSet) -> Result<Opened, Daem
         state_since: HashMap::new(),
         claimed: HashMap::new(),
         joiners: HashMap::new(),
+        ha: ha.map(|t| t.node.clone()),
     };
+    if let Some(t) = ha {
+        group::begin_term(&mut engine, t);
+    }
 
     resume(&mut engine, &replayed.uncertain, &replayed.interrupted);
 
@@ -266,6 +276,29 @@ fn resume(
                 },
                 at,
             ),
+        }
+    }
+}
+
+/// Binds the listener; a port still held for a moment (a standby's
+/// listener closing as its term begins) is tried again for two seconds.
+pub(super) async fn bind_retrying(
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, DaemonError> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(DaemonError::Listen {
+                    addr,
+                    problem: state_dir::describe(&e),
+                })
+            }
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct Stats {
     pub dropped: u64,
 }
 
+/// Told each finished page's key.
+pub type FinishedHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 pub struct Outbox {
     dir: PathBuf,
     items: BTreeMap<u64, Delivery>,
@@ -91,6 +94,9 @@ pub struct Outbox {
     pub stats: Stats,
     /// Where drops are counted (deliveries are counted by `deliver`).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Told the key of each keyed page once it is finished (HA: the shared
+    /// copy of the page in etcd is deleted).
+    pub on_finished: Option<FinishedHook>,
 }
 
 impl Outbox {
@@ -144,6 +150,7 @@ impl Outbox {
             max_age: DEFAULT_MAX_AGE,
             stats: Stats::default(),
             metrics: None,
+            on_finished: None,
         })
     }
 
@@ -275,6 +282,9 @@ impl Outbox {
             if d.key.is_empty() {
                 return;
             }
+        }
+        if let Some(f) = &self.on_finished {
+            f(&d.key);
         }
         let h = key_hash(&d.key);
         let tomb = self.dir.join("done").join(&h);

@@ -61,6 +61,8 @@ pub fn dedup_key(n: &Notification) -> String {
     n.incident.clone().unwrap_or_else(|| match n.event {
         PageEvent::Blind | PageEvent::Seeing => "ripcord-blind".into(),
         PageEvent::StateUnwritable | PageEvent::StateWritable => "ripcord-state-dir".into(),
+        // One alert for the whole group, whichever instance pages it.
+        PageEvent::HaCannotAct | PageEvent::HaCanAct => "ripcord-ha-cannot-act".into(),
         PageEvent::RuleUnevaluable | PageEvent::RuleEvaluable => format!(
             "ripcord-unevaluable-{}",
             n.rule.as_deref().unwrap_or_default()

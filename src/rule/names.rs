@@ -108,6 +108,9 @@ names! {
         StateWritable = "state_writable",
         ReloadFailed = "reload_failed",
         JournalDamaged = "journal_damaged",
+        LeaderChanged = "leader_changed",
+        HaCannotAct = "ha_cannot_act",
+        HaCanAct = "ha_can_act",
     }
 }
 
@@ -125,6 +128,7 @@ names! {
         Reload = "reload",
         ReloadFailed = "reload_failed",
         StateDir = "state_dir",
+        Leader = "leader",
     }
 }
 

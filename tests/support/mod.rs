@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+pub mod etcd;
 pub mod live;
 pub mod net;
 pub mod receivers;
