@@ -19,8 +19,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::etcd::Etcd;
-use support::live::{http_get, recorded, recorder, wait_until, Exporter, Prometheus, Ripcord};
+use support::etcd::{leading, spawn_campaigning as spawn, status, Etcd};
+use support::live::{recorded, recorder, wait_until, Exporter, Prometheus, Ripcord};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -169,25 +169,6 @@ fn run(ttl: Duration, trials: usize) -> Value {
         "ratio_to_bound": med / (ttl.as_secs_f64() + 1.0),
         "failover_minus_detect": med - median(&detect),
     })
-}
-
-fn spawn(rc: &mut Ripcord) {
-    let before = rc.log().len();
-    rc.spawn();
-    wait_until("the instance to campaign", Duration::from_secs(20), || {
-        rc.log()
-            .get(before..)
-            .is_some_and(|l| l.contains("ha: campaigning"))
-    });
-}
-
-fn status(rc: &Ripcord) -> Option<Value> {
-    let (code, body) = http_get(rc.listen, "/api/v1/status")?;
-    (code == 200).then(|| serde_json::from_str(&body).ok())?
-}
-
-fn leading(rc: &Ripcord) -> Option<bool> {
-    status(rc).and_then(|s| s["ha"]["leading"].as_bool())
 }
 
 fn members_seen(rc: &Ripcord) -> usize {

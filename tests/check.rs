@@ -199,3 +199,41 @@ fn the_packaged_config_is_all_defaults_commented_or_not() {
     assert_eq!(describe(&shipped), defaults);
     assert_eq!(describe(&dir.path().join("ripcord.yaml")), defaults);
 }
+
+#[test]
+fn a_bad_ha_block_is_reported_at_each_fault() {
+    let dir = files(&[(
+        "ripcord.yaml",
+        "rules: []\nha:\n  name: \"bad name\"\n  etcd:\n    endpoints: [http://127.0.0.1:2379, \"https://u:p@etcd:2379\", ftp://x, https://etcd:2379]\n    prefix: nope\n    lease_ttl: 1s\n    username: u\n",
+    )]);
+    let out = ripcord_in(dir.path(), &["check", "-c", "ripcord.yaml"]);
+    assert_eq!(out.code, 1);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    for want in [
+        "ripcord.yaml:3:9: ha.name `bad name` must be",
+        "ripcord.yaml:5:40: etcd endpoint `https://***@etcd:2379` carries credentials",
+        "ripcord.yaml:5:65: etcd endpoint `ftp://x` must start with http:// or https://",
+        "ripcord.yaml:5:74: etcd endpoint `https://etcd:2379` is https: set ha.etcd.ca_file",
+        "ripcord.yaml:6:13: ha.etcd.prefix `nope` must be a key path",
+        "ripcord.yaml:7:16: ha.etcd.lease_ttl 1s must be between 2s and 5m",
+        "ripcord.yaml:8:15: ha.etcd.username without ha.etcd.password",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(want)),
+            "{want:?} not in:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        !out.stderr.contains("u:p"),
+        "no credential shown: {}",
+        out.stderr
+    );
+    // A good block checks clean.
+    let dir = files(&[(
+        "ripcord.yaml",
+        "rules: []\nha: {name: host-a, etcd: {endpoints: [http://127.0.0.1:2379], prefix: /ripcord/x, lease_ttl: 5s}}\n",
+    )]);
+    let out = ripcord_in(dir.path(), &["check", "-c", "ripcord.yaml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::support::etcd::{Etcd, Proxy};
+use crate::support::etcd::{self, spawn_campaigning, status, Etcd, Proxy};
 use crate::support::live::{
     http_get, recorded, recorder, wait_until, Exporter, Prometheus, Ripcord,
 };
@@ -86,23 +86,8 @@ impl Group {
     }
 }
 
-fn spawn_campaigning(rc: &mut Ripcord) {
-    let before = rc.log().len();
-    rc.spawn();
-    wait_until("the instance to campaign", Duration::from_secs(20), || {
-        rc.log()
-            .get(before..)
-            .is_some_and(|l| l.contains("ha: campaigning"))
-    });
-}
-
-fn status(rc: &Ripcord) -> Option<Value> {
-    let (code, body) = http_get(rc.listen, "/api/v1/status")?;
-    (code == 200).then(|| serde_json::from_str(&body).ok())?
-}
-
 fn leading(rc: &Ripcord) -> bool {
-    status(rc).is_some_and(|s| s["ha"]["leading"] == Value::Bool(true))
+    etcd::leading(rc) == Some(true)
 }
 
 fn wait_leader<'a>(members: &[&'a Ripcord], deadline: Duration) -> &'a Ripcord {
@@ -181,6 +166,23 @@ fn three_instances_one_breach_the_step_runs_exactly_once() {
         "{keys:?}"
     );
     assert!(!keys.iter().any(|k| k.contains("/step/")), "{keys:?}");
+    // A clean stop resigns: another instance leads before the lease could
+    // have expired, pages why, and runs nothing again.
+    let old = leader.listen;
+    let mut all = [a, b, c];
+    let li = all.iter().position(|m| m.listen == old).unwrap_or_default();
+    let stopped = Instant::now();
+    let _ = all[li].signal(Signal::SIGTERM);
+    let rest: Vec<&Ripcord> = all.iter().filter(|m| m.listen != old).collect();
+    let next = wait_leader(&rest, LONG);
+    assert!(stopped.elapsed() < TTL, "led after {:?}", stopped.elapsed());
+    wait_until("the leader_changed page", LONG, || {
+        g.hook.requests().iter().any(|r| {
+            r.body.contains("\"event\":\"leader_changed\"") && r.body.contains("was stopped")
+        })
+    });
+    wait_evaluations(next, 3);
+    assert_eq!(g.starts("undo-a"), 1, "{:?}", recorded(&g.rec));
 }
 
 fn leader_name(rc: &Ripcord) -> Value {

@@ -55,17 +55,21 @@ fn load_ha(cx: &mut Ctx, at: &At, h: raw::RawHa, base: &Path) -> Option<HaConfig
         cx.error(&etcd.key("endpoints"), "ha.etcd.endpoints is empty: list every member of the etcd cluster, e.g. [http://10.0.0.1:2379, http://10.0.0.2:2379, http://10.0.0.3:2379]");
         ok = false;
     }
+    let has_ca = h.etcd.ca_file.is_some();
     for (i, e) in endpoints.iter().enumerate() {
-        if !is_http_url(e) {
-            cx.error(
-                &etcd.key("endpoints").index(i),
-                format!(
-                    "etcd endpoint `{}` must start with http:// or https://",
-                    crate::body::redact_url(e)
-                ),
-            );
-            ok = false;
-        }
+        let at = etcd.key("endpoints").index(i);
+        let shown = crate::body::redact_url(e);
+        let problem = if !is_http_url(e) {
+            format!("etcd endpoint `{shown}` must start with http:// or https://")
+        } else if shown != *e {
+            format!("etcd endpoint `{shown}` carries credentials: they would reach logs; use ha.etcd.username and password")
+        } else if e.starts_with("https://") && !has_ca {
+            format!("etcd endpoint `{e}` is https: set ha.etcd.ca_file to the CA (PEM) that signed etcd's certificate")
+        } else {
+            continue;
+        };
+        cx.error(&at, problem);
+        ok = false;
     }
     let prefix = h.etcd.prefix.unwrap_or_else(|| DEFAULT_HA_PREFIX.into());
     let prefix = prefix.trim_end_matches('/').to_string();
@@ -78,29 +82,36 @@ fn load_ha(cx: &mut Ctx, at: &At, h: raw::RawHa, base: &Path) -> Option<HaConfig
         cx.error(&etcd.key("lease_ttl"), format!("ha.etcd.lease_ttl {} must be between 2s and 5m: a failover takes about this long, and etcd refuses leases much shorter than its election timeout", humantime::format_duration(lease_ttl)));
         ok = false;
     }
+    let mut both = |cx: &mut Ctx, names: (&str, &str), set: (bool, bool)| {
+        if set.0 != set.1 {
+            let (given, missing) = if set.0 { names } else { (names.1, names.0) };
+            cx.error(
+                &etcd.key(given),
+                format!("ha.etcd.{given} without ha.etcd.{missing}: set both, or neither"),
+            );
+            ok = false;
+        }
+    };
+    both(
+        cx,
+        ("username", "password"),
+        (h.etcd.username.is_some(), h.etcd.password.is_some()),
+    );
+    both(
+        cx,
+        ("cert_file", "key_file"),
+        (h.etcd.cert_file.is_some(), h.etcd.key_file.is_some()),
+    );
     let auth = match (h.etcd.username, h.etcd.password) {
         (Some(u), Some(p)) => {
             source::warn_inline_secret(cx, &etcd.key("password"), &p, "ha.etcd.password");
             Some((u, p))
         }
-        (None, None) => None,
-        _ => {
-            cx.error(&etcd, "ha.etcd: set both username and password, or neither");
-            ok = false;
-            None
-        }
+        _ => None,
     };
     let identity = match (h.etcd.cert_file, h.etcd.key_file) {
         (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
-        (None, None) => None,
-        _ => {
-            cx.error(
-                &etcd,
-                "ha.etcd: set both cert_file and key_file, or neither",
-            );
-            ok = false;
-            None
-        }
+        _ => None,
     };
     let ca_file = h.etcd.ca_file.map(|c| base.join(c));
     let tls = (ca_file.is_some() || identity.is_some()).then_some(EtcdTls { ca_file, identity });

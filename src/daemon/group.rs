@@ -197,12 +197,7 @@ impl Standby {
         rules: &RuleSet,
         node: Arc<Node>,
     ) -> Result<Standby, DaemonError> {
-        let token = config
-            .api_token
-            .as_ref()
-            .map(|t| t.resolve())
-            .transpose()
-            .map_err(|e| DaemonError::Token(e.to_string()))?;
+        let token = resolve_token(config)?;
         // The term that just ended may still hold the port for a moment.
         let listener = startup::bind_retrying(config.listen).await?;
         let metrics = Arc::new(Metrics::new());
@@ -211,14 +206,11 @@ impl Standby {
         let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(16);
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = serve_api(
+            config,
             listener,
-            crate::api::router(
-                metrics.clone(),
-                token,
-                control_tx,
-                config.web_read,
-                crate::body::redact_url(&config.prometheus.url),
-            ),
+            &metrics,
+            token,
+            control_tx,
             stop_rx.clone(),
         );
         let outbox_dir = config.state_dir.join("ha-outbox");
@@ -226,17 +218,14 @@ impl Standby {
         let outbox = Arc::new(Mutex::new(outbox));
         let notifiers = rules.notifiers.clone();
         let wake = Arc::new(tokio::sync::Notify::new());
-        let delivery = tokio::spawn(crate::notify::outbox::deliver(
+        let delivery = spawn_delivery(
+            config,
             outbox.clone(),
             Arc::new(std::sync::RwLock::new(notifiers.clone())),
-            crate::notify::RenderContext {
-                prometheus_url: crate::body::redact_url(&config.prometheus.url),
-                host: hostname(),
-            },
             wake.clone(),
             stop_rx.clone(),
-            metrics.clone(),
-        ));
+            &metrics,
+        );
         let mode = match config.mode {
             crate::config::Mode::Enforce => "enforce",
             crate::config::Mode::DryRun => "dry-run",

@@ -220,28 +220,22 @@ async fn run_term(
         metrics.set_state(name, state);
     }
     let server = serve_api(
+        config,
         listener,
-        crate::api::router(
-            metrics.clone(),
-            token,
-            control_tx,
-            config.web_read,
-            crate::body::redact_url(&config.prometheus.url),
-        ),
+        &metrics,
+        token,
+        control_tx,
         stop_rx.clone(),
     );
     let (deliver_stop_tx, deliver_stop_rx) = watch::channel(false);
-    let delivery = tokio::spawn(crate::notify::outbox::deliver(
+    let delivery = spawn_delivery(
+        config,
         engine.outbox.clone(),
         engine.shared_notifiers.clone(),
-        crate::notify::RenderContext {
-            prometheus_url: crate::body::redact_url(&config.prometheus.url),
-            host: hostname(),
-        },
         engine.wake.clone(),
         deliver_stop_rx,
-        metrics.clone(),
-    ));
+        &metrics,
+    );
     // Reload on SIGHUP, and on edits in the rule directories (debounced:
     // editors write, rename and touch in bursts).
     let (_watcher, mut watch_rx) = reload::watch_rule_dirs(&config.rule_globs);
@@ -360,12 +354,60 @@ async fn run_term(
     Ok(ended)
 }
 
-/// Serves the API until `stop` turns true.
+/// The pages' delivery task, until `stop` turns true.
+fn spawn_delivery(
+    config: &Config,
+    outbox: Arc<Mutex<Outbox>>,
+    notifiers: Arc<std::sync::RwLock<BTreeMap<String, Arc<crate::config::Notifier>>>>,
+    wake: Arc<tokio::sync::Notify>,
+    stop: watch::Receiver<bool>,
+    metrics: &Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(crate::notify::outbox::deliver(
+        outbox,
+        notifiers,
+        crate::notify::RenderContext {
+            prometheus_url: crate::body::redact_url(&config.prometheus.url),
+            host: hostname(),
+        },
+        wake,
+        stop,
+        metrics.clone(),
+    ))
+}
+
+/// The API token, resolved (an empty one is refused).
+fn resolve_token(config: &Config) -> Result<Option<crate::config::Secret>, DaemonError> {
+    let token = config
+        .api_token
+        .as_ref()
+        .map(|t| t.resolve())
+        .transpose()
+        .map_err(|e| DaemonError::Token(e.to_string()))?;
+    if token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+        return Err(DaemonError::Token(
+            "resolves to an empty string: no request could ever match it; put a long random token in it (e.g. `openssl rand -hex 32`)".into(),
+        ));
+    }
+    Ok(token)
+}
+
+/// Serves the API and the web page until `stop` turns true.
 fn serve_api(
+    config: &Config,
     listener: tokio::net::TcpListener,
-    app: axum::Router,
+    metrics: &Arc<Metrics>,
+    token: Option<crate::config::Secret>,
+    control: mpsc::Sender<ControlMsg>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let app = crate::api::router(
+        metrics.clone(),
+        token,
+        control,
+        config.web_read,
+        crate::body::redact_url(&config.prometheus.url),
+    );
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.changed().await;

@@ -87,17 +87,7 @@ pub(super) async fn open(
     outbox.max_age = config.outbox.max_age;
     outbox.max_items = config.outbox.max_pages;
     outbox.metrics = Some(metrics.clone());
-    let token = config
-        .api_token
-        .as_ref()
-        .map(|t| t.resolve())
-        .transpose()
-        .map_err(|e| DaemonError::Token(e.to_string()))?;
-    if token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
-        return Err(DaemonError::Token(
-            "resolves to an empty string: no request could ever match it; put a long random token in it (e.g. `openssl rand -hex 32`)".into(),
-        ));
-    }
+    let token = resolve_token(config)?;
     let listener = bind_retrying(config.listen).await?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| DaemonError::Signal(e.to_string()))?;

@@ -259,3 +259,26 @@ impl Drop for Proxy {
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// Starts a ripcord with `ha:` and waits until it campaigns (a standby
+/// never logs "ripcord running").
+pub fn spawn_campaigning(rc: &mut super::live::Ripcord) {
+    let before = rc.log().len();
+    rc.spawn();
+    wait_until("the instance to campaign", Duration::from_secs(20), || {
+        rc.log()
+            .get(before..)
+            .is_some_and(|l| l.contains("ha: campaigning"))
+    });
+}
+
+/// `GET /api/v1/status`, parsed.
+pub fn status(rc: &super::live::Ripcord) -> Option<serde_json::Value> {
+    let (code, body) = super::live::http_get(rc.listen, "/api/v1/status")?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// Whether the instance leads (`None`: it does not answer).
+pub fn leading(rc: &super::live::Ripcord) -> Option<bool> {
+    status(rc).and_then(|s| s["ha"]["leading"].as_bool())
+}
