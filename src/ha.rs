@@ -711,6 +711,14 @@ impl Node {
         });
     }
 
+    /// Deletes a forgotten instance's state (an `ok` instance gone from the
+    /// results), so the keyspace follows what the rules return now. Fenced
+    /// and waited for like every commit: a later state of the same instance
+    /// can never be overtaken by this delete.
+    pub fn forget_state(&self, key: &str) -> Result<(), String> {
+        self.commit_ops(vec![TxnOp::delete(self.key(&format!("state/{key}")), None)])
+    }
+
     /// What a journal entry changes in etcd; `None` for plain events, which
     /// only this instance's journal keeps.
     fn ops_for(&self, e: &Entry) -> Result<Option<Vec<TxnOp>>, String> {

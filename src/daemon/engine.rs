@@ -639,6 +639,11 @@ impl Engine {
                 .is_some_and(|st| instances::forget(&r, &seen, st, at));
             if forget {
                 self.states.remove(&seen.key);
+                if let Some(n) = &self.ha {
+                    if let Err(e) = crate::fsio::blocking(|| n.forget_state(&seen.key)) {
+                        error!(rule = %seen.key, "{e}");
+                    }
+                }
                 self.recent.remove(&seen.key);
                 self.state_since.remove(&seen.key);
                 self.metrics.clear_state(&seen.key);

@@ -327,6 +327,11 @@ async fn run_term(
         }
     }
 
+    // A former leader delivers nothing more: its waiting pages are in etcd
+    // for the next leader, and sending them too could send them twice.
+    if ended == Ended::LostLeadership {
+        let _ = deliver_stop_tx.send(true);
+    }
     wind_down(&mut engine, &mut sched, &mut rx).await;
     let _ = stop_tx.send(true);
     while let Ok(msg) = rx.try_recv() {
@@ -334,8 +339,6 @@ async fn run_term(
             engine.handle(msg);
         }
     }
-    // A former leader leaves its pages to the next one (they wait in
-    // etcd): delivering them now could send them twice.
     if ended == Ended::Shutdown {
         flush_pages(&engine).await;
     }
