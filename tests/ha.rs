@@ -158,6 +158,20 @@ fn three_instances_one_breach_the_step_runs_exactly_once() {
     wait_until("the step to run", LONG, || g.starts("undo-a") == 1);
     wait_evaluations(leader, 5);
     assert_eq!(g.starts("undo-a"), 1, "{:?}", recorded(&g.rec));
+    // The standbys are warm: the leader's incident, their own fresh values.
+    for o in &others {
+        wait_until("the standby to mirror the incident", LONG, || {
+            status(o).is_some_and(|s| {
+                s["rules"].as_array().is_some_and(|rs| {
+                    rs.iter().any(|r| {
+                        r["name"] == "errors{domain=\"a\"}"
+                            && r["incident"].is_string()
+                            && r["values"]["ratio"].as_f64().is_some_and(|v| v > 0.1)
+                    })
+                })
+            })
+        });
+    }
     // The group's state is in etcd: the rule's instance and no intent left.
     let keys = g.etcd.keys("/ripcord/test/");
     assert!(

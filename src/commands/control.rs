@@ -116,9 +116,8 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> Result<(), C
         if !ha.leading {
             writeln!(
                 out,
-                "a standby evaluates and acts on nothing; the leader's `ripcord status` shows the rules"
+                "a standby acts on nothing: below, the states the leader committed to etcd, with this instance's own evaluations"
             )?;
-            return Ok(());
         }
     }
     let paused = match &snap.paused {

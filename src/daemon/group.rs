@@ -1,9 +1,11 @@
 //! `ripcord run` with `ha:`: an instance of a group on etcd ([`crate::ha`]).
 //!
-//! Every instance campaigns for the leader key. A standby evaluates
-//! nothing and acts on nothing: it answers `status` and `/metrics` (who
-//! leads, the members, its lease) and pages, once, when it cannot reach
-//! etcd long enough that nobody may be able to act. The instance that wins
+//! Every instance campaigns for the leader key. A standby is warm: it
+//! evaluates every rule on its schedule and mirrors the states, budget and
+//! pause the leader committed to etcd, so its `status` and web page show
+//! the rules with fresh values; it acts on nothing and feeds no core. It
+//! pages, once, when it cannot reach etcd long enough that nobody may be
+//! able to act. The instance that wins
 //! takes the group's state over from etcd — open incidents, cooldowns,
 //! timers, the budget, interrupted steps (reported, never run again) and
 //! pages not yet delivered (their keys unchanged) — into its own journal,
@@ -185,6 +187,129 @@ pub(super) fn begin_term(engine: &mut Engine, t: &Term) {
     engine.notify_all(n);
 }
 
+/// One instance as a standby last evaluated it: when, each query's value,
+/// and why not if it could not.
+type Seen = (Timestamp, BTreeMap<String, Option<f64>>, Option<String>);
+
+/// What a standby shows: the group's states as the leader committed them
+/// (read from etcd every few seconds) and its own evaluations' values.
+#[derive(Default)]
+struct Mirror {
+    states: BTreeMap<String, RuleState>,
+    shared: Option<Shared>,
+    /// Instance key → when this standby last evaluated it, the values, the
+    /// error if it could not.
+    seen: HashMap<String, Seen>,
+    /// The last evaluation could not reach Prometheus.
+    blind: bool,
+}
+
+impl Mirror {
+    fn load(&mut self, entries: Vec<Entry>) {
+        self.states.clear();
+        for e in entries {
+            match e {
+                Entry::State { rule, state, .. } => {
+                    self.states.insert(rule, *state);
+                }
+                Entry::Shared { shared } => self.shared = Some(shared),
+                _ => {}
+            }
+        }
+    }
+
+    fn saw(&mut self, rule: &Rule, at: Timestamp, eval: &Evaluation) {
+        self.blind = eval.blinding().is_some();
+        let known: Vec<&BTreeMap<String, String>> = instances::of_rule(&self.states, &rule.name)
+            .map(|(_, s)| &s.labels)
+            .collect();
+        for seen in instances::split(rule, eval, &known) {
+            let (values, error) = match &seen.obs {
+                rule::Observation::Samples(m) => (
+                    m.iter()
+                        .map(|(q, s)| {
+                            let v = match s {
+                                rule::Sample::Value(v) => Some(*v),
+                                rule::Sample::Empty => None,
+                            };
+                            (q.clone(), v)
+                        })
+                        .collect(),
+                    None,
+                ),
+                rule::Observation::Failed(e) | rule::Observation::Unevaluable(e) => {
+                    (BTreeMap::new(), Some(e.clone()))
+                }
+            };
+            self.seen.insert(seen.key, (at, values, error));
+        }
+    }
+
+    fn snapshot(
+        &self,
+        rules: &BTreeMap<String, Arc<Rule>>,
+        mode: &str,
+        ha: crate::ha::HaStatus,
+    ) -> Snapshot {
+        let at = now();
+        let mut rows = Vec::new();
+        for (name, r) in rules {
+            let mut keys: Vec<String> = instances::of_rule(&self.states, name)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in self.seen.keys() {
+                if instances::rule_of(k) == name && !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+            if keys.is_empty() {
+                keys.push(name.clone());
+            }
+            keys.sort();
+            for key in keys {
+                let s = self.states.get(&key).cloned().unwrap_or_default();
+                let seen = self.seen.get(&key);
+                rows.push(RuleStatus {
+                    file: r.file.display().to_string(),
+                    condition: r.condition.source().to_string(),
+                    rule: r.name.clone(),
+                    labels: s.labels.clone(),
+                    state: s.name(),
+                    phase: s.phase(),
+                    incident: s.incident().map(|i| i.id.clone()),
+                    opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
+                    last_evaluation: seen
+                        .map(|x| x.0.rfc3339())
+                        .or(s.last_eval.map(|t| t.rfc3339())),
+                    values: seen
+                        .map(|x| x.1.clone())
+                        .unwrap_or_else(|| s.last_values.clone()),
+                    last_error: seen.and_then(|x| x.2.clone()),
+                    name: key,
+                    ..RuleStatus::default()
+                });
+            }
+        }
+        let mut shared = self.shared.clone();
+        Snapshot {
+            version: crate::LONG_VERSION.into(),
+            mode: mode.into(),
+            rules: rows,
+            actions_left_this_hour: shared.as_mut().map_or(0, |s| s.budget.remaining(at)),
+            paused: shared
+                .as_ref()
+                .and_then(|s| s.pause.as_ref().filter(|_| s.paused(at)))
+                .map(|p| crate::api::PauseStatus {
+                    until: p.until.map(|u| u.rfc3339()),
+                    reason: p.reason.clone(),
+                }),
+            prometheus_up: !self.blind,
+            ha: Some(ha),
+            ..Snapshot::default()
+        }
+    }
+}
+
 /// A standby's listener and pages.
 struct Standby {
     stop: watch::Sender<bool>,
@@ -232,21 +357,42 @@ impl Standby {
         };
         let mut stop = stop_rx.clone();
         let watchdog = sd_notify::watchdog_enabled().is_some();
+        // Warm: every rule is evaluated on its schedule, for the status.
+        let rule_map: BTreeMap<String, Arc<Rule>> = rules
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.clone()))
+            .collect();
+        let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+        let mut sched = Scheduler {
+            prom: Prom::new(&config.prometheus).map_err(DaemonError::Prometheus)?,
+            sem: Arc::new(Semaphore::new(MAX_CONCURRENT_EVALUATIONS)),
+            tx,
+            misses: Arc::new(AtomicU64::new(0)),
+            metrics: metrics.clone(),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+        };
+        sched.sync(&rule_map);
         let answer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut mirror = Mirror::default();
             let mut paged = false;
+            let mut rounds = 0u64;
             loop {
                 tokio::select! {
+                    Some(msg) = rx.recv() => {
+                        if let Msg::Evaluated { rule, at, eval } = msg {
+                            if let Some(r) = rule_map.get(&rule) {
+                                mirror.saw(r, at, &eval);
+                            }
+                        }
+                    }
+                    Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
                     Some((c, reply)) = control_rx.recv() => {
                         let st = node.status();
                         let _ = reply.send(match c {
-                            Control::Status => serde_json::to_string(&Snapshot {
-                                version: crate::LONG_VERSION.into(),
-                                mode: mode.into(),
-                                prometheus_up: true,
-                                ha: Some(st),
-                                ..Snapshot::default()
-                            })
+                            Control::Status => serde_json::to_string(&mirror.snapshot(&rule_map, mode, st))
                             .map_err(|e| e.to_string()),
                             _ => Err(format!(
                                 "{} is a standby of {}: {}; send this to the leader",
@@ -260,6 +406,13 @@ impl Standby {
                         });
                     }
                     _ = tick.tick() => {
+                        rounds += 1;
+                        // The leader's committed states, every few seconds.
+                        if rounds % 3 == 1 && node.problem_since().is_none() {
+                            if let Ok(g) = node.load().await {
+                                mirror.load(g.entries);
+                            }
+                        }
                         paged = page_cannot_act(&node, paged, &outbox, &notifiers, &wake);
                         // A standby is healthy while it campaigns.
                         if watchdog && node.campaigning() {
@@ -269,6 +422,7 @@ impl Standby {
                     _ = stop.changed() => break,
                 }
             }
+            sched.stop_all().await;
         });
         Ok(Standby {
             stop: stop_tx,
