@@ -180,16 +180,15 @@ fn three_instances_one_breach_the_step_runs_exactly_once() {
         "{keys:?}"
     );
     assert!(!keys.iter().any(|k| k.contains("/step/")), "{keys:?}");
-    // A clean stop resigns: another instance leads before the lease could
-    // have expired, pages why, and runs nothing again.
+    // A clean stop resigns: another instance leads, pages why (the old
+    // leader was stopped, not its lease expired), and runs nothing again.
     let old = leader.listen;
     let mut all = [a, b, c];
     let li = all.iter().position(|m| m.listen == old).unwrap_or_default();
-    let stopped = Instant::now();
     let _ = all[li].signal(Signal::SIGTERM);
     let rest: Vec<&Ripcord> = all.iter().filter(|m| m.listen != old).collect();
     let next = wait_leader(&rest, LONG);
-    assert!(stopped.elapsed() < TTL, "led after {:?}", stopped.elapsed());
+    // Only a resignation writes this why; an expired lease says so instead.
     wait_until("the leader_changed page", LONG, || {
         g.hook.requests().iter().any(|r| {
             r.body.contains("\"event\":\"leader_changed\"") && r.body.contains("was stopped")

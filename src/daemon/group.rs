@@ -430,16 +430,18 @@ impl Standby {
         })
     }
 
-    /// Ends the standby's tasks and frees its port.
+    /// Ends the standby's tasks and frees its port: within two seconds
+    /// together, then whatever is left is aborted (a takeover waits on it).
     async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let abort = t.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), t)
-                .await
-                .is_err()
-            {
-                abort.abort();
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(Duration::from_secs(2), all)
+            .await
+            .is_err()
+        {
+            for a in aborts {
+                a.abort();
             }
         }
     }
