@@ -25,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod diag;
+pub mod freshness;
 pub mod fsio;
 pub mod ha;
 pub mod journal;

@@ -56,6 +56,10 @@ pub struct Metrics {
     /// 1 while this instance may act: always on a single instance, only
     /// while it leads its group with `ha:`.
     pub ha_leader: Gauge,
+    /// Not exported: where each rule's evaluations are placed against its
+    /// data's scrapes, as the scheduler learned it (`crate::freshness`),
+    /// for `status` and the web page.
+    pub data_phase: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Default for Metrics {
@@ -65,6 +69,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// What the scheduler learned of `rule`'s data phase, if anything.
+    pub fn data_phase(&self, rule: &str) -> Option<String> {
+        self.data_phase.lock().ok()?.get(rule).cloned()
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ripcord");
         let m = Metrics {
@@ -82,6 +91,7 @@ impl Metrics {
             rule_unevaluable: Family::default(),
             state_dir_writable: Gauge::default(),
             ha_leader: Gauge::default(),
+            data_phase: Default::default(),
             registry: Registry::default(),
         };
         registry.register("evaluations", "Rule evaluations", m.evaluations.clone());

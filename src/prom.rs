@@ -5,9 +5,16 @@
 //! as numbers or series with their labels (`QueryResult::into_answer`);
 //! the core splits them into instances (`rule::instances`). `"NaN"`,
 //! `"+Inf"`, `"-Inf"` come back as such (the core treats them as no data).
+//!
+//! One query, many rules: [`Prom::query_shared`] sends a query text once
+//! for every rule asking it for the same instant while it is in flight
+//! (the scheduler puts rules of one interval on one grid of instants).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -223,7 +230,17 @@ pub struct Prom {
     base: String,
     timeout: Duration,
     max_body: usize,
+    /// Queries in flight by (text, instant): later askers wait for the
+    /// same answer instead of sending it again.
+    inflight: Arc<Mutex<HashMap<(String, i64), InFlight>>>,
 }
+
+type InFlight = Shared<BoxFuture<'static, Result<QueryResult, PromError>>>;
+
+/// How long an answer is kept for others asking the same text for the
+/// same instant: rules on one grid tick ask within milliseconds of each
+/// other; older instants are dropped at the next ask.
+const SHARE_WINDOW_MS: i64 = 2_000;
 
 impl Prom {
     /// Builds the client; header secrets are resolved here, once.
@@ -287,7 +304,36 @@ impl Prom {
             base: cfg.url.trim_end_matches('/').to_string(),
             timeout: cfg.timeout,
             max_body: cfg.max_response_bytes,
+            inflight: Arc::default(),
         })
+    }
+
+    /// [`Prom::query`], sent once for all who ask the same text for the
+    /// same instant (while it is in flight, and for a moment after).
+    pub async fn query_shared(&self, expr: &str, at: Timestamp) -> Result<QueryResult, PromError> {
+        let pending = {
+            let Ok(mut m) = self.inflight.lock() else {
+                return self.query(expr, at).await;
+            };
+            m.retain(|(_, t), _| *t > at.0 - SHARE_WINDOW_MS && *t <= at.0 + SHARE_WINDOW_MS);
+            let key = (expr.to_string(), at.0);
+            match m.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    // A copy without the map: the future held in the map
+                    // must not hold the map.
+                    let me = Prom {
+                        inflight: Arc::default(),
+                        ..self.clone()
+                    };
+                    let text = expr.to_string();
+                    let f = async move { me.query(&text, at).await }.boxed().shared();
+                    m.insert(key, f.clone());
+                    f
+                }
+            }
+        };
+        pending.await
     }
 
     /// `GET /api/v1/query?query=…&time=…&timeout=…`.

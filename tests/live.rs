@@ -496,3 +496,169 @@ fn two_incidents_sharing_an_action_run_it_one_after_the_other() {
         );
     }
 }
+
+/// A counter's value in a Prometheus text exposition (summed over series
+/// whose line contains every one of `with`).
+fn counter(text: &str, name: &str, with: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn rules_sharing_a_query_send_it_to_prometheus_once_per_tick() {
+    // Twenty rules of one interval ask the same PromQL: they evaluate on
+    // one grid of instants, and Prometheus is asked once per instant.
+    let exp = Exporter::start("v 1\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    prom.wait_for("v", "\"1\"");
+    let mut rules = String::from("rules:\n");
+    for i in 0..20 {
+        rules.push_str(&format!(
+            "  - name: r{i}\n    every: 1s\n    queries: {{v: max(v)}}\n    condition: v > 5\n"
+        ));
+    }
+    let mut rc = Ripcord::new(&prom.url(), "", &rules);
+    rc.start();
+    let evaluations = || {
+        http_get(rc.listen, "/metrics")
+            .map(|(_, b)| counter(&b, "ripcord_evaluations_total", &[]))
+            .unwrap_or(0.0)
+    };
+    let queries = || {
+        http_get(prom.port, "/metrics")
+            .map(|(_, b)| {
+                counter(
+                    &b,
+                    "prometheus_http_requests_total",
+                    &["handler=\"/api/v1/query\""],
+                )
+            })
+            .unwrap_or(0.0)
+    };
+    // Past the first evaluation (at start, each at its own instant).
+    wait_until("every rule to have evaluated twice", SECS_30, || {
+        evaluations() >= 40.0
+    });
+    let (e0, q0) = (evaluations(), queries());
+    wait_until("a hundred more evaluations", SECS_30, || {
+        evaluations() >= e0 + 100.0
+    });
+    let (e1, q1) = (evaluations(), queries());
+    let (evals, sent) = (e1 - e0, q1 - q0);
+    eprintln!("{sent} queries for {evals} evaluations");
+    assert!(
+        sent * 5.0 <= evals,
+        "{sent} queries reached Prometheus for {evals} evaluations"
+    );
+}
+
+/// The first sample of `series` with value `value` in the last minute:
+/// its timestamp is when Prometheus scraped it (seconds).
+fn first_scraped(prom: &Prometheus, series: &str, value: &str) -> Option<f64> {
+    let body = prom.query(&format!("{series}[1m]"));
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["values"]
+        .as_array()?
+        .iter()
+        .find(|p| p[1] == value)
+        .and_then(|p| p[0].as_f64())
+}
+
+/// The offset that a rule's `data_phase` in `status` says it evaluates at,
+/// in ms within its period ("… evaluates 0.33s past each 1s").
+fn evaluation_offset_ms(phase: &str) -> Option<f64> {
+    let rest = phase.split("evaluates ").nth(1)?;
+    let secs: f64 = rest.split("s past each").next()?.parse().ok()?;
+    Some(secs * 1000.0)
+}
+
+#[test]
+fn evaluations_go_just_after_the_scrape_so_a_breach_is_acted_on_when_scraped() {
+    // Three series that flip at different instants against the scrape;
+    // three `every: 1s` rules, each with its own recording step.
+    let exp = Exporter::start("v{t=\"0\"} 0\nv{t=\"1\"} 0\nv{t=\"2\"} 0\n");
+    let prom = Prometheus::start(&[exp.port()]);
+    // History longer than the probe's window (10 s at every: 1s), so the
+    // scrape interval is measured at once.
+    prom.wait_for("timestamp(v offset 11s)", "\"value\"");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let script = recorder(tmp.path());
+    let rec = tmp.path().join("rec");
+    let mut rules = String::from("actions:\n");
+    for i in 0..3 {
+        rules.push_str(&record_action(&format!("a{i}"), &script, &rec, ""));
+    }
+    rules.push_str("rules:\n");
+    for i in 0..3 {
+        rules.push_str(&format!(
+            "  - name: r{i}\n    every: 1s\n    queries: {{v: 'max(v{{t=\"{i}\"}})'}}\n    condition: v > 0.5\n    actions: [a{i}]\n"
+        ));
+    }
+    let mut rc = Ripcord::new(&prom.url(), "limits: {max_actions_per_hour: 100}\n", &rules);
+    rc.start();
+    // Learned: the data is scraped every second, and where.
+    let mut phase = String::new();
+    wait_until("status to show r0's learned data phase", SECS_30, || {
+        let Some((_, body)) = http_get(rc.listen, "/api/v1/status") else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        phase = v["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == "r0")
+            .and_then(|r| r["data_phase"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        phase.contains("scraped every 1s")
+    });
+    // Prometheus's own word on when it scrapes the exporter: each
+    // sample's timestamp is its scrape's start.
+    let scraped: f64 =
+        serde_json::from_str::<serde_json::Value>(&prom.query("timestamp(v{t=\"0\"})"))
+            .ok()
+            .and_then(|v| v["data"]["result"][0]["value"][1].as_str()?.parse().ok())
+            .expect("the scrape's timestamp");
+    let offset = evaluation_offset_ms(&phase).expect("an offset in the data phase");
+    let lag = (offset - (scraped * 1000.0).rem_euclid(1000.0)).rem_euclid(1000.0);
+    assert!(
+        lag > 0.0 && lag <= 150.0,
+        "evaluations at {offset} ms into each second, the scrape at {:.0} ms: {lag} ms after it ({phase})",
+        (scraped * 1000.0).rem_euclid(1000.0)
+    );
+
+    // Each breach is acted on by the first evaluation after the scrape
+    // that saw it (about 30 ms here), not up to a second later as at an
+    // arbitrary phase.
+    let mut latencies = Vec::new();
+    for i in 0..3 {
+        // Flips at different instants of the scrape cycle.
+        std::thread::sleep(Duration::from_millis(1300 + 300 * i as u64));
+        let mut body = String::new();
+        for j in 0..3 {
+            body.push_str(&format!("v{{t=\"{j}\"}} {}\n", u8::from(j <= i)));
+        }
+        exp.set(&body);
+        let name = format!("a{i}");
+        wait_until(&format!("a{i} to start"), SECS_30, || {
+            recorded(&rec)
+                .iter()
+                .any(|(n, e, _)| *n == name && e == "start")
+        });
+        let started = recorded(&rec)
+            .into_iter()
+            .find(|(n, e, _)| *n == name && e == "start")
+            .map(|(_, _, t)| t)
+            .expect("start");
+        let seen = first_scraped(&prom, &format!("v{{t=\"{i}\"}}"), "1").expect("the scrape of 1");
+        latencies.push(started - seen);
+    }
+    eprintln!("scrape → step start: {latencies:?} ({phase})");
+    assert!(
+        latencies.iter().all(|l| *l > 0.0 && *l < 0.25),
+        "scrape → step start {latencies:?}: an evaluation placed after the scrape acts within a fraction of it ({phase})"
+    );
+}

@@ -87,6 +87,10 @@ pub struct RuleStatus {
     /// Each query's last evaluations, oldest first (`null`: no data).
     #[serde(default)]
     pub recent: Vec<(String, Vec<Option<f64>>)>,
+    /// Where its evaluations are placed against its data's scrapes
+    /// (`every:` rules), once learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_phase: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -207,6 +207,20 @@ pub async fn status(t: &Target, json: bool, out: &mut dyn Write) -> Result<(), C
             values.join(" ")
         )?;
     }
+    // Where each rule's evaluations sit against its data's scrapes (once
+    // per rule, not per instance).
+    let mut timing: Vec<(&str, &str)> = snap
+        .rules
+        .iter()
+        .filter_map(|r| Some((r.rule.as_str(), r.data_phase.as_deref()?)))
+        .collect();
+    timing.dedup();
+    if !timing.is_empty() {
+        writeln!(out, "\nevaluation timing:")?;
+        for (rule, phase) in timing {
+            writeln!(out, "  {rule}: {phase}")?;
+        }
+    }
     Ok(())
 }
 

@@ -138,6 +138,7 @@ impl Engine {
             _ => self.state_since.get(&key).copied(),
         };
         RuleStatus {
+            data_phase: self.metrics.data_phase(&rule.name),
             file: rule.file.display().to_string(),
             condition: rule.condition.source().to_string(),
             since: since.map(|t| t.rfc3339()),

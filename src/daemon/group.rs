@@ -250,6 +250,7 @@ impl Mirror {
         rules: &BTreeMap<String, Arc<Rule>>,
         mode: &str,
         ha: crate::ha::HaStatus,
+        metrics: &Metrics,
     ) -> Snapshot {
         let at = now();
         let mut rows = Vec::new();
@@ -285,6 +286,7 @@ impl Mirror {
                         .map(|x| x.1.clone())
                         .unwrap_or_else(|| s.last_values.clone()),
                     last_error: seen.and_then(|x| x.2.clone()),
+                    data_phase: metrics.data_phase(&r.name),
                     name: key,
                     ..RuleStatus::default()
                 });
@@ -392,7 +394,7 @@ impl Standby {
                     Some((c, reply)) = control_rx.recv() => {
                         let st = node.status();
                         let _ = reply.send(match c {
-                            Control::Status => serde_json::to_string(&mirror.snapshot(&rule_map, mode, st))
+                            Control::Status => serde_json::to_string(&mirror.snapshot(&rule_map, mode, st, &metrics))
                             .map_err(|e| e.to_string()),
                             _ => Err(format!(
                                 "{} is a standby of {}: {}; send this to the leader",
