@@ -2,8 +2,11 @@
 //!
 //! - detection latency: a metric flips at a recorded instant; ripcord's
 //!   first action step starts (an exec step that records the time) versus
-//!   a Prometheus alerting rule → Alertmanager → webhook receiver, at the
-//!   peers' defaults and tuned to ripcord's interval;
+//!   a Prometheus alerting rule → Alertmanager → webhook receiver (at the
+//!   peers' defaults and tuned to the interval) and vmalert → the same
+//!   Alertmanager (tuned), against the limit: when Prometheus first scraped
+//!   the flipped value. At 1 s and 5 s intervals, each pooled over several
+//!   fresh setups;
 //! - evaluation cost: N rules (100, 1 000, 10 000) over matching series, run
 //!   by ripcord and by vmalert one after the other against the same
 //!   Prometheus, at the same interval for the same wall time;
@@ -71,10 +74,15 @@ fn main() {
             .and_then(|i| args.get(i + 1))
     };
     if let Some(n) = opt("--trials").and_then(|n| n.parse().ok()) {
-        plan.trials = n;
+        plan.latency.iter_mut().for_each(|r| r.trials = n);
     }
-    if let Some(s) = opt("--spread").and_then(|s| s.parse().ok()) {
-        plan.spread_defaults = Duration::from_secs(s);
+    if let Some(n) = opt("--setups").and_then(|n| n.parse().ok()) {
+        plan.latency.iter_mut().for_each(|r| r.setups = n);
+    }
+    // `--runs tuned_1s,tuned_5s`: only these latency runs.
+    if let Some(list) = opt("--runs") {
+        let keep: Vec<&str> = list.split(',').collect();
+        plan.latency.retain(|r| keep.contains(&r.name));
     }
     if let Some(list) = opt("--sizes") {
         plan.sizes = list.split(',').filter_map(|n| n.parse().ok()).collect();
@@ -100,6 +108,16 @@ fn main() {
     }
     eprintln!("== detection latency");
     results["latency"] = latency(&plan);
+    // `--latency-only`: the latency runs alone, saved apart.
+    if args.iter().any(|a| a == "--latency-only") {
+        std::fs::write(
+            out.join("results-latency.json"),
+            serde_json::to_string_pretty(&results).expect("json"),
+        )
+        .expect("write results");
+        println!("{}", markdown(&results));
+        return;
+    }
     eprintln!("== evaluation cost");
     let (cost, footprint) = cost(&plan);
     results["cost"] = cost;
@@ -130,13 +148,7 @@ fn main() {
 
 /// What to run: the full benchmark or the tiny one CI runs.
 struct Plan {
-    trials: usize,
-    /// ripcord's rule interval, and the peers' when tuned.
-    interval: Duration,
-    /// The flips are spread over this long (random instants).
-    spread_defaults: Duration,
-    spread_tuned: Duration,
-    peers_at_defaults: bool,
+    latency: Vec<LatencyRun>,
     sizes: Vec<usize>,
     /// Queries a second both evaluators aim at: interval = N / rate.
     query_rate: f64,
@@ -147,12 +159,20 @@ struct Plan {
 
 impl Plan {
     fn full() -> Plan {
+        let run = |name, secs, tuned, setups, trials, spread| LatencyRun {
+            name,
+            interval: Duration::from_secs(secs),
+            tuned,
+            setups,
+            trials,
+            spread: Duration::from_secs(spread),
+        };
         Plan {
-            trials: 20,
-            interval: Duration::from_secs(5),
-            spread_defaults: Duration::from_secs(120),
-            spread_tuned: Duration::from_secs(40),
-            peers_at_defaults: true,
+            latency: vec![
+                run("tuned_1s", 1, true, 4, 8, 12),
+                run("tuned_5s", 5, true, 3, 8, 40),
+                run("defaults_1s", 1, false, 2, 10, 60),
+            ],
             sizes: vec![100, 1000, 10_000],
             query_rate: 200.0,
             min_wall: Duration::from_secs(40),
@@ -162,11 +182,14 @@ impl Plan {
 
     fn tiny() -> Plan {
         Plan {
-            trials: 3,
-            interval: Duration::from_secs(1),
-            spread_defaults: Duration::ZERO,
-            spread_tuned: Duration::from_secs(2),
-            peers_at_defaults: false,
+            latency: vec![LatencyRun {
+                name: "tuned_1s",
+                interval: Duration::from_secs(1),
+                tuned: true,
+                setups: 1,
+                trials: 3,
+                spread: Duration::from_secs(2),
+            }],
             sizes: vec![20],
             query_rate: 20.0,
             min_wall: Duration::from_secs(6),
@@ -180,8 +203,10 @@ impl Plan {
 
     fn describe(&self) -> Value {
         json!({
-            "trials": self.trials,
-            "ripcord_interval_s": self.interval.as_secs_f64(),
+            "latency_runs": self.latency.iter().map(|r| json!({
+                "name": r.name, "interval_s": r.interval.as_secs_f64(), "tuned": r.tuned,
+                "setups": r.setups, "flips_per_setup": r.trials, "spread_s": r.spread.as_secs_f64(),
+            })).collect::<Vec<_>>(),
             "sizes": self.sizes,
             "query_rate": self.query_rate,
         })
@@ -190,70 +215,151 @@ impl Plan {
 
 // ---------------------------------------------------------------- latency
 
+/// One latency configuration, run on several fresh setups and pooled:
+/// where each process's evaluation phase falls against the scrape decides
+/// a single setup's numbers.
+#[derive(Clone)]
+struct LatencyRun {
+    name: &'static str,
+    /// The scrape interval, ripcord's `every:` and, tuned, the peers'
+    /// evaluation interval.
+    interval: Duration,
+    /// Peers tuned to the interval (`group_wait: 0s`), or at their
+    /// defaults (evaluation every 1m, `group_wait: 30s`).
+    tuned: bool,
+    setups: usize,
+    /// Flips per setup.
+    trials: usize,
+    spread: Duration,
+}
+
+/// Every latency run, pooled over its setups.
 fn latency(plan: &Plan) -> Value {
-    let mut runs = Vec::new();
-    if plan.peers_at_defaults {
-        runs.push(("defaults", None, plan.spread_defaults));
-    }
-    runs.push(("tuned", Some(plan.interval), plan.spread_tuned));
     let mut out = json!({});
-    let mut ripcord_all = Vec::new();
-    for (name, peer_interval, spread) in runs {
-        eprintln!("-- {name}: {} trials over {spread:?}", plan.trials);
-        let (ripcord, peers) = latency_run(plan, peer_interval, spread);
-        eprintln!(
-            "   ripcord median {:.2}s, Prometheus+Alertmanager median {:.2}s",
-            median(&ripcord),
-            median(&peers)
-        );
-        ripcord_all.extend(ripcord.iter().copied());
-        out[name] = json!({
-            "peer_eval_interval_s": peer_interval.map_or(60.0, |d| d.as_secs_f64()),
-            "peer_group_wait_s": if peer_interval.is_some() { 0.0 } else { 30.0 },
-            "ripcord": summary(&ripcord),
-            "peers": summary(&peers),
-            "ratio_median": median(&peers) / median(&ripcord),
+    for run in &plan.latency {
+        let mut pooled = Samples::default();
+        let mut per_setup = Vec::new();
+        for setup in 0..run.setups {
+            eprintln!(
+                "-- latency {}: setup {}/{}, {} flips over {:?}",
+                run.name,
+                setup + 1,
+                run.setups,
+                run.trials,
+                run.spread
+            );
+            let s = latency_setup(run);
+            eprintln!(
+                "   medians: scraped {:.2}s, ripcord {:.2}s, Prometheus+AM {:.2}s, vmalert+AM {:.2}s",
+                median(&s.scraped),
+                median(&s.ripcord),
+                median(&s.prometheus),
+                median(&s.vmalert)
+            );
+            per_setup.push(json!({
+                "scraped_median_s": median(&s.scraped),
+                "ripcord_median_s": median(&s.ripcord),
+                "prometheus_median_s": median(&s.prometheus),
+                "vmalert_median_s": median(&s.vmalert),
+            }));
+            pooled.extend(s);
+        }
+        let ratio = |a: &[f64], b: &[f64], f: fn(&[f64]) -> f64| {
+            if b.is_empty() {
+                Value::Null
+            } else {
+                json!(f(a) / f(b))
+            }
+        };
+        let max = |xs: &[f64]| xs.iter().copied().fold(f64::NAN, f64::max);
+        out[run.name] = json!({
+            "interval_s": run.interval.as_secs_f64(),
+            "tuned": run.tuned,
+            "setups": run.setups,
+            "peer_eval_interval_s": if run.tuned { run.interval.as_secs_f64() } else { 60.0 },
+            "peer_group_wait_s": if run.tuned { 0.0 } else { 30.0 },
+            "scraped": summary(&pooled.scraped),
+            "ripcord": summary(&pooled.ripcord),
+            "prometheus": summary(&pooled.prometheus),
+            "vmalert": if pooled.vmalert.is_empty() { Value::Null } else { summary(&pooled.vmalert) },
+            "per_setup": per_setup,
+            "ripcord_over_prometheus_median": ratio(&pooled.ripcord, &pooled.prometheus, median),
+            "ripcord_over_prometheus_max": ratio(&pooled.ripcord, &pooled.prometheus, max),
+            "ripcord_over_vmalert_median": ratio(&pooled.ripcord, &pooled.vmalert, median),
+            "ripcord_over_scraped_median": ratio(&pooled.ripcord, &pooled.scraped, median),
         });
     }
-    out["ripcord_all"] = summary(&ripcord_all);
     out
 }
 
-/// One run: `trials` series flip from 0 to 1 at random instants; ripcord
-/// and Prometheus + Alertmanager watch the same series. The seconds from
-/// each flip to ripcord's step and to the webhook, per trial.
-fn latency_run(
-    plan: &Plan,
-    peer_interval: Option<Duration>,
-    spread: Duration,
-) -> (Vec<f64>, Vec<f64>) {
+/// Seconds from each flip, per path.
+#[derive(Default)]
+struct Samples {
+    /// Until Prometheus first scraped the flipped value: the limit.
+    scraped: Vec<f64>,
+    /// Until ripcord's rollback step started.
+    ripcord: Vec<f64>,
+    /// Prometheus' rule → Alertmanager → the webhook.
+    prometheus: Vec<f64>,
+    /// vmalert → Alertmanager → the webhook (tuned runs).
+    vmalert: Vec<f64>,
+}
+
+impl Samples {
+    fn extend(&mut self, o: Samples) {
+        self.scraped.extend(o.scraped);
+        self.ripcord.extend(o.ripcord);
+        self.prometheus.extend(o.prometheus);
+        self.vmalert.extend(o.vmalert);
+    }
+}
+
+/// One fresh setup: `trials` series flip from 0 to 1 at random instants;
+/// ripcord, Prometheus + Alertmanager and (tuned) vmalert + the same
+/// Alertmanager watch the same series in the same Prometheus.
+fn latency_setup(run: &LatencyRun) -> Samples {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
-    let trials = plan.trials;
+    let trials = run.trials;
+    let secs = run.interval.as_secs().max(1);
+    // The flags, and when each flipped value was first served to a scrape.
     let flags = Arc::new(Mutex::new(vec![0u8; trials]));
+    let served: Arc<Mutex<BTreeMap<usize, f64>>> = Arc::default();
     let exporter = {
-        let flags = flags.clone();
+        let (flags, served) = (flags.clone(), served.clone());
         Server::start(move |_, _| {
+            let at = now();
             let f = flags.lock().expect("lock");
+            let mut s = served.lock().expect("lock");
             let mut body = String::from("# TYPE bench_flag gauge\n");
             for (i, v) in f.iter().enumerate() {
+                if *v == 1 {
+                    s.entry(i).or_insert(at);
+                }
                 body.push_str(&format!("bench_flag{{trial=\"{i}\"}} {v}\n"));
             }
             (200, body)
         })
     };
-    // The webhook receiver: the first firing alert of each trial.
-    let hooked: Arc<Mutex<BTreeMap<usize, f64>>> = Arc::default();
+    // The webhook receiver: the first firing alert of each (source, trial).
+    let hooked: Arc<Mutex<BTreeMap<(String, usize), f64>>> = Arc::default();
     let hook = {
         let hooked = hooked.clone();
         Server::start(move |_, body| {
             let at = now();
             if let Ok(v) = serde_json::from_str::<Value>(body) {
                 for a in v["alerts"].as_array().into_iter().flatten() {
+                    let l = &a["labels"];
                     if a["status"] == "firing" {
-                        if let Some(t) = a["labels"]["trial"].as_str().and_then(|t| t.parse().ok())
-                        {
-                            hooked.lock().expect("lock").entry(t).or_insert(at);
+                        if let (Some(src), Some(t)) = (
+                            l["source"].as_str(),
+                            l["trial"].as_str().and_then(|t| t.parse().ok()),
+                        ) {
+                            hooked
+                                .lock()
+                                .expect("lock")
+                                .entry((src.to_string(), t))
+                                .or_insert(at);
                         }
                     }
                 }
@@ -262,7 +368,7 @@ fn latency_run(
         })
     };
     let am_port = free_port();
-    let group_wait = if peer_interval.is_some() {
+    let group_wait = if run.tuned {
         "group_wait: 0s\n  group_interval: 1s\n  "
     } else {
         ""
@@ -270,7 +376,7 @@ fn latency_run(
     std::fs::write(
         dir.join("am.yml"),
         format!(
-            "route:\n  receiver: hook\n  group_by: [trial]\n  {group_wait}\nreceivers:\n  - name: hook\n    webhook_configs: [{{url: \"http://127.0.0.1:{}/\", send_resolved: false}}]\n",
+            "route:\n  receiver: hook\n  group_by: [source, trial]\n  {group_wait}\nreceivers:\n  - name: hook\n    webhook_configs: [{{url: \"http://127.0.0.1:{}/\", send_resolved: false}}]\n",
             hook.port
         ),
     )
@@ -285,23 +391,42 @@ fn latency_run(
             "--cluster.listen-address=",
         ]),
     );
-    let eval = peer_interval.map_or(String::new(), |d| {
-        format!(", evaluation_interval: {}s", d.as_secs())
-    });
-    std::fs::write(
-        dir.join("alerts.yml"),
-        "groups:\n  - name: bench\n    rules:\n      - alert: BenchBreach\n        expr: bench_flag > 0.5\n",
-    )
-    .expect("alerts.yml");
+    let alert = "groups:\n  - name: bench\n    rules:\n      - alert: BenchBreach\n        expr: bench_flag > 0.5\n";
+    std::fs::write(dir.join("alerts.yml"), alert).expect("alerts.yml");
+    let eval = if run.tuned {
+        format!(", evaluation_interval: {secs}s")
+    } else {
+        String::new()
+    };
     let prom = Prom::start(
         dir,
         &format!(
-            "global: {{scrape_interval: 1s{eval}}}\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers: [{{static_configs: [{{targets: [\"127.0.0.1:{am_port}\"]}}]}}]\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
+            "global: {{scrape_interval: {secs}s{eval}, external_labels: {{source: prometheus}}}}\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers: [{{static_configs: [{{targets: [\"127.0.0.1:{am_port}\"]}}]}}]\nscrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
             dir.join("alerts.yml").display(),
             exporter.port
         ),
     );
     prom.wait_for_series("count(bench_flag)", trials);
+    // vmalert, tuned the same way, into the same Alertmanager.
+    let vmalert = run.tuned.then(|| {
+        std::fs::write(
+            dir.join("vmalert.yml"),
+            format!("groups:\n  - name: bench\n    interval: {secs}s\n    rules:\n      - alert: BenchBreach\n        expr: bench_flag > 0.5\n"),
+        )
+        .expect("vmalert.yml");
+        Proc::spawn(
+            dir,
+            "vmalert",
+            Command::new("vmalert").args([
+                &format!("-datasource.url={}", prom.url()),
+                &format!("-rule={}", dir.join("vmalert.yml").display()),
+                &format!("-notifier.url=http://127.0.0.1:{am_port}"),
+                &format!("-httpListenAddr=127.0.0.1:{}", free_port()),
+                &format!("-evaluationInterval={secs}s"),
+                "-external.label=source=vmalert",
+            ]),
+        )
+    });
 
     // ripcord: one rule and one action per trial (two incidents never run
     // the same action at once), each recording when its step starts.
@@ -318,8 +443,7 @@ fn latency_run(
     rules.push_str("rules:\n");
     for i in 0..trials {
         rules.push_str(&format!(
-            "  - name: trial-{i}\n    every: {}s\n    queries: {{v: 'bench_flag{{trial=\"{i}\"}}'}}\n    condition: v > 0.5\n    actions: [record-{i}]\n",
-            plan.interval.as_secs()
+            "  - name: trial-{i}\n    every: {secs}s\n    queries: {{v: 'bench_flag{{trial=\"{i}\"}}'}}\n    condition: v > 0.5\n    actions: [record-{i}]\n"
         ));
     }
     let ripcord = Ripcord::start(
@@ -329,11 +453,32 @@ fn latency_run(
         "limits: {max_actions_per_hour: 100000}\n",
     );
     ripcord.wait_ready(Duration::from_secs(30));
-    // Let both sides evaluate the zeros once before anything flips.
-    std::thread::sleep(plan.interval + Duration::from_secs(1));
+    // Every side has evaluated the zeros (ripcord has placed its
+    // evaluations on the data: its status shows the phase) before
+    // anything flips.
+    wait_until(
+        "ripcord to learn its rules' data phase",
+        Duration::from_secs(60),
+        || {
+            http(
+                "GET",
+                ripcord.api_port,
+                "/api/v1/status",
+                "",
+                Duration::from_secs(5),
+            )
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+            .is_some_and(|v| {
+                v["rules"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().all(|r| r["data_phase"].is_string()))
+            })
+        },
+    );
+    std::thread::sleep(run.interval * 2 + Duration::from_secs(1));
 
     let mut at: Vec<(f64, usize)> = (0..trials)
-        .map(|i| (rand_unit() * spread.as_secs_f64(), i))
+        .map(|i| (rand_unit() * run.spread.as_secs_f64(), i))
         .collect();
     at.sort_by(|a, b| a.0.total_cmp(&b.0));
     let start = Instant::now();
@@ -348,26 +493,35 @@ fn latency_run(
         flipped[i] = now();
     }
     // Defaults: up to 1m evaluation + 30s group wait + scrape and send.
-    let deadline = if peer_interval.is_some() {
+    let deadline = if run.tuned {
         Duration::from_secs(60)
     } else {
         Duration::from_secs(150)
     };
+    let sources: &[&str] = if run.tuned {
+        &["prometheus", "vmalert"]
+    } else {
+        &["prometheus"]
+    };
+    let seen = |src: &str, i: usize| {
+        hooked
+            .lock()
+            .expect("lock")
+            .contains_key(&(src.to_string(), i))
+    };
     let done = || {
-        let r = recorded(&rec).len();
-        let h = hooked.lock().expect("lock").len();
-        r == trials && h == trials
+        recorded(&rec).len() == trials && (0..trials).all(|i| sources.iter().all(|s| seen(s, i)))
     };
     if !poll(deadline, done) {
         let (r, bad) = recorded_lines(&rec);
-        let h = hooked.lock().expect("lock").clone();
         let missing = |seen: &dyn Fn(usize) -> bool| -> Vec<usize> {
             (0..trials).filter(|i| !seen(*i)).collect()
         };
         panic!(
-            "not every trial was seen within {deadline:?}: ripcord's step did not record trials {:?}, the peer's webhook did not get trials {:?}; unreadable record lines (a harness fault): {bad:?}\nripcord: {}\nalertmanager: {}\nprometheus: {}",
+            "not every trial was seen within {deadline:?}: ripcord's step did not record trials {:?}, the webhook did not get Prometheus' alert for trials {:?} nor vmalert's for {:?}; unreadable record lines (a harness fault): {bad:?}\nripcord: {}\nalertmanager: {}\nprometheus: {}",
             missing(&|i| r.contains_key(&i)),
-            missing(&|i| h.contains_key(&i)),
+            missing(&|i| seen("prometheus", i)),
+            if run.tuned { missing(&|i| seen("vmalert", i)) } else { Vec::new() },
             ripcord.proc.log_tail(),
             am.log_tail(),
             prom.proc.log_tail()
@@ -375,10 +529,25 @@ fn latency_run(
     }
     let rec = recorded(&rec);
     let hooked = hooked.lock().expect("lock").clone();
-    let ours = (0..trials).map(|i| rec[&i] - flipped[i]).collect();
-    let theirs = (0..trials).map(|i| hooked[&i] - flipped[i]).collect();
+    let served = served.lock().expect("lock").clone();
+    let from_flip = |t: &dyn Fn(usize) -> Option<f64>| -> Vec<f64> {
+        (0..trials)
+            .filter_map(|i| Some(t(i)? - flipped[i]))
+            .collect()
+    };
+    let out = Samples {
+        scraped: from_flip(&|i| served.get(&i).copied()),
+        ripcord: from_flip(&|i| rec.get(&i).copied()),
+        prometheus: from_flip(&|i| hooked.get(&("prometheus".to_string(), i)).copied()),
+        vmalert: if run.tuned {
+            from_flip(&|i| hooked.get(&("vmalert".to_string(), i)).copied())
+        } else {
+            Vec::new()
+        },
+    };
+    drop(vmalert);
     drop(ripcord);
-    (ours, theirs)
+    out
 }
 
 /// Appends `TRIAL TIME\n` to `file` in one `write()`: with O_APPEND a
@@ -1148,35 +1317,57 @@ fn f(v: &Value) -> String {
 
 fn markdown(r: &Value) -> String {
     let mut s = String::new();
-    s.push_str("### Detection latency (seconds from the flip)\n\n");
-    s.push_str("| run | path | trials | median | p95 | min | max | peers / ripcord (median) |\n|---|---|---|---|---|---|---|---|\n");
-    for run in ["defaults", "tuned"] {
-        let x = &r["latency"][run];
-        if x.is_null() {
-            continue;
-        }
-        let peer = format!(
-            "Prometheus (evaluation_interval {}s) → Alertmanager (group_wait {}s) → webhook",
-            f(&x["peer_eval_interval_s"]),
-            f(&x["peer_group_wait_s"])
-        );
-        for (name, k) in [
-            ("ripcord (exec step starts)", "ripcord"),
-            (peer.as_str(), "peers"),
-        ] {
+    s.push_str("### Detection latency (seconds from the flip, pooled over fresh setups)\n\n");
+    s.push_str("| run | path | flips | median | p95 | min | max | ripcord ÷ path, median | max |\n|---|---|---|---|---|---|---|---|---|\n");
+    let runs = r["latency"].as_object().cloned().unwrap_or_default();
+    for (run, x) in &runs {
+        let paths = [
+            (
+                "Prometheus first scraped it (the limit)",
+                "scraped",
+                "ripcord_over_scraped_median",
+                "",
+            ),
+            ("ripcord (exec step starts)", "ripcord", "", ""),
+            (
+                if x["tuned"] == true {
+                    "Prometheus rule (tuned) → Alertmanager (group_wait 0s) → webhook"
+                } else {
+                    "Prometheus rule (1m) → Alertmanager (group_wait 30s) → webhook"
+                },
+                "prometheus",
+                "ripcord_over_prometheus_median",
+                "ripcord_over_prometheus_max",
+            ),
+            (
+                "vmalert (tuned) → Alertmanager (group_wait 0s) → webhook",
+                "vmalert",
+                "ripcord_over_vmalert_median",
+                "",
+            ),
+        ];
+        for (name, k, ratio, max_ratio) in paths {
             let y = &x[k];
+            if y.is_null() {
+                continue;
+            }
+            let r = |key: &str| {
+                if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}×", f(&x[key]))
+                }
+            };
             s.push_str(&format!(
-                "| {run} | {name} | {} | {} | {} | {} | {} | {} |\n",
+                "| {run} ({} setups) | {name} | {} | {} | {} | {} | {} | {} | {} |\n",
+                x["setups"],
                 y["n"],
                 f(&y["median_s"]),
                 f(&y["p95_s"]),
                 f(&y["min_s"]),
                 f(&y["max_s"]),
-                if k == "peers" {
-                    format!("{}×", f(&x["ratio_median"]))
-                } else {
-                    String::new()
-                }
+                r(ratio),
+                r(max_ratio),
             ));
         }
     }
@@ -1267,9 +1458,10 @@ fn markdown(r: &Value) -> String {
 }
 
 fn check_tiny(r: &Value) {
-    let x = &r["latency"]["tuned"];
-    assert_eq!(x["ripcord"]["n"], json!(3), "{x}");
-    assert_eq!(x["peers"]["n"], json!(3), "{x}");
+    let x = &r["latency"]["tuned_1s"];
+    for path in ["scraped", "ripcord", "prometheus", "vmalert"] {
+        assert_eq!(x[path]["n"], json!(3), "{path}: {x}");
+    }
     let row = &r["cost"][0];
     for tool in ["ripcord", "vmalert"] {
         assert!(
@@ -1309,29 +1501,26 @@ fn plot(r: &Value, path: &Path) {
         RGBColor(120, 120, 120),
         RGBColor(30, 160, 60),
     ];
-    for (run, (a, b)) in [("defaults", (0, 2)), ("tuned", (3, 1))] {
-        let x = &r["latency"][run];
-        if x.is_null() {
-            continue;
+    // At 1 s, tuned: every path and the limit.
+    let x = &r["latency"]["tuned_1s"];
+    let samples = |k: &str| -> Vec<f64> {
+        x[k]["samples_s"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    for (name, k, color) in [
+        ("ripcord", "ripcord", colors[0]),
+        ("Prometheus → Alertmanager", "prometheus", colors[1]),
+        ("vmalert → Alertmanager", "vmalert", colors[3]),
+        ("first scraped (the limit)", "scraped", colors[2]),
+    ] {
+        let xs = samples(k);
+        if !xs.is_empty() {
+            series.push((name.to_string(), xs, color));
         }
-        let samples = |k: &str| -> Vec<f64> {
-            x[k]["samples_s"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64)
-                .collect()
-        };
-        series.push((
-            format!("ripcord ({run} run)"),
-            samples("ripcord"),
-            colors[a],
-        ));
-        series.push((
-            format!("Prometheus+Alertmanager, {run}"),
-            samples("peers"),
-            colors[b],
-        ));
     }
     let max = series
         .iter()
@@ -1345,7 +1534,7 @@ fn plot(r: &Value, path: &Path) {
         .max(0.01)
         / 1.5;
     if let Ok(mut chart) = ChartBuilder::on(&left)
-        .caption("Detection latency (CDF)", ("sans-serif", 18))
+        .caption("Detection latency at 1 s (CDF)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(44)
@@ -1354,9 +1543,9 @@ fn plot(r: &Value, path: &Path) {
         let _ = chart
             .configure_mesh()
             .x_desc("seconds from the flip to the action / webhook")
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|v| format!("{v:.1}"))
             .y_label_formatter(&|v| format!("{v:.1}"))
-            .y_desc("fraction of trials")
+            .y_desc("fraction of flips")
             .draw();
         for (name, mut xs, color) in series {
             xs.sort_by(f64::total_cmp);

@@ -255,7 +255,9 @@ pub fn learn(targets: &[Target], every_ms: f64, now_ms: f64) -> Option<Phase> {
         _ => every_ms,
     };
     Some(Phase {
-        anchor_ms: anchor,
+        // Whole ms, like the periods: every candidate instant is then a
+        // whole ms, and one rounded to be scheduled is still a candidate.
+        anchor_ms: anchor.round(),
         period_ms: period.max(1.0),
         interval_ms: interval,
         ready_after_ms: ready_after,
@@ -458,6 +460,13 @@ mod tests {
         assert_eq!(p.at_or_after(990_000.0), 990_330.0);
         let e = Phase::epoch(30_000.0);
         assert_eq!(e.at_or_after(1_795_000_007_000.0), 1_795_000_020_000.0);
+        // A learned anchor is a whole ms: an instant scheduled from it,
+        // plus the period, is the next candidate, not the one after.
+        let l =
+            learn(&[target(1000.3004, 1.0, Some(0.0123))], 1000.0, 1_000_500.0).expect("learned");
+        assert_eq!(l.anchor_ms.fract(), 0.0);
+        let t = l.at_or_after(1_005_000.0);
+        assert_eq!(l.at_or_after(t + 1000.0), t + 1000.0);
         assert!(p.describe().contains("every 1s"), "{}", p.describe());
         assert!(
             p.describe().contains("0.33s past each 1s"),

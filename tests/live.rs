@@ -615,6 +615,21 @@ fn evaluations_go_just_after_the_scrape_so_a_breach_is_acted_on_when_scraped() {
             .to_string();
         phase.contains("scraped every 1s")
     });
+    // Placed on the data, still every second: not one period skipped.
+    let evaluations = || {
+        http_get(rc.listen, "/metrics")
+            .map(|(_, b)| counter(&b, "ripcord_evaluations_total", &["rule=\"r0\""]))
+            .unwrap_or(0.0)
+    };
+    let (e0, t0) = (evaluations(), std::time::Instant::now());
+    wait_until("r0 to evaluate 6 more times", SECS_30, || {
+        evaluations() >= e0 + 6.0
+    });
+    let per_second = (evaluations() - e0) / t0.elapsed().as_secs_f64();
+    assert!(
+        per_second > 0.8,
+        "r0 evaluated {per_second:.2} times a second at every: 1s"
+    );
     // Prometheus's own word on when it scrapes the exporter: each
     // sample's timestamp is its scrape's start.
     let scraped: f64 =
