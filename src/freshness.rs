@@ -40,8 +40,22 @@ const SLACK_MS: f64 = 20.0;
 /// Readiness assumed when the target's scrape duration is not known.
 const UNKNOWN_DURATION_MS: f64 = 50.0;
 
+/// Labels that name where a series is scraped from: a selector's other
+/// matchers pick series within the same targets, so the probe leaves them
+/// out and rules over one metric of one job share one probe.
+const TARGET_LABELS: &[&str] = &[
+    "job",
+    "instance",
+    "namespace",
+    "pod",
+    "service",
+    "node",
+    "cluster",
+];
+
 /// The first selector of the rule's queries that reads current data, as
-/// PromQL text without offset or `@`.
+/// PromQL text without offset or `@`, narrowed to its metric name and the
+/// matchers on [`TARGET_LABELS`].
 pub fn selector<'a>(queries: impl IntoIterator<Item = &'a String>) -> Option<String> {
     queries.into_iter().find_map(|q| {
         let expr = parser::parse(q).ok()?;
@@ -49,6 +63,11 @@ pub fn selector<'a>(queries: impl IntoIterator<Item = &'a String>) -> Option<Str
             let mut vs = vs.clone();
             vs.offset = None;
             vs.at = None;
+            if vs.name.is_some() && vs.matchers.or_matchers.is_empty() {
+                vs.matchers
+                    .matchers
+                    .retain(|m| TARGET_LABELS.contains(&m.name.as_str()));
+            }
             vs.to_string()
         })
     })
@@ -305,13 +324,16 @@ mod tests {
     #[test]
     fn the_selector_is_the_first_reading_current_data() {
         let q = |s: &str| vec![s.to_string()];
-        let s = selector(&q("sum(rate(http_requests_total{job=\"chat\",code=~\"5..\"}[5m])) / sum(rate(http_requests_total{job=\"chat\"}[5m]))"))
-            .expect("a selector");
-        assert!(
-            s.starts_with("http_requests_total{") && s.contains("code=~\"5..\""),
-            "{s}"
+        // The metric and the matchers that pick its targets.
+        let s = selector(&q("sum(rate(http_requests_total{job=\"chat\",code=~\"5..\"}[5m])) / sum(rate(http_requests_total{job=\"chat\"}[5m]))"));
+        assert_eq!(s.as_deref(), Some("http_requests_total{job=\"chat\"}"));
+        assert_eq!(
+            selector(&q("bench_value{i=\"7\"} > 3")).as_deref(),
+            Some("bench_value")
         );
-        assert!(!s.contains('['), "{s}");
+        // Without a metric name, every matcher stays.
+        let s = selector(&q("{__name__=~\"a|b\", i=\"7\"}")).expect("a selector");
+        assert!(s.contains("__name__") && s.contains("i=\"7\""), "{s}");
         // An offset selector is skipped for the next one.
         assert_eq!(
             selector(&q("rate(x[5m] offset 1d) < 2 * rate(y[5m])")),

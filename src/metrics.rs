@@ -59,7 +59,7 @@ pub struct Metrics {
     /// Not exported: where each rule's evaluations are placed against its
     /// data's scrapes, as the scheduler learned it (`crate::freshness`),
     /// for `status` and the web page.
-    pub data_phase: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    pub data_phase: std::sync::Mutex<std::collections::HashMap<String, crate::freshness::Phase>>,
 }
 
 impl Default for Metrics {
@@ -71,7 +71,7 @@ impl Default for Metrics {
 impl Metrics {
     /// What the scheduler learned of `rule`'s data phase, if anything.
     pub fn data_phase(&self, rule: &str) -> Option<String> {
-        self.data_phase.lock().ok()?.get(rule).cloned()
+        self.data_phase.lock().ok()?.get(rule).map(|p| p.describe())
     }
 
     pub fn new() -> Metrics {

@@ -366,15 +366,12 @@ impl Standby {
             .map(|r| (r.name.clone(), r.clone()))
             .collect();
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
-        let mut sched = Scheduler {
-            prom: Prom::new(&config.prometheus).map_err(DaemonError::Prometheus)?,
-            sem: Arc::new(Semaphore::new(MAX_CONCURRENT_EVALUATIONS)),
+        let mut sched = Scheduler::start(
+            Prom::new(&config.prometheus).map_err(DaemonError::Prometheus)?,
             tx,
-            misses: Arc::new(AtomicU64::new(0)),
-            metrics: metrics.clone(),
-            tasks: JoinSet::new(),
-            running: HashMap::new(),
-        };
+            Arc::new(AtomicU64::new(0)),
+            metrics.clone(),
+        );
         sched.sync(&rule_map);
         let answer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -390,7 +387,6 @@ impl Standby {
                             }
                         }
                     }
-                    Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
                     Some((c, reply)) = control_rx.recv() => {
                         let st = node.status();
                         let _ = reply.send(match c {

@@ -201,15 +201,7 @@ async fn run_term(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let misses = Arc::new(AtomicU64::new(0));
-    let mut sched = Scheduler {
-        prom: prom.clone(),
-        sem: Arc::new(Semaphore::new(MAX_CONCURRENT_EVALUATIONS)),
-        tx: tx.clone(),
-        misses: misses.clone(),
-        metrics: metrics.clone(),
-        tasks: JoinSet::new(),
-        running: HashMap::new(),
-    };
+    let mut sched = Scheduler::start(prom.clone(), tx.clone(), misses.clone(), metrics.clone());
     sched.sync(&engine.rules);
     drop(tx);
     for name in rule_map.keys() {
@@ -274,7 +266,6 @@ async fn run_term(
                 hup_pending = false;
                 reload::reload_told(&mut engine, &mut sched, config);
             }
-            Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
             _ = tick.tick() => {
                 engine.tick();
                 let status = engine.status_line();

@@ -1,10 +1,16 @@
-//! The scheduler: one task per rule evaluates it on its schedule (`every:`
-//! or `cron:`), within a global bound on concurrent evaluations, never
-//! overlapping itself, and sends each observation to the engine. It may not
-//! touch rule state.
+//! The scheduler: one task places every rule's evaluations on its
+//! schedule (`every:` or `cron:`) in one queue, starts each as a short task
+//! within a global bound on concurrent evaluations, never overlapping
+//! itself (a tick that comes while the rule's evaluation still runs is
+//! skipped and counted), and sends each observation to the engine. `every:`
+//! rules are placed just after their data is readable ([`freshness`]). An
+//! idle rule costs a queue entry and a slot, not a task. It may not touch
+//! rule state.
 use super::*;
 use crate::freshness::{self, Phase};
-use std::time::SystemTime;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Instant, SystemTime};
 
 /// The next evaluation time after `after`. `every: D` ticks go on the
 /// rule's [`Phase`]: at least D after `after`, on the first instant its
@@ -29,29 +35,6 @@ fn next_tick(schedule: &Schedule, after: SystemTime, phase: &Phase) -> SystemTim
     }
 }
 
-/// How often a rule's data phase is learned again: scrape intervals and
-/// targets change, and a measured interval drifts by its rounding.
-const RELEARN: Duration = Duration::from_secs(300);
-/// After a probe that taught nothing (no data, an error), try again.
-const RELEARN_AFTER_FAILURE: Duration = Duration::from_secs(60);
-
-/// Asks Prometheus when `rule`'s data arrives ([`freshness`]), at the
-/// evaluation instant `at` (rules on one instant share the probe).
-async fn learn_phase(prom: &Prom, probe: &str, every: Duration, at: Timestamp) -> Option<Phase> {
-    match prom.query_shared(probe, at).await {
-        Ok(crate::prom::QueryResult::Vector(v)) => freshness::learn(
-            &freshness::targets(&v),
-            every.as_millis() as f64,
-            at.0 as f64,
-        ),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::debug!("data phase probe failed: {e}");
-            None
-        }
-    }
-}
-
 /// The cron crate speaks chrono; these helpers keep that at this edge.
 mod chrono_free {
     use std::time::SystemTime;
@@ -66,170 +49,369 @@ mod chrono_free {
     }
 }
 
-async fn rule_loop(
+/// How often a rule's data phase is learned again: scrape intervals and
+/// targets change, and a measured interval drifts by its rounding.
+const RELEARN: Duration = Duration::from_secs(300);
+/// After a probe that taught nothing (no data, an error, an interval not
+/// yet measurable), try again.
+const RELEARN_SOON: Duration = Duration::from_secs(60);
+
+/// Asks Prometheus when a rule's data arrives ([`freshness`]), as of the
+/// whole second before `at`: rules over the same data that ask within
+/// that second share one probe.
+async fn learn_phase(prom: &Prom, probe: &str, every: Duration, at: Timestamp) -> Option<Phase> {
+    let at = Timestamp(at.0 - at.0.rem_euclid(1000));
+    match prom.query_shared(probe, at).await {
+        Ok(crate::prom::QueryResult::Vector(v)) => freshness::learn(
+            &freshness::targets(&v),
+            every.as_millis() as f64,
+            at.0 as f64,
+        ),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!("data phase probe failed: {e}");
+            None
+        }
+    }
+}
+
+/// One rule's place in the schedule.
+struct Slot {
     rule: Arc<Rule>,
+    /// The tick it waits for; a queue entry for another instant is stale.
+    due: SystemTime,
+    /// Not evaluated yet: the first evaluation is at the current instant.
+    first: bool,
+    /// Its evaluation (and probe) still runs.
+    busy: bool,
+    /// The tick last started: the next is placed from it.
+    last_tick: SystemTime,
+    /// Where `every:` ticks go.
+    phase: Phase,
+    /// The probe's selector, when the rule has current data to align to.
+    selector: Option<Box<str>>,
+    /// When to probe next.
+    learn_at: Option<Instant>,
+    /// Tells this rule's slot from a later one of the same name (a reload
+    /// that changed it): a finished evaluation of the old one is ignored.
+    generation: u64,
+}
+
+/// What an evaluation task reports back to the scheduler.
+struct Done {
+    rule: String,
+    generation: u64,
+    /// A probe ran: what it taught (`None`: nothing).
+    learned: Option<Option<Phase>>,
+}
+
+enum Cmd {
+    Sync(BTreeMap<String, Arc<Rule>>),
+}
+
+/// What the scheduler task needs to start evaluations.
+struct Ctx {
     prom: Prom,
     sem: Arc<Semaphore>,
     tx: mpsc::Sender<Msg>,
-    mut stop: watch::Receiver<bool>,
     misses: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
-) {
-    // `every:` rules evaluate at once, then on their interval, placed just
-    // after their data is scraped once that is learned; cron rules wait
-    // for their first time.
-    let every = match rule.schedule {
-        Schedule::Every(d) => Some(d),
-        Schedule::Cron(..) => None,
-    };
-    let mut phase = Phase::epoch(every.map_or(1000.0, |d| d.as_millis() as f64));
-    let probe = every.and_then(|d| {
-        freshness::selector(rule.queries.values())
-            .map(|sel| freshness::probe_expr(&sel, freshness::window(d)))
-    });
-    let mut learn_at = probe.as_ref().map(|_| std::time::Instant::now());
-    let mut due = match rule.schedule {
-        Schedule::Every(_) => SystemTime::now(),
-        Schedule::Cron(..) => next_tick(&rule.schedule, SystemTime::now(), &phase),
-    };
-    // Test-only switch: evaluations hang after this many seconds, as a
-    // wedged evaluator would, so tests can show the watchdog restarts ripcord.
-    let wedge_after = std::env::var("RIPCORD_TEST_WEDGE_EVALUATIONS_AFTER")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let started = std::time::Instant::now();
-    let mut first = true;
-    loop {
-        if wedge_after.is_some_and(|w| started.elapsed() >= w) {
-            warn!(rule = %rule.name, "RIPCORD_TEST_WEDGE_EVALUATIONS_AFTER: this evaluation loop now hangs");
-            std::future::pending::<()>().await;
+    /// Test-only: evaluations hang from this instant on, as a wedged
+    /// evaluator would, so tests can show the watchdog restarts ripcord.
+    wedge_at: Option<Instant>,
+}
+
+/// The scheduler task's own state.
+struct Queue {
+    slots: HashMap<String, Slot>,
+    /// (due, generation, rule), soonest first.
+    heap: BinaryHeap<Reverse<(SystemTime, u64, String)>>,
+    /// Due and waiting for an evaluation permit, in order: (rule,
+    /// generation, the tick's instant).
+    ready: VecDeque<(String, u64, SystemTime)>,
+    next_generation: u64,
+}
+
+impl Queue {
+    fn push(&mut self, name: &str) {
+        if let Some(s) = self.slots.get(name) {
+            self.heap
+                .push(Reverse((s.due, s.generation, name.to_string())));
         }
-        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+    }
+
+    /// Adds new and changed rules, drops removed ones; unchanged rules keep
+    /// their place and phase.
+    fn sync(&mut self, rules: &BTreeMap<String, Arc<Rule>>, metrics: &Metrics) {
+        self.slots.retain(|n, s| {
+            rules
+                .get(n)
+                .is_some_and(|r| r.fingerprint == s.rule.fingerprint)
+        });
+        self.ready.retain(|(n, ..)| self.slots.contains_key(n));
+        if let Ok(mut m) = metrics.data_phase.lock() {
+            m.retain(|n, _| self.slots.contains_key(n));
         }
-        let Ok(permit) = sem.acquire().await else {
-            return;
-        };
-        // A tick on time is evaluated at its own instant (the same for every
-        // rule on the grid); the first, and a late one, at the current one.
-        let at = match rule.schedule {
-            Schedule::Every(_) if first => now(),
-            Schedule::Every(_) => {
-                let due_at = Timestamp::from_system(due);
-                if now().since(due_at) < Duration::from_secs(1) {
-                    due_at
-                } else {
-                    now()
-                }
+        let now = SystemTime::now();
+        for (name, r) in rules {
+            if self.slots.contains_key(name) {
+                continue;
             }
-            Schedule::Cron(..) => now(),
-        };
-        first = false;
-        let started = std::time::Instant::now();
-        let eval = evaluate(&prom, &rule, at).await;
-        metrics
-            .evaluation_duration
-            .observe(started.elapsed().as_secs_f64());
-        drop(permit);
-        if tx
-            .send(Msg::Evaluated {
-                rule: rule.name.clone(),
-                at,
-                eval,
-            })
-            .await
-            .is_err()
-        {
-            return;
+            self.next_generation += 1;
+            let every = match r.schedule {
+                Schedule::Every(d) => Some(d),
+                Schedule::Cron(..) => None,
+            };
+            let phase = Phase::epoch(every.map_or(1000.0, |d| d.as_millis() as f64));
+            // `every:` rules evaluate at once, then on their interval; cron
+            // rules wait for their first time.
+            let due = match every {
+                Some(_) => now,
+                None => next_tick(&r.schedule, now, &phase),
+            };
+            let selector = every
+                .and_then(|_| freshness::selector(r.queries.values()))
+                .map(String::into_boxed_str);
+            self.slots.insert(
+                name.clone(),
+                Slot {
+                    rule: r.clone(),
+                    due,
+                    first: true,
+                    busy: false,
+                    last_tick: due,
+                    phase,
+                    learn_at: selector.as_ref().map(|_| Instant::now()),
+                    selector,
+                    generation: self.next_generation,
+                },
+            );
+            self.push(name);
         }
-        // After the evaluation (never delaying it): when is the data fresh?
-        if let (Some(every), Some(probe), Some(when)) = (every, &probe, learn_at) {
-            if std::time::Instant::now() >= when {
-                let learned = learn_phase(&prom, probe, every, at).await;
-                let again = if learned.is_some() {
-                    RELEARN
-                } else {
-                    RELEARN_AFTER_FAILURE
-                };
-                learn_at = Some(std::time::Instant::now() + again);
-                if let Some(p) = learned {
-                    if let Ok(mut m) = metrics.data_phase.lock() {
-                        m.insert(rule.name.clone(), p.describe());
+    }
+
+    /// Moves every due tick to `ready` (or, for a rule still busy, counts
+    /// it missed) and schedules each rule's next tick.
+    fn take_due(&mut self, ctx: &Ctx) {
+        let now = SystemTime::now();
+        while let Some(Reverse((due, generation, name))) = self.heap.peek().cloned() {
+            if due > now {
+                break;
+            }
+            self.heap.pop();
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            if slot.generation != generation || slot.due != due {
+                continue; // stale: replaced, or rescheduled
+            }
+            if slot.busy {
+                ctx.misses.fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.missed_evaluations.inc();
+            } else {
+                slot.busy = true;
+                slot.last_tick = due;
+                self.ready.push_back((name.clone(), generation, due));
+            }
+            // Ticks already past are skipped, counted.
+            let mut next = next_tick(&slot.rule.schedule, due, &slot.phase);
+            while next <= now {
+                ctx.misses.fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.missed_evaluations.inc();
+                next = next_tick(&slot.rule.schedule, next, &slot.phase);
+            }
+            slot.due = next;
+            self.push(&name);
+        }
+    }
+
+    /// Starts ready evaluations while permits last.
+    fn start_ready(
+        &mut self,
+        ctx: &Ctx,
+        evals: &mut JoinSet<()>,
+        done: &mpsc::UnboundedSender<Done>,
+    ) {
+        while let Some((name, generation, tick)) = self.ready.front().cloned() {
+            let Some(slot) = self
+                .slots
+                .get_mut(&name)
+                .filter(|s| s.generation == generation)
+            else {
+                self.ready.pop_front();
+                continue;
+            };
+            let Ok(permit) = ctx.sem.clone().try_acquire_owned() else {
+                return;
+            };
+            self.ready.pop_front();
+            // A tick on time is evaluated at its own instant (the same for
+            // every rule on that instant); the first, and a late one, at
+            // the current one.
+            let at = match slot.rule.schedule {
+                Schedule::Every(_) if !slot.first => {
+                    let due_at = Timestamp::from_system(tick);
+                    if now().since(due_at) < Duration::from_secs(1) {
+                        due_at
+                    } else {
+                        now()
                     }
-                    phase = p;
                 }
-            }
+                _ => now(),
+            };
+            slot.first = false;
+            let probe = match (&slot.selector, slot.learn_at, &slot.rule.schedule) {
+                (Some(sel), Some(when), Schedule::Every(d)) if Instant::now() >= when => {
+                    slot.learn_at = None;
+                    Some((freshness::probe_expr(sel, freshness::window(*d)), *d))
+                }
+                _ => None,
+            };
+            let rule = slot.rule.clone();
+            let (prom, tx, metrics, done) = (
+                ctx.prom.clone(),
+                ctx.tx.clone(),
+                ctx.metrics.clone(),
+                done.clone(),
+            );
+            let wedged = ctx.wedge_at.is_some_and(|w| Instant::now() >= w);
+            evals.spawn(async move {
+                if wedged {
+                    warn!(rule = %rule.name, "RIPCORD_TEST_WEDGE_EVALUATIONS_AFTER: this evaluation now hangs");
+                    std::future::pending::<()>().await;
+                }
+                let started = Instant::now();
+                let eval = evaluate(&prom, &rule, at).await;
+                metrics
+                    .evaluation_duration
+                    .observe(started.elapsed().as_secs_f64());
+                drop(permit);
+                let name = rule.name.clone();
+                let _ = tx.send(Msg::Evaluated { rule: name.clone(), at, eval }).await;
+                // After the evaluation (never delaying it): when is the
+                // data fresh?
+                let learned = match probe {
+                    Some((probe, every)) => Some(learn_phase(&prom, &probe, every, at).await),
+                    None => None,
+                };
+                let _ = done.send(Done {
+                    rule: name,
+                    generation,
+                    learned,
+                });
+            });
         }
-        // Ticks that passed while this evaluation ran are skipped, counted.
-        let finished = SystemTime::now();
-        due = next_tick(&rule.schedule, due, &phase);
-        while due <= finished {
-            misses.fetch_add(1, Ordering::Relaxed);
-            metrics.missed_evaluations.inc();
-            due = next_tick(&rule.schedule, due, &phase);
+    }
+
+    /// An evaluation finished: the rule may be evaluated again, on what
+    /// its probe taught.
+    fn finished(&mut self, d: Done, metrics: &Metrics) {
+        let Some(slot) = self
+            .slots
+            .get_mut(&d.rule)
+            .filter(|s| s.generation == d.generation)
+        else {
+            return;
+        };
+        slot.busy = false;
+        let Some(learned) = d.learned else {
+            return;
+        };
+        let measured = learned.as_ref().is_some_and(|p| p.interval_ms.is_some());
+        slot.learn_at = Some(Instant::now() + if measured { RELEARN } else { RELEARN_SOON });
+        let Some(phase) = learned else {
+            return;
+        };
+        if let Ok(mut m) = metrics.data_phase.lock() {
+            m.insert(d.rule.clone(), phase.clone());
+        }
+        // The next tick, placed anew from the one just evaluated.
+        let next = next_tick(&slot.rule.schedule, slot.last_tick, &phase);
+        slot.phase = phase;
+        if next > SystemTime::now() && next != slot.due {
+            slot.due = next;
+            self.push(&d.rule);
         }
     }
 }
 
-/// The per-rule evaluation tasks; each rule can be stopped and started on
-/// its own, so a reload leaves unchanged rules' schedules alone.
+async fn run_queue(mut cmds: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
+    let mut q = Queue {
+        slots: HashMap::new(),
+        heap: BinaryHeap::new(),
+        ready: VecDeque::new(),
+        next_generation: 0,
+    };
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut evals: JoinSet<()> = JoinSet::new();
+    loop {
+        q.take_due(&ctx);
+        q.start_ready(&ctx, &mut evals, &done_tx);
+        let wake = q.heap.peek().map(|Reverse((due, ..))| {
+            let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + wait
+        });
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Sync(rules)) => q.sync(&rules, &ctx.metrics),
+                None => {
+                    evals.shutdown().await;
+                    return;
+                }
+            },
+            Some(d) = done_rx.recv() => q.finished(d, &ctx.metrics),
+            Some(_) = evals.join_next(), if !evals.is_empty() => {}
+            _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {}
+        }
+    }
+}
+
+/// The handle the daemon keeps: rules go in with [`Scheduler::sync`].
 pub(super) struct Scheduler {
-    pub(super) prom: Prom,
-    pub(super) sem: Arc<Semaphore>,
-    pub(super) tx: mpsc::Sender<Msg>,
-    pub(super) misses: Arc<AtomicU64>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) tasks: JoinSet<()>,
-    pub(super) running: HashMap<String, (watch::Sender<bool>, String)>,
+    cmds: Option<mpsc::UnboundedSender<Cmd>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Scheduler {
-    fn start(&mut self, r: &Arc<Rule>) {
-        let (stop, stop_rx) = watch::channel(false);
-        self.tasks.spawn(rule_loop(
-            r.clone(),
-            self.prom.clone(),
-            self.sem.clone(),
-            self.tx.clone(),
-            stop_rx,
-            self.misses.clone(),
-            self.metrics.clone(),
-        ));
-        self.running
-            .insert(r.name.clone(), (stop, r.fingerprint.clone()));
+    pub(super) fn start(
+        prom: Prom,
+        tx: mpsc::Sender<Msg>,
+        misses: Arc<AtomicU64>,
+        metrics: Arc<Metrics>,
+    ) -> Scheduler {
+        let wedge_at = std::env::var("RIPCORD_TEST_WEDGE_EVALUATIONS_AFTER")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(|s| Instant::now() + Duration::from_secs(s));
+        let ctx = Ctx {
+            prom,
+            sem: Arc::new(Semaphore::new(MAX_CONCURRENT_EVALUATIONS)),
+            tx,
+            misses,
+            metrics,
+            wedge_at,
+        };
+        let (cmds, rx) = mpsc::unbounded_channel();
+        Scheduler {
+            cmds: Some(cmds),
+            task: Some(tokio::spawn(run_queue(rx, ctx))),
+        }
     }
 
-    /// Stops the loops of removed or changed rules, starts new ones.
+    /// Stops the schedules of removed or changed rules, starts new ones;
+    /// unchanged rules keep theirs.
     pub(super) fn sync(&mut self, rules: &BTreeMap<String, Arc<Rule>>) {
-        let stale: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(n, (_, fp))| rules.get(*n).is_none_or(|r| &r.fingerprint != fp))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in stale {
-            if let Some((stop, _)) = self.running.remove(&n) {
-                let _ = stop.send(true);
-            }
-        }
-        if let Ok(mut m) = self.metrics.data_phase.lock() {
-            m.retain(|n, _| rules.contains_key(n));
-        }
-        for r in rules.values() {
-            if !self.running.contains_key(&r.name) {
-                self.start(r);
-            }
+        if let Some(c) = &self.cmds {
+            let _ = c.send(Cmd::Sync(rules.clone()));
         }
     }
 
+    /// Stops scheduling; evaluations in flight are dropped.
     pub(super) async fn stop_all(&mut self) {
-        for (_, (stop, _)) in self.running.drain() {
-            let _ = stop.send(true);
+        self.cmds = None;
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
         }
-        self.tasks.shutdown().await;
     }
 }
 
