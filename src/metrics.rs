@@ -15,7 +15,8 @@ pub struct RuleLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleStateLabels {
     pub rule: String,
-    pub state: String,
+    /// Static: six series per instance, no allocation for the state.
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,9 +176,20 @@ impl Metrics {
             self.rule_state
                 .get_or_create(&RuleStateLabels {
                     rule: rule.to_string(),
-                    state: s.as_str().to_string(),
+                    state: s.as_str(),
                 })
                 .set(i64::from(*s == state));
+        }
+    }
+
+    /// An instance of a `by:` or alert-style rule the answers no longer
+    /// name: its series go (a removed rule's stay, at 0).
+    pub fn forget_state(&self, instance: &str) {
+        for s in StateName::ALL {
+            self.rule_state.remove(&RuleStateLabels {
+                rule: instance.to_string(),
+                state: s.as_str(),
+            });
         }
     }
 
@@ -187,7 +199,7 @@ impl Metrics {
             self.rule_state
                 .get_or_create(&RuleStateLabels {
                     rule: rule.to_string(),
-                    state: s.as_str().to_string(),
+                    state: s.as_str(),
                 })
                 .set(0);
         }

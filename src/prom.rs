@@ -233,6 +233,10 @@ pub struct Prom {
     /// Queries in flight by (text, instant): later askers wait for the
     /// same answer instead of sending it again.
     inflight: Arc<Mutex<HashMap<(String, i64), InFlight>>>,
+    /// Query texts more than one rule asks (set by the scheduler): only
+    /// these are shared, so a query of one rule is never held twice (a
+    /// 10 000-series answer would be, in the map and by its rule).
+    multi: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 type InFlight = Shared<BoxFuture<'static, Result<QueryResult, PromError>>>;
@@ -305,7 +309,31 @@ impl Prom {
             timeout: cfg.timeout,
             max_body: cfg.max_response_bytes,
             inflight: Arc::default(),
+            multi: Arc::default(),
         })
+    }
+
+    /// The query texts that several rules ask: [`Prom::query_for_rule`]
+    /// shares these.
+    pub fn set_shared_texts(&self, texts: std::collections::HashSet<String>) {
+        if let Ok(mut m) = self.multi.write() {
+            *m = texts;
+        }
+    }
+
+    /// A rule's query: shared ([`Prom::query_shared`]) when other rules
+    /// ask the same text, else sent as it is.
+    pub async fn query_for_rule(
+        &self,
+        expr: &str,
+        at: Timestamp,
+    ) -> Result<QueryResult, PromError> {
+        let shared = self.multi.read().is_ok_and(|m| m.contains(expr));
+        if shared {
+            self.query_shared(expr, at).await
+        } else {
+            self.query(expr, at).await
+        }
     }
 
     /// [`Prom::query`], sent once for all who ask the same text for the
@@ -324,6 +352,7 @@ impl Prom {
                     // must not hold the map.
                     let me = Prom {
                         inflight: Arc::default(),
+                        multi: Arc::default(),
                         ..self.clone()
                     };
                     let text = expr.to_string();

@@ -101,7 +101,13 @@ impl Engine {
         let Some(rule) = self.rules.get(instances::rule_of(name)).cloned() else {
             return;
         };
-        let old = self.states.get(name).cloned().unwrap_or_default();
+        // Taken, not copied (the hot path with many instances): nothing
+        // below reads `states` before the new state is put back.
+        let old = self
+            .states
+            .get_mut(name)
+            .map(std::mem::take)
+            .unwrap_or_default();
         let old_shared = self.shared.clone();
         let (new, effects) = rule::step(&rule, &old, &mut self.shared, input, at);
         if new.name() != old.name() {
@@ -109,10 +115,14 @@ impl Engine {
             self.state_since.insert(name.to_string(), at);
         }
         if new.last_eval != old.last_eval {
-            self.recent
-                .entry(name.to_string())
-                .or_default()
-                .push(&rule, &new.last_values);
+            match self.recent.get_mut(name) {
+                Some(r) => r.push(&rule, &new.last_values),
+                None => self
+                    .recent
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(&rule, &new.last_values),
+            }
         }
         let started = new
             .incident()
@@ -163,9 +173,19 @@ impl Engine {
             info!(rule = name, "{text}");
             self.event(at, Some(name), EventKind::Phase, text);
         }
-        let values = new.last_values.clone();
-        let labels = new.labels.clone();
-        self.states.insert(name.to_string(), new);
+        // What the effects below need of the new state (most evaluations
+        // have none).
+        let (values, labels) = if rest.is_empty() {
+            Default::default()
+        } else {
+            (new.last_values.clone(), new.labels.clone())
+        };
+        match self.states.get_mut(name) {
+            Some(slot) => *slot = new,
+            None => {
+                self.states.insert(name.to_string(), new);
+            }
+        }
         self.push_pages(pages);
         if commits_pages {
             crate::notify::outbox::crash_point("pages_pushed");
@@ -622,7 +642,7 @@ impl Engine {
                 .collect();
             instances::split(&r, eval, &known)
         };
-        for seen in seen {
+        for mut seen in seen {
             if !self.states.contains_key(&seen.key) {
                 self.states.insert(
                     seen.key.clone(),
@@ -632,7 +652,8 @@ impl Engine {
                     },
                 );
             }
-            self.apply(&seen.key, Input::Evaluate(seen.obs.clone()), at);
+            let obs = std::mem::replace(&mut seen.obs, rule::Observation::Samples(BTreeMap::new()));
+            self.apply(&seen.key, Input::Evaluate(obs), at);
             let forget = self
                 .states
                 .get(&seen.key)
@@ -646,7 +667,7 @@ impl Engine {
                 }
                 self.recent.remove(&seen.key);
                 self.state_since.remove(&seen.key);
-                self.metrics.clear_state(&seen.key);
+                self.metrics.forget_state(&seen.key);
             }
         }
         let paged = self

@@ -76,7 +76,7 @@ pub use crate::clock::now;
 /// are split into instances by the core ([`rule::instances::split`]).
 pub async fn evaluate(prom: &Prom, rule: &Rule, at: Timestamp) -> Evaluation {
     let futs = rule.queries.iter().map(|(name, expr)| async move {
-        let r = prom.query_shared(expr, at).await;
+        let r = prom.query_for_rule(expr, at).await;
         (name.clone(), r.and_then(|res| res.into_answer(name)))
     });
     let results = futures_util::future::join_all(futs).await;

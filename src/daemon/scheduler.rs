@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 /// rule's [`Phase`]: at least D after `after`, on the first instant its
 /// data is fresh (or, before that is known, on the multiples of D since
 /// the epoch). Rules of one interval on the same data evaluate at the same
-/// instants, so a query they share is sent once ([`Prom::query_shared`]);
+/// instants, so a query they share is sent once ([`Prom::query_for_rule`]);
 /// no rule is evaluated more often than asked.
 fn next_tick(schedule: &Schedule, after: SystemTime, phase: &Phase) -> SystemTime {
     match schedule {
@@ -57,10 +57,11 @@ const RELEARN: Duration = Duration::from_secs(300);
 const RELEARN_SOON: Duration = Duration::from_secs(60);
 
 /// Asks Prometheus when a rule's data arrives ([`freshness`]), as of the
-/// whole second before `at`: rules over the same data that ask within
-/// that second share one probe.
+/// whole second after `at`: rules over the same data that ask within that
+/// second share one probe. (Not the second before: a probe older than the
+/// first scrape of a new target would see nothing.)
 async fn learn_phase(prom: &Prom, probe: &str, every: Duration, at: Timestamp) -> Option<Phase> {
-    let at = Timestamp(at.0 - at.0.rem_euclid(1000));
+    let at = Timestamp(at.0 + (1000 - at.0.rem_euclid(1000)) % 1000);
     match prom.query_shared(probe, at).await {
         Ok(crate::prom::QueryResult::Vector(v)) => freshness::learn(
             &freshness::targets(&v),
@@ -142,7 +143,17 @@ impl Queue {
 
     /// Adds new and changed rules, drops removed ones; unchanged rules keep
     /// their place and phase.
-    fn sync(&mut self, rules: &BTreeMap<String, Arc<Rule>>, metrics: &Metrics) {
+    fn sync(&mut self, rules: &BTreeMap<String, Arc<Rule>>, ctx: &Ctx) {
+        let metrics = &ctx.metrics;
+        // Query texts several rules ask are sent once per instant.
+        let mut seen = std::collections::HashSet::new();
+        let mut multi = std::collections::HashSet::new();
+        for q in rules.values().flat_map(|r| r.queries.values()) {
+            if !seen.insert(q.as_str()) {
+                multi.insert(q.clone());
+            }
+        }
+        ctx.prom.set_shared_texts(multi);
         self.slots.retain(|n, s| {
             rules
                 .get(n)
@@ -353,7 +364,7 @@ async fn run_queue(mut cmds: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
         });
         tokio::select! {
             cmd = cmds.recv() => match cmd {
-                Some(Cmd::Sync(rules)) => q.sync(&rules, &ctx.metrics),
+                Some(Cmd::Sync(rules)) => q.sync(&rules, &ctx),
                 None => {
                     evals.shutdown().await;
                     return;
