@@ -106,8 +106,12 @@ fn main() {
         println!("{}", markdown(&results));
         return;
     }
-    eprintln!("== detection latency");
-    results["latency"] = latency(&plan);
+    // `--cost-only`: evaluation cost, many series and footprint, no latency.
+    let cost_only = args.iter().any(|a| a == "--cost-only");
+    if !cost_only {
+        eprintln!("== detection latency");
+        results["latency"] = latency(&plan);
+    }
     // `--latency-only`: the latency runs alone, saved apart.
     if args.iter().any(|a| a == "--latency-only") {
         std::fs::write(
@@ -127,6 +131,8 @@ fn main() {
     std::fs::write(
         out.join(if tiny {
             "results-tiny.json"
+        } else if cost_only {
+            "results-cost.json"
         } else {
             "results.json"
         }),
@@ -831,6 +837,7 @@ impl Run {
             "rss_mb": self.mem.rss_mb,
             "wall_s": self.wall,
             "prometheus_cpu_share": self.prom_cpu / self.wall,
+            "prometheus_cpu_s_per_1000": per(self.prom_cpu),
         })
     }
 }
@@ -1371,15 +1378,18 @@ fn markdown(r: &Value) -> String {
             ));
         }
     }
+    if r["cost"].is_null() {
+        return s;
+    }
     s.push_str(
         "\n### Evaluation cost (same rules, interval and wall time; one after the other)\n\n",
     );
-    s.push_str("| rules | interval | wall | tool | evaluations | errors | CPU s | CPU s / 1000 evals | peak RSS MB | peak RSS MB / 1000 evals | Prometheus CPU share |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| rules | interval | wall | tool | evaluations | errors | CPU s | CPU s / 1000 evals | peak RSS MB | peak RSS MB / 1000 evals | Prometheus CPU share | Prometheus CPU s / 1000 evals answered |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for row in r["cost"].as_array().into_iter().flatten() {
         for tool in ["ripcord", "vmalert"] {
             let t = &row[tool];
             s.push_str(&format!(
-                "| {} | {}s | {}s | {tool} | {} | {} | {} | {} | {} | {} | {}% |\n",
+                "| {} | {}s | {}s | {tool} | {} | {} | {} | {} | {} | {} | {}% | {} |\n",
                 row["rules"],
                 f(&row["interval_s"]),
                 f(&row["wall_s"]),
@@ -1392,6 +1402,7 @@ fn markdown(r: &Value) -> String {
                 f(&json!(
                     t["prometheus_cpu_share"].as_f64().unwrap_or(f64::NAN) * 100.0
                 )),
+                f(&t["prometheus_cpu_s_per_1000"]),
             ));
         }
         let ratio = |k: &str| {
@@ -1399,10 +1410,11 @@ fn markdown(r: &Value) -> String {
                 / row["vmalert"][k].as_f64().unwrap_or(f64::NAN)
         };
         s.push_str(&format!(
-            "| {} | | | **ripcord / vmalert** | | | | **{:.2}** | | **{:.2}** | |\n",
+            "| {} | | | **ripcord / vmalert** | | | | **{:.2}** | | **{:.2}** | | **{:.2}** |\n",
             row["rules"],
             ratio("cpu_s_per_1000"),
-            ratio("peak_rss_mb_per_1000")
+            ratio("peak_rss_mb_per_1000"),
+            ratio("prometheus_cpu_s_per_1000")
         ));
     }
     s.push_str("\n### Many series (`by:` instances; same series, interval and wall time; one after the other)\n\n");

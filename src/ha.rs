@@ -127,6 +127,10 @@ pub struct Node {
     handle: tokio::runtime::Handle,
     inner: Mutex<Inner>,
     leading: watch::Sender<bool>,
+    /// This instance paged `ha_cannot_act` and has not yet said it can act
+    /// again: a standby says so when etcd answers, a leader when it takes
+    /// over (the standby that paged may be stopped first).
+    pub cannot_act_paged: std::sync::atomic::AtomicBool,
 }
 
 /// An error from etcd or a deadline, as one line.
@@ -181,6 +185,7 @@ impl Node {
             handle: tokio::runtime::Handle::current(),
             inner: Mutex::new(Inner::default()),
             leading: watch::channel(false).0,
+            cannot_act_paged: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

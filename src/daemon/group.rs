@@ -376,7 +376,7 @@ impl Standby {
         let answer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut mirror = Mirror::default();
-            let mut paged = false;
+            let mut paged = node.cannot_act_paged.load(Ordering::SeqCst);
             let mut rounds = 0u64;
             loop {
                 tokio::select! {
@@ -412,6 +412,7 @@ impl Standby {
                             }
                         }
                         paged = page_cannot_act(&node, paged, &outbox, &notifiers, &wake);
+                        node.cannot_act_paged.store(paged, Ordering::SeqCst);
                         // A standby is healthy while it campaigns.
                         if watchdog && node.campaigning() {
                             sd_notify(&[sd_notify::NotifyState::Watchdog]);
@@ -420,6 +421,9 @@ impl Standby {
                     _ = stop.changed() => break,
                 }
             }
+            // Stopped to lead (it reached etcd) or to end: an instance that
+            // paged `ha_cannot_act` says `ha_can_act` before it goes, or
+            // nobody might (the other instance may never have paged).
             sched.stop_all().await;
         });
         Ok(Standby {

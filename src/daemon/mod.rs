@@ -190,6 +190,21 @@ async fn run_term(
         dir,
     } = startup::open(config, rules, ha.as_ref()).await?;
     let node = ha.map(|t| t.node);
+    // This instance paged that it could not act (as a standby, without
+    // etcd) and now leads: it says it can act again.
+    if let Some(n) = node
+        .as_ref()
+        .filter(|n| n.cannot_act_paged.swap(false, Ordering::SeqCst))
+    {
+        let at = now();
+        engine.notify_all(global_notification(
+            rule::PageEvent::HaCanAct,
+            format!("ripcord in {}: {} reaches etcd again", n.prefix, n.name),
+            vec![format!("{} leads", n.name)],
+            at,
+            at,
+        ));
+    }
     let lost = async {
         match &node {
             Some(n) => n.lost_leadership().await,
