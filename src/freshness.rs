@@ -236,9 +236,9 @@ impl Phase {
 /// readable. With several, just after the last target of the scrape cycle
 /// (the one the longest quiet gap follows), so that every target's newest
 /// sample is as young as it can be for all of them at once. The period
-/// is the data's interval when `every` is at least that (evaluations stay
-/// at least `every` apart, on the first fresh instant after it), and
-/// `every` when the rule is evaluated more often than the data changes.
+/// is the data's interval when `every` is at least that (the scheduler
+/// takes the fresh instant nearest one `every` on), and `every` when the
+/// rule is evaluated more often than the data changes.
 pub fn learn(targets: &[Target], every_ms: f64, now_ms: f64) -> Option<Phase> {
     // Targets still being scraped: a last sample older than three of its
     // intervals (or than the look-back with no interval) is a gone target.

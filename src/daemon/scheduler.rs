@@ -13,17 +13,26 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Instant, SystemTime};
 
 /// The next evaluation time after `after`. `every: D` ticks go on the
-/// rule's [`Phase`]: at least D after `after`, on the first instant its
-/// data is fresh (or, before that is known, on the multiples of D since
-/// the epoch). Rules of one interval on the same data evaluate at the same
-/// instants, so a query they share is sent once ([`Prom::query_for_rule`]);
-/// no rule is evaluated more often than asked.
+/// rule's [`Phase`]: on the instant its data is fresh nearest to one
+/// interval after `after` (or, before that is known, on the multiples of D
+/// since the epoch). Once on the phase, ticks are exactly D apart; when the
+/// phase is first learned or changes, one gap may be up to half a period
+/// shorter or longer (rounding up always could cost nearly a whole
+/// interval). Rules of one interval on the same data evaluate at the same
+/// instants, so a query they share is sent once ([`Prom::query_for_rule`]).
 fn next_tick(schedule: &Schedule, after: SystemTime, phase: &Phase) -> SystemTime {
     match schedule {
         Schedule::Every(d) => {
-            let t = Timestamp::from_system(after + *d).0 as f64;
-            let next = phase.at_or_after(t).round();
-            Timestamp(next as i64).to_system().max(after + *d)
+            let target = Timestamp::from_system(after + *d).0 as f64;
+            let up = phase.at_or_after(target);
+            let down = up - phase.period_ms;
+            let earliest = Timestamp::from_system(after).0 as f64 + d.as_millis() as f64 / 2.0;
+            let next = if down >= earliest && target - down < up - target {
+                down
+            } else {
+                up
+            };
+            Timestamp(next.round() as i64).to_system()
         }
         Schedule::Cron(_, s) => {
             let dt: chrono_free::Utc = after.into();
@@ -457,6 +466,27 @@ mod tests {
         assert_eq!(
             next_tick(&Schedule::Every(Duration::from_secs(5)), on, &fresh),
             SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_055_330)
+        );
+        // A phase learned with the rule's own period (interval not yet
+        // measured): the fresh instant nearest one interval on, not the
+        // one after it (that cost a whole interval at start).
+        let coarse = Phase {
+            anchor_ms: 1_795_000_040_000.0,
+            period_ms: 50_000.0,
+            interval_ms: None,
+            ready_after_ms: 50.0,
+            targets: 1,
+        };
+        let started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_047_000);
+        assert_eq!(
+            next_tick(&Schedule::Every(Duration::from_secs(50)), started, &coarse),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_090_000)
+        );
+        // Never less than half an interval after the last.
+        let late = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_066_000);
+        assert_eq!(
+            next_tick(&Schedule::Every(Duration::from_secs(50)), late, &coarse),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_140_000)
         );
         let cron: cron::Schedule = "0 */5 * * * *".parse().expect("cron");
         let next = next_tick(
