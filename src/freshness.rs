@@ -242,12 +242,14 @@ impl Phase {
 pub fn learn(targets: &[Target], every_ms: f64, now_ms: f64) -> Option<Phase> {
     // Targets still being scraped: a last sample older than three of its
     // intervals (or than the look-back with no interval) is a gone target.
+    // A newest sample from the future beyond a clock's plausible skew (a
+    // minute) is not believed.
     let live: Vec<&Target> = targets
         .iter()
         .filter(|t| {
             let Some(last) = t.last_ms else { return false };
             let stale_after = t.interval_ms().map_or(300_000.0, |i| 3.0 * i);
-            now_ms - last <= stale_after
+            now_ms - last <= stale_after && last - now_ms <= 60_000.0
         })
         .collect();
     if live.is_empty() {
@@ -446,6 +448,13 @@ mod tests {
                 Some((1320.0, 2000.0, None)),
             ),
             ("no target", vec![], 1000.0, 0.0, None),
+            (
+                "a sample from far in the future is not believed",
+                vec![target(1e12, 1.0, None)],
+                1000.0,
+                999_500.0,
+                None,
+            ),
             (
                 "only gone targets",
                 vec![target(100.0, 1.0, None)],

@@ -32,7 +32,13 @@ fn next_tick(schedule: &Schedule, after: SystemTime, phase: &Phase) -> SystemTim
             } else {
                 up
             };
-            Timestamp(next.round() as i64).to_system()
+            // Whatever a phase says (a skewed or absurd timestamp from
+            // Prometheus), a rule is never put off past two intervals.
+            let latest = after + *d * 2;
+            match Timestamp(next.round() as i64).to_system() {
+                t if t > latest || !next.is_finite() => latest,
+                t => t.max(after + *d / 2),
+            }
         }
         Schedule::Cron(_, s) => {
             let dt: chrono_free::Utc = after.into();
@@ -482,6 +488,13 @@ mod tests {
             next_tick(&Schedule::Every(Duration::from_secs(50)), started, &coarse),
             SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_090_000)
         );
+        // A phase from absurd timestamps never stops the rule.
+        let absurd = Phase {
+            anchor_ms: 1e300,
+            ..coarse.clone()
+        };
+        let next = next_tick(&Schedule::Every(Duration::from_secs(50)), started, &absurd);
+        assert!(next > started && next <= started + Duration::from_secs(100));
         // Never less than half an interval after the last.
         let late = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_066_000);
         assert_eq!(
