@@ -59,7 +59,7 @@ pub struct Metrics {
     pub ha_leader: Gauge,
     /// Not exported: where each rule's evaluations are placed against its
     /// data's scrapes, as the scheduler learned it (`crate::freshness`),
-    /// for `status` and the web page.
+    /// for `status`.
     pub data_phase: std::sync::Mutex<std::collections::HashMap<String, crate::freshness::Phase>>,
 }
 

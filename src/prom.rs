@@ -8,7 +8,9 @@
 //!
 //! One query, many rules: [`Prom::query_shared`] sends a query text once
 //! for every rule asking it for the same instant while it is in flight
-//! (the scheduler puts rules of one interval on one grid of instants).
+//! (the scheduler puts rules of one interval on the same data on the same
+//! instants); [`Prom::query_for_rule`] uses it only for texts several
+//! rules ask.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
