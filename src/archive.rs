@@ -192,7 +192,7 @@ mod tests {
         Entry::State {
             rule: rule.into(),
             state: Box::new(RuleState {
-                status: Status::Open(Incident {
+                status: Status::Open(Box::new(Incident {
                     id: id.into(),
                     opened_at: Timestamp(0),
                     dry_run: false,
@@ -201,7 +201,7 @@ mod tests {
                     done: Vec::new(),
                     veto: None,
                     values: Default::default(),
-                }),
+                })),
                 ..RuleState::default()
             }),
             shared: None,

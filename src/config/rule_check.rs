@@ -12,14 +12,7 @@ use super::*;
 use crate::rule::condition::Condition;
 use crate::rule::template::Template;
 
-pub(super) fn validate_rule(
-    cx: &mut Ctx,
-    at: &At,
-    r: RawRule,
-    had_errors: bool,
-    actions: &BTreeSet<String>,
-    notifiers: &BTreeSet<String>,
-) -> Option<Rule> {
+pub(super) fn validate_rule(cx: &mut Ctx, at: &At, r: RawRule, had_errors: bool) -> Option<Rule> {
     let errors_before = cx.error_count();
     if let Err(e) = check_name("rule", &r.name) {
         cx.error(&at.key("name"), e);
@@ -76,8 +69,8 @@ pub(super) fn validate_rule(
             None
         }
     };
-    check_refs(cx, &at.key("actions"), &r.actions, actions, "action");
-    check_refs(cx, &at.key("notify"), &r.notify, notifiers, "notifier");
+    // `actions:` and `notify:` name things other files may define: checked
+    // once every file is read (`check_refs`).
     let approval = r.approval.as_ref().map(|a| Approval {
         timeout: positive(
             cx,
@@ -316,7 +309,14 @@ fn warn_risky(cx: &mut Ctx, at: &At, r: &RawRule, for_: Duration, no_data: NoDat
     }
 }
 
-fn check_refs(cx: &mut Ctx, at: &At, refs: &[String], known: &BTreeSet<String>, kind: &str) {
+/// Each name in `refs` (at `at`) is one `known`, and listed once.
+pub(super) fn check_refs(
+    cx: &mut Ctx,
+    at: &At,
+    refs: &[String],
+    known: &BTreeSet<String>,
+    kind: &str,
+) {
     let mut seen = BTreeSet::new();
     for (i, name) in refs.iter().enumerate() {
         if !known.contains(name) {

@@ -35,7 +35,7 @@ pub(crate) struct Doc {
     path: PathBuf,
     /// The text, kept to build the index the first time a position is
     /// needed: a file without problems never pays for it.
-    text: String,
+    text: Arc<str>,
     index: std::sync::OnceLock<PositionIndex>,
 }
 
@@ -51,6 +51,11 @@ pub struct Ctx {
     /// Shared with the workers of [`Ctx::par_map`].
     pub(crate) docs: Arc<Vec<Doc>>,
     pub(crate) diags: Vec<Diagnostic>,
+    /// Only errors are kept (a daemon's load: it reports errors, and
+    /// `ripcord check` the warnings), so no position is looked up for a
+    /// warning: 10 000 rules drawing two warnings each cost 10 MB of
+    /// position index for nothing.
+    pub(crate) errors_only: bool,
 }
 
 impl Ctx {
@@ -75,8 +80,9 @@ impl Ctx {
             chunks.push(it.by_ref().take(per).collect());
         }
         let docs = self.docs.clone();
+        let errors_only = self.errors_only;
         let f = &f;
-        let done: Vec<(Vec<R>, Vec<Diagnostic>)> = std::thread::scope(|s| {
+        let done: Vec<Option<(Vec<R>, Vec<Diagnostic>)>> = std::thread::scope(|s| {
             let handles: Vec<_> = chunks
                 .into_iter()
                 .map(|chunk| {
@@ -85,18 +91,32 @@ impl Ctx {
                         let mut cx = Ctx {
                             docs,
                             diags: Vec::new(),
+                            errors_only,
                         };
                         let out: Vec<R> = chunk.into_iter().map(|t| f(&mut cx, t)).collect();
                         (out, cx.diags)
                     })
                 })
                 .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            handles.into_iter().map(|h| h.join().ok()).collect()
         });
         let mut out = Vec::new();
-        for (rs, diags) in done {
-            out.extend(rs);
-            self.diags.extend(diags);
+        for chunk in done {
+            match chunk {
+                Some((rs, diags)) => {
+                    out.extend(rs);
+                    self.diags.extend(diags);
+                }
+                // Never a silent loss of the rules it held: the load fails.
+                None => {
+                    let file = self.docs.last().map(|d| d.path.clone()).unwrap_or_default();
+                    self.diags.push(Diagnostic::error(
+                        &file,
+                        Pos::START,
+                        "internal error: checking these rules failed (a bug in ripcord; please report it); nothing of this load is used",
+                    ));
+                }
+            }
         }
         out
     }
@@ -113,6 +133,16 @@ impl At {
     pub fn key(&self, k: &str) -> At {
         let mut path = self.path.clone();
         path.push(Seg::key(k));
+        At {
+            doc: self.doc,
+            path,
+        }
+    }
+
+    /// The place this one is in (itself at the root).
+    pub fn parent(&self) -> At {
+        let mut path = self.path.clone();
+        path.pop();
         At {
             doc: self.doc,
             path,
@@ -166,12 +196,18 @@ impl Ctx {
     }
 
     pub fn warn_key(&mut self, at: &At, msg: impl Into<String>) {
+        if self.errors_only {
+            return;
+        }
         let pos = self.docs[at.doc].index().locate_key(&at.path);
         let d = Diagnostic::warning(self.file(at), pos, msg);
         self.diags.push(d);
     }
 
     pub fn warn(&mut self, at: &At, msg: impl Into<String>) {
+        if self.errors_only {
+            return;
+        }
         let d = Diagnostic::warning(self.file(at), self.pos(at), msg);
         self.diags.push(d);
     }
@@ -187,7 +223,7 @@ impl Ctx {
     /// Reads and parses one file; `None` (with a diagnostic) if it can't be.
     pub fn read(&mut self, path: &Path) -> Option<(At, Value)> {
         let text = self.read_text(path)?;
-        self.parse(path, &text)
+        self.parse_owned(path, text)
     }
 
     /// Reads one file as UTF-8; `None` (with a diagnostic) if it can't be.
@@ -219,36 +255,52 @@ impl Ctx {
     }
 
     pub fn parse(&mut self, path: &Path, text: &str) -> Option<(At, Value)> {
+        self.parse_owned(path, text.to_string())
+    }
+
+    /// [`Ctx::parse`] of a text the document keeps (not copied).
+    pub fn parse_owned(&mut self, path: &Path, text: String) -> Option<(At, Value)> {
         // YAML merge keys (`<<: *defaults`) are applied, as Prometheus and
         // Alertmanager users expect.
-        match serde_yaml::from_str::<Value>(text).and_then(|mut v| v.apply_merge().map(|()| v)) {
-            Ok(v) => {
-                Arc::make_mut(&mut self.docs).push(Doc {
-                    path: path.to_path_buf(),
-                    text: text.to_string(),
-                    index: std::sync::OnceLock::new(),
-                });
-                Some((
-                    At {
-                        doc: self.docs.len() - 1,
-                        path: Vec::new(),
-                    },
-                    v,
-                ))
-            }
+        match serde_yaml::from_str::<Value>(&text).and_then(|mut v| v.apply_merge().map(|()| v)) {
+            Ok(v) => Some((self.add_doc(path, text.into()), v)),
             Err(e) => {
-                let pos = e
-                    .location()
-                    .map(|l| Pos {
-                        line: l.line(),
-                        col: l.column(),
-                    })
-                    .unwrap_or(Pos::START);
-                let msg = format!("invalid YAML: {}", strip_location(e.to_string()));
-                self.diags.push(Diagnostic::error(path, pos, msg));
+                self.yaml_error(path, &e);
                 None
             }
         }
+    }
+
+    /// Registers a document before it is read (its text kept for
+    /// positions); the place of its root.
+    pub(crate) fn add_doc(&mut self, path: &Path, text: Arc<str>) -> At {
+        Arc::make_mut(&mut self.docs).push(Doc {
+            path: path.to_path_buf(),
+            text,
+            index: std::sync::OnceLock::new(),
+        });
+        At {
+            doc: self.docs.len() - 1,
+            path: Vec::new(),
+        }
+    }
+
+    /// Forgets the last document registered: it turned out not to be YAML.
+    pub(crate) fn drop_last_doc(&mut self) {
+        Arc::make_mut(&mut self.docs).pop();
+    }
+
+    /// `path` is not valid YAML: where and why.
+    pub(crate) fn yaml_error(&mut self, path: &Path, e: &serde_yaml::Error) {
+        let pos = e
+            .location()
+            .map(|l| Pos {
+                line: l.line(),
+                col: l.column(),
+            })
+            .unwrap_or(Pos::START);
+        let msg = format!("invalid YAML: {}", strip_location(e.to_string()));
+        self.diags.push(Diagnostic::error(path, pos, msg));
     }
 
     /// Deserializes `v` (found at `at`) into a raw type; a problem is

@@ -155,7 +155,7 @@ impl Engine {
             incident: s.incident().map(|i| i.id.clone()),
             opened_at: s.incident().map(|i| i.opened_at.rfc3339()),
             last_evaluation: s.last_eval.map(|t| t.rfc3339()),
-            values: s.last_values.clone(),
+            values: s.values(),
             last_error: s.last_error.clone(),
             unevaluable_since: s
                 .unevaluable

@@ -178,7 +178,7 @@ impl Engine {
         let (values, labels) = if rest.is_empty() {
             Default::default()
         } else {
-            (new.last_values.clone(), new.labels.clone())
+            (new.values(), new.labels.clone())
         };
         match self.states.get_mut(name) {
             Some(slot) => *slot = new,
@@ -623,13 +623,8 @@ impl Engine {
     fn evaluated(&mut self, rule: &str, at: Timestamp, eval: &Evaluation) {
         self.last_progress = std::time::Instant::now();
         self.blindness(at, eval.blinding());
-        let label = RuleLabel {
-            rule: rule.to_string(),
-        };
-        self.metrics.evaluations.get_or_create(&label).inc();
-        if !matches!(eval, Evaluation::Answers(_)) {
-            self.metrics.evaluation_failures.get_or_create(&label).inc();
-        }
+        self.metrics
+            .count_evaluation(rule, !matches!(eval, Evaluation::Answers(_)));
         self.metrics
             .prometheus_up
             .set(i64::from(eval.blinding().is_none()));
@@ -675,10 +670,7 @@ impl Engine {
             .get(rule)
             .and_then(|s| s.unevaluable.as_ref())
             .is_some_and(|u| u.paged);
-        self.metrics
-            .rule_unevaluable
-            .get_or_create(&label)
-            .set(i64::from(paged));
+        self.metrics.set_unevaluable(rule, paged);
     }
 
     /// The watchdog is fed only while evaluations keep reporting back, so a

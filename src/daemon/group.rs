@@ -86,7 +86,7 @@ pub(super) async fn run(
 
 fn load_rules(config: &Config) -> Option<RuleSet> {
     let files = crate::config::load::expand_globs(&config.rule_globs).ok()?;
-    let loaded = crate::config::load::load_rule_files(&files);
+    let loaded = crate::config::load::load_rule_files_to_run(&files);
     match loaded.value {
         Some(set) => Some(set),
         None => {
@@ -282,9 +282,7 @@ impl Mirror {
                     last_evaluation: seen
                         .map(|x| x.0.rfc3339())
                         .or(s.last_eval.map(|t| t.rfc3339())),
-                    values: seen
-                        .map(|x| x.1.clone())
-                        .unwrap_or_else(|| s.last_values.clone()),
+                    values: seen.map(|x| x.1.clone()).unwrap_or_else(|| s.values()),
                     last_error: seen.and_then(|x| x.2.clone()),
                     data_phase: metrics.data_phase(&r.name),
                     name: key,

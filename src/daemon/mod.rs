@@ -54,7 +54,7 @@ use crate::actions::{self, StepContext, StepOutcome};
 use crate::api::{Control, ControlMsg, RuleStatus, Snapshot};
 use crate::config::{Action, Config, Rule, RuleSet, Schedule};
 use crate::journal::{Entry, Journal, QueuedPage};
-use crate::metrics::{ActionLabels, Metrics, RuleLabel};
+use crate::metrics::{ActionLabels, Metrics};
 use crate::notify::outbox::Outbox;
 use crate::notify::{self, Notification};
 use crate::prom::Prom;

@@ -51,7 +51,7 @@ impl Engine {
             Ok(f) => f,
             Err(e) => return self.reload_failed(at, vec![e], retry),
         };
-        let loaded = crate::config::load::load_rule_files(&files);
+        let loaded = crate::config::load::load_rule_files_to_run(&files);
         let errors: Vec<String> = loaded.errors().map(|d| d.to_string()).collect();
         let Some(set) = loaded.value else {
             return self.reload_failed(at, errors, retry);

@@ -175,9 +175,7 @@ impl Queue {
                 .is_some_and(|r| r.fingerprint == s.rule.fingerprint)
         });
         self.ready.retain(|(n, ..)| self.slots.contains_key(n));
-        if let Ok(mut m) = metrics.data_phase.lock() {
-            m.retain(|n, _| self.slots.contains_key(n));
-        }
+        metrics.keep_data_phases(|n| self.slots.contains_key(n));
         let now = SystemTime::now();
         for (name, r) in rules {
             if self.slots.contains_key(name) {
@@ -348,9 +346,7 @@ impl Queue {
         let Some(phase) = learned else {
             return;
         };
-        if let Ok(mut m) = metrics.data_phase.lock() {
-            m.insert(d.rule.clone(), phase.clone());
-        }
+        metrics.set_data_phase(&d.rule, &phase);
         // The next tick, placed anew from the one just evaluated.
         let next = next_tick(&slot.rule.schedule, slot.last_tick, &phase);
         slot.phase = phase;

@@ -14,15 +14,41 @@
 //! A condition is at most [`MAX_LEN`] bytes and [`MAX_DEPTH`] levels deep,
 //! checked before it is parsed, so no rule file can exhaust the stack.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 
 use evalexpr::{ContextWithMutableVariables, HashMapContext, Node, Value};
+
+/// Compiled conditions by text, so rules with the same condition share one
+/// tree (a tree is ~450 bytes; rule sets written from a template repeat
+/// their conditions thousands of times). Weak: a tree no rule holds goes.
+static COMPILED: Mutex<Option<HashMap<String, Weak<Node>>>> = Mutex::new(None);
+
+/// `node`, compiled from `source`, or the tree already compiled from the
+/// same text.
+fn shared(source: &str, node: Node) -> Arc<Node> {
+    let Ok(mut guard) = COMPILED.lock() else {
+        return Arc::new(node);
+    };
+    let map = guard.get_or_insert_with(HashMap::new);
+    if let Some(n) = map.get(source).and_then(Weak::upgrade) {
+        return n;
+    }
+    // Trees of removed rules leave dead entries: drop them as the map grows.
+    if map.len() >= 1024 && map.len().is_power_of_two() {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    let n = Arc::new(node);
+    map.insert(source.to_string(), Arc::downgrade(&n));
+    n
+}
 
 #[derive(Clone, Debug)]
 pub struct Condition {
     source: String,
     /// `None`: alert-style, every series the query returns breaches.
-    node: Option<Node>,
+    /// Shared by every rule with the same condition text.
+    node: Option<Arc<Node>>,
 }
 
 impl PartialEq for Condition {
@@ -145,7 +171,7 @@ impl Condition {
         }
         let c = Condition {
             source: source.to_string(),
-            node: Some(node),
+            node: Some(shared(source, node)),
         };
         // Try it on sample values: this catches non-boolean results, unknown
         // functions and type errors before production does.
@@ -209,6 +235,27 @@ mod tests {
 
     fn vals(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn rules_with_the_same_condition_share_its_tree() {
+        let a = Condition::compile("v > 0.25", &["v"]).unwrap();
+        let b = Condition::compile("v > 0.25", &["v", "w"]).unwrap();
+        let c = Condition::compile("v > 0.5", &["v"]).unwrap();
+        let (na, nb, nc) = (
+            a.node.clone().unwrap(),
+            b.node.clone().unwrap(),
+            c.node.clone().unwrap(),
+        );
+        assert!(Arc::ptr_eq(&na, &nb));
+        assert!(!Arc::ptr_eq(&na, &nc));
+        // Shared, they still decide on their own values.
+        assert!(a.eval(&vals(&[("v", 0.3)])).unwrap());
+        assert!(!c.eval(&vals(&[("v", 0.3)])).unwrap());
+        // A tree no rule holds is compiled anew.
+        drop((a, b, na, nb));
+        let d = Condition::compile("v > 0.25", &["v"]).unwrap();
+        assert!(d.eval(&vals(&[("v", 0.3)])).unwrap());
     }
 
     #[test]

@@ -289,7 +289,7 @@ pub fn after_replay(
         let mut state = states.get(rule).cloned().unwrap_or_default();
         let id = format!("{rule}-journal-{}", at.0);
         state.last_incident = Some(id.clone());
-        state.status = Status::Open(Incident {
+        state.status = Status::Open(Box::new(Incident {
             id,
             opened_at: at,
             dry_run: false,
@@ -300,7 +300,7 @@ pub fn after_replay(
             done: Vec::new(),
             veto: None,
             values: BTreeMap::new(),
-        });
+        }));
         out.push(AfterReplay::TakenAsOpen {
             rule: rule.clone(),
             state: Box::new(state),

@@ -123,12 +123,9 @@ impl Machine<'_> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
-        let summary = r.summary.render(
-            &r.name,
-            r.severity.as_str(),
-            &labels,
-            &self.state.last_values,
-        );
+        let summary = r
+            .summary
+            .render(&r.name, r.severity.as_str(), &labels, &self.state.values());
         self.effects.push(Effect::Page(Page {
             rule: r.name.clone(),
             incident: incident.to_string(),
@@ -136,7 +133,7 @@ impl Machine<'_> {
             severity: r.severity,
             summary,
             notifiers: r.notify.clone(),
-            values: self.state.last_values.clone(),
+            values: self.state.values(),
             labels: self.state.labels.clone(),
             dry_run,
             drill,
@@ -242,12 +239,11 @@ impl Machine<'_> {
         }
         let mut values = BTreeMap::new();
         let mut missing = Vec::new();
-        self.state.last_values.clear();
         for q in self.rule.queries.keys() {
             let why = match samples.get(q) {
                 Some(Sample::Value(v)) if v.is_finite() => {
                     values.insert(q.clone(), *v);
-                    self.state.last_values.insert(q.clone(), Some(*v));
+                    self.set_value(q, Some(*v));
                     continue;
                 }
                 Some(Sample::Value(v)) if v.is_nan() => "NaN",
@@ -256,9 +252,10 @@ impl Machine<'_> {
                 Some(Sample::Empty) => "empty result",
                 None => "no result",
             };
-            self.state.last_values.insert(q.clone(), None);
+            self.set_value(q, None);
             missing.push((q.clone(), why.to_string()));
         }
+        self.prune_values();
         if !missing.is_empty() {
             // The queries answered: no data is an evaluation that worked.
             self.evaluable();
@@ -297,11 +294,32 @@ impl Machine<'_> {
         }
     }
 
+    /// Sets query `q`'s last value in place: after the first evaluation
+    /// nothing is allocated.
+    fn set_value(&mut self, q: &str, v: Option<f64>) {
+        match self.state.last_values.get_mut(q) {
+            Some(slot) => *slot = v,
+            None => {
+                self.state.last_values.insert(q.to_string(), v);
+            }
+        }
+    }
+
+    /// Drops the values of queries the rule no longer has (a changed rule
+    /// keeps its state).
+    fn prune_values(&mut self) {
+        if self.state.last_values.len() != self.rule.queries.len() {
+            let queries = &self.rule.queries;
+            self.state
+                .last_values
+                .retain(|q, _| queries.contains_key(q));
+        }
+    }
+
     /// An alert-style rule: a series is a breach whatever its value (NaN
     /// too, as in Prometheus); no series is ok, not missing data.
     fn presence(&mut self, samples: &BTreeMap<String, Sample>) -> Verdict {
         self.evaluable();
-        self.state.last_values.clear();
         let mut breach = false;
         for q in self.rule.queries.keys() {
             let v = match samples.get(q) {
@@ -311,8 +329,9 @@ impl Machine<'_> {
                 }
                 _ => None,
             };
-            self.state.last_values.insert(q.clone(), v);
+            self.set_value(q, v);
         }
+        self.prune_values();
         if breach {
             Verdict::Breach
         } else {
@@ -428,7 +447,7 @@ impl Machine<'_> {
         }
         let mode = self.rule.mode.unwrap_or(self.shared.mode);
         self.state.last_incident = Some(id.clone());
-        self.state.status = Status::Open(Incident {
+        self.state.status = Status::Open(Box::new(Incident {
             id,
             opened_at: self.now,
             dry_run: force_dry_run || mode == Mode::DryRun,
@@ -436,8 +455,8 @@ impl Machine<'_> {
             phase: Phase::Acting { index: 0 },
             done: Vec::new(),
             veto: None,
-            values: self.state.last_values.clone(),
-        });
+            values: self.state.values(),
+        }));
         self.page(PageKind::Opened);
         match &self.rule.approval {
             Some(a) => {

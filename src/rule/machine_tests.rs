@@ -1195,3 +1195,25 @@ fn a_budget_entry_from_the_future_counts_as_now_and_expires_within_the_hour() {
     assert!(!b.try_take(now), "the entry still counts");
     assert!(b.try_take(now.plus(std::time::Duration::from_secs(3601))));
 }
+
+#[test]
+fn last_values_follow_the_rules_queries_in_place() {
+    let rule = build_rule("");
+    let mut shared = Shared::new(5, Mode::Enforce);
+    // A state kept from an earlier version of the rule, with another query.
+    let mut st = RuleState::default();
+    st.last_values.insert("gone".into(), Some(1.0));
+    let eval = |v: Option<f64>| {
+        Input::Evaluate(Observation::Samples(
+            v.map(|v| ("q".to_string(), Sample::Value(v)))
+                .into_iter()
+                .collect(),
+        ))
+    };
+    let (st, _) = step(&rule, &st, &mut shared, eval(Some(0.5)), Timestamp(1000));
+    assert_eq!(st.values(), [("q".to_string(), Some(0.5))].into());
+    let (st, _) = step(&rule, &st, &mut shared, eval(Some(0.25)), Timestamp(2000));
+    assert_eq!(st.values(), [("q".to_string(), Some(0.25))].into());
+    let (st, _) = step(&rule, &st, &mut shared, eval(None), Timestamp(3000));
+    assert_eq!(st.values(), [("q".to_string(), None)].into());
+}
