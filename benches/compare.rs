@@ -623,6 +623,7 @@ fn cost(plan: &Plan) -> (Value, Value) {
         }
         let (r, ripcord, start_to_ready) = run_ripcord(dir, &prom, &rules, wall);
         if n == 100 {
+            // Busy: 100 evaluations a second.
             footprint["idle_rss_mb_100_rules"] = json!(r.mem.rss_mb);
         }
         if n == *plan.sizes.iter().max().unwrap_or(&n) {
@@ -645,6 +646,9 @@ fn cost(plan: &Plan) -> (Value, Value) {
             ));
         }
         let v = run_vmalert(dir, &prom, &vm_rules, wall);
+        if n == 100 {
+            footprint["idle"] = idle(dir, &prom, n, plan.min_wall);
+        }
         let expected = n as f64 * wall.as_secs_f64() / interval.as_secs_f64();
         let row = json!({
             "rules": n,
@@ -658,6 +662,32 @@ fn cost(plan: &Plan) -> (Value, Value) {
         rows.push(row);
     }
     (Value::Array(rows), footprint)
+}
+
+/// Idle: the same `n` rules at the default interval (30 s; vmalert's group
+/// at 30 s too), RSS after `wall`: what a daemon that watches a cutover
+/// and otherwise waits holds.
+fn idle(dir: &Path, prom: &Prom, n: usize, wall: Duration) -> Value {
+    let mut rules = String::from("rules:\n");
+    let mut vm_rules = String::from(
+        "groups:\n  - name: bench\n    interval: 30s\n    concurrency: 32\n    rules:\n",
+    );
+    for i in 0..n {
+        rules.push_str(&format!(
+            "  - name: r-{i}\n    queries: {{v: 'bench_value{{i=\"{i}\"}}'}}\n    condition: v > 1000000000\n"
+        ));
+        vm_rules.push_str(&format!(
+            "      - alert: r_{i}\n        expr: 'bench_value{{i=\"{i}\"}} > 1000000000'\n"
+        ));
+    }
+    let (r, ripcord, _) = run_ripcord(dir, prom, &rules, wall);
+    drop(ripcord);
+    let v = run_vmalert(dir, prom, &vm_rules, wall);
+    eprintln!(
+        "   idle, {n} rules every 30s: ripcord RSS {:.1} MB, vmalert {:.1} MB",
+        r.mem.rss_mb, v.mem.rss_mb
+    );
+    json!({"rules": n, "ripcord_rss_mb": r.mem.rss_mb, "vmalert_rss_mb": v.mem.rss_mb})
 }
 
 /// Many series: `groups` × `per_group` series of `bench_series{g, i}`,
@@ -1457,7 +1487,9 @@ fn markdown(r: &Value) -> String {
     }
     let fp = &r["footprint"];
     s.push_str(&format!(
-        "\n### Footprint\n\n| measure | value |\n|---|---|\n| RSS with 100 rules, steady state | {} MB |\n| start-up to READY=1, {} rules | {} s |\n| reload (SIGHUP → READY=1), {} rules unchanged | {} s |\n| reload, all {} rules changed | {} s |\n",
+        "\n### Footprint\n\n| measure | value |\n|---|---|\n| RSS with 100 rules idle (every 30 s), ripcord / vmalert | {} / {} MB |\n| RSS with 100 rules evaluated every 1 s | {} MB |\n| start-up to READY=1, {} rules | {} s |\n| reload (SIGHUP → READY=1), {} rules unchanged | {} s |\n| reload, all {} rules changed | {} s |\n",
+        f(&fp["idle"]["ripcord_rss_mb"]),
+        f(&fp["idle"]["vmalert_rss_mb"]),
         f(&fp["idle_rss_mb_100_rules"]),
         fp["rules"],
         f(&fp["start_to_ready_s"]),

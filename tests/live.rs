@@ -615,6 +615,14 @@ fn evaluations_go_just_after_the_scrape_so_a_breach_is_acted_on_when_scraped() {
             .to_string();
         phase.contains("scraped every 1s")
     });
+    // The rule's web page says it too.
+    let page = http_get(rc.listen, "/rules/r0")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    assert!(
+        page.contains("evaluation timing") && page.contains("scraped every 1s"),
+        "{page}"
+    );
     // Placed on the data, still every second: not one period skipped.
     let evaluations = || {
         http_get(rc.listen, "/metrics")

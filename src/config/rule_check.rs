@@ -124,10 +124,15 @@ pub(super) fn validate_rule(cx: &mut Ctx, at: &At, r: RawRule, had_errors: bool)
 
     Some(Rule {
         fingerprint: String::new(),
-        file: Arc::from(cx.file(at)),
+        file: cx.file_arc(at),
         name: r.name,
         schedule,
-        queries: r.queries,
+        queries: {
+            // Exact: rules are many and their queries few.
+            let mut q = r.queries;
+            q.shrink_to_fit();
+            q
+        },
         by: r.by,
         condition: condition?,
         for_,

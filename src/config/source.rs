@@ -4,7 +4,7 @@
 //! checks every part of a rule file shares (names, durations, "exactly one
 //! of"). Below the loaders and the per-kind validators that use it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,8 @@ impl<T> Loaded<T> {
 
 #[derive(Clone)]
 pub(crate) struct Doc {
-    path: PathBuf,
+    /// Shared with every rule read from it.
+    path: Arc<Path>,
     /// The text, kept to build the index the first time a position is
     /// needed: a file without problems never pays for it.
     text: Arc<str>,
@@ -109,7 +110,11 @@ impl Ctx {
                 }
                 // Never a silent loss of the rules it held: the load fails.
                 None => {
-                    let file = self.docs.last().map(|d| d.path.clone()).unwrap_or_default();
+                    let file = self
+                        .docs
+                        .last()
+                        .map(|d| d.path.to_path_buf())
+                        .unwrap_or_default();
                     self.diags.push(Diagnostic::error(
                         &file,
                         Pos::START,
@@ -173,6 +178,11 @@ impl Ctx {
 
     pub fn file(&self, at: &At) -> &Path {
         &self.docs[at.doc].path
+    }
+
+    /// [`Ctx::file`], shared.
+    pub(crate) fn file_arc(&self, at: &At) -> Arc<Path> {
+        self.docs[at.doc].path.clone()
     }
 
     pub fn error(&mut self, at: &At, msg: impl Into<String>) {
@@ -275,7 +285,7 @@ impl Ctx {
     /// positions); the place of its root.
     pub(crate) fn add_doc(&mut self, path: &Path, text: Arc<str>) -> At {
         Arc::make_mut(&mut self.docs).push(Doc {
-            path: path.to_path_buf(),
+            path: Arc::from(path),
             text,
             index: std::sync::OnceLock::new(),
         });

@@ -17,7 +17,7 @@ pub(super) struct Recent {
 
 impl Recent {
     /// Records one evaluation's values.
-    pub(super) fn push(&mut self, rule: &Rule, values: &indexmap::IndexMap<String, Option<f64>>) {
+    pub(super) fn push(&mut self, rule: &Rule, values: &litemap::LiteMap<String, Option<f64>>) {
         if self.rings.len() != rule.queries.len() {
             self.rings = vec![VecDeque::with_capacity(KEEP); rule.queries.len()];
         }
@@ -63,7 +63,7 @@ mod tests {
         let rule = set.value.expect("loads").rules[0].clone();
         let mut r = Recent::default();
         for i in 0..(KEEP + 5) {
-            let mut v = indexmap::IndexMap::new();
+            let mut v = litemap::LiteMap::new();
             v.insert("a".to_string(), Some(i as f64));
             v.insert("b".to_string(), (i % 2 == 0).then_some(1.0));
             r.push(&rule, &v);

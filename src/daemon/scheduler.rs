@@ -139,20 +139,30 @@ struct Ctx {
 
 /// The scheduler task's own state.
 struct Queue {
-    slots: HashMap<String, Slot>,
+    /// By rule name; the name is shared with the rule's queue entries.
+    slots: HashMap<Arc<str>, Slot>,
     /// (due, generation, rule), soonest first.
-    heap: BinaryHeap<Reverse<(SystemTime, u64, String)>>,
+    heap: BinaryHeap<Reverse<(SystemTime, u64, Arc<str>)>>,
     /// Due and waiting for an evaluation permit, in order: (rule,
     /// generation, the tick's instant).
-    ready: VecDeque<(String, u64, SystemTime)>,
+    ready: VecDeque<(Arc<str>, u64, SystemTime)>,
     next_generation: u64,
 }
 
 impl Queue {
     fn push(&mut self, name: &str) {
-        if let Some(s) = self.slots.get(name) {
-            self.heap
-                .push(Reverse((s.due, s.generation, name.to_string())));
+        if let Some((name, s)) = self.slots.get_key_value(name) {
+            self.heap.push(Reverse((s.due, s.generation, name.clone())));
+        }
+        // Entries for ticks since moved (a phase learned, a rule replaced)
+        // stay until their time: past half again the live ones, the queue
+        // is rebuilt from the slots, one entry each.
+        if self.heap.len() > self.slots.len() * 3 / 2 + 64 {
+            self.heap = self
+                .slots
+                .iter()
+                .map(|(n, s)| Reverse((s.due, s.generation, n.clone())))
+                .collect();
         }
     }
 
@@ -171,14 +181,14 @@ impl Queue {
         ctx.prom.set_shared_texts(multi);
         self.slots.retain(|n, s| {
             rules
-                .get(n)
+                .get(&**n)
                 .is_some_and(|r| r.fingerprint == s.rule.fingerprint)
         });
         self.ready.retain(|(n, ..)| self.slots.contains_key(n));
         metrics.keep_data_phases(|n| self.slots.contains_key(n));
         let now = SystemTime::now();
         for (name, r) in rules {
-            if self.slots.contains_key(name) {
+            if self.slots.contains_key(name.as_str()) {
                 continue;
             }
             self.next_generation += 1;
@@ -197,7 +207,7 @@ impl Queue {
                 .and_then(|_| freshness::selector(r.queries.values()))
                 .map(String::into_boxed_str);
             self.slots.insert(
-                name.clone(),
+                Arc::from(name.as_str()),
                 Slot {
                     rule: r.clone(),
                     due,
@@ -332,7 +342,7 @@ impl Queue {
     fn finished(&mut self, d: Done, metrics: &Metrics) {
         let Some(slot) = self
             .slots
-            .get_mut(&d.rule)
+            .get_mut(d.rule.as_str())
             .filter(|s| s.generation == d.generation)
         else {
             return;
@@ -440,6 +450,65 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moved_ticks_do_not_grow_the_queue_and_each_rule_keeps_its_entry() {
+        let set = crate::config::load::load_rule_sources(&[(
+            "r.yaml",
+            "rules:\n  - {name: a, queries: {v: sum(up)}, condition: v > 1}\n  - {name: b, queries: {v: sum(up)}, condition: v > 1}\n",
+        )])
+        .value
+        .expect("loads");
+        let mut q = Queue {
+            slots: HashMap::new(),
+            heap: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            next_generation: 0,
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        for (i, r) in set.rules.iter().enumerate() {
+            q.slots.insert(
+                Arc::from(r.name.as_str()),
+                Slot {
+                    rule: r.clone(),
+                    due: t0,
+                    first: false,
+                    busy: false,
+                    last_tick: t0,
+                    phase: Phase::epoch(1000.0),
+                    selector: None,
+                    learn_at: None,
+                    generation: i as u64,
+                },
+            );
+            q.push(&r.name);
+        }
+        // Each rule's tick moved a thousand times (phases learned anew):
+        // the stale entries are dropped as they pile up.
+        for k in 1..=1000u64 {
+            for name in ["a", "b"] {
+                let slot = q.slots.get_mut(name).expect("slot");
+                slot.due = t0 + Duration::from_millis(k);
+                q.push(name);
+            }
+            assert!(q.heap.len() <= 2 * 3 / 2 + 64 + 1, "{}", q.heap.len());
+        }
+        // What is due is each rule's latest tick, once.
+        let live: Vec<(SystemTime, u64, String)> = q
+            .heap
+            .iter()
+            .map(|Reverse((d, g, n))| (*d, *g, n.to_string()))
+            .filter(|(d, g, n)| {
+                q.slots
+                    .get(n.as_str())
+                    .is_some_and(|s| s.due == *d && s.generation == *g)
+            })
+            .collect();
+        assert_eq!(live.len(), 2, "{live:?}");
+        assert!(live
+            .iter()
+            .all(|(d, ..)| *d == t0 + Duration::from_millis(1000)));
+    }
 
     #[test]
     fn next_tick_for_every_and_cron() {

@@ -41,6 +41,18 @@ impl Engine {
             ("notify".into(), r.notify.join(", ")),
             ("cooldown".into(), d(r.cooldown)),
         ];
+        if let Schedule::Every(_) = r.schedule {
+            // Where its evaluations go against the data's scrapes.
+            settings.insert(
+                1,
+                (
+                    "evaluation timing".into(),
+                    self.metrics.data_phase(name).unwrap_or_else(|| {
+                        "not learned yet: on the multiples of the interval".into()
+                    }),
+                ),
+            );
+        }
         if let Some(a) = &r.approval {
             settings.push((
                 "approval".into(),

@@ -300,7 +300,11 @@ impl Machine<'_> {
         match self.state.last_values.get_mut(q) {
             Some(slot) => *slot = v,
             None => {
-                self.state.last_values.insert(q.to_string(), v);
+                let values = &mut self.state.last_values;
+                if values.is_empty() {
+                    *values = litemap::LiteMap::with_capacity(self.rule.queries.len());
+                }
+                values.insert(q.to_string(), v);
             }
         }
     }
@@ -342,10 +346,12 @@ impl Machine<'_> {
     /// One more evaluation that failed for the rule's own reasons: past the
     /// grace period its notifiers are paged, once.
     fn unevaluable(&mut self, error: String) {
-        let u = self.state.unevaluable.get_or_insert(Unevaluable {
-            since: self.now,
-            error,
-            paged: false,
+        let u = self.state.unevaluable.get_or_insert_with(|| {
+            Box::new(Unevaluable {
+                since: self.now,
+                error,
+                paged: false,
+            })
         });
         if u.paged || self.now.since(u.since) < unevaluable_grace(self.rule, u.since) {
             return;

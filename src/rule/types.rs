@@ -289,15 +289,16 @@ pub struct RuleState {
     pub status: Status,
     pub last_eval: Option<Timestamp>,
     /// Each query's last value; `None` is no data.
-    /// (An index map: a B-tree allocates room for eleven entries for the
-    /// one or two a rule has, 456 bytes a state.)
-    pub last_values: indexmap::IndexMap<String, Option<f64>>,
+    /// (A sorted vector: a B-tree allocates room for eleven entries for
+    /// the one or two a rule has, 456 bytes a state.)
+    pub last_values: litemap::LiteMap<String, Option<f64>>,
     /// Why the last evaluation could not decide, if it could not.
     pub last_error: Option<String>,
     pub last_incident: Option<String>,
     /// Set while the rule's own evaluations fail.
+    /// (Boxed: rare, and a state is kept per rule and instance.)
     #[serde(default)]
-    pub unevaluable: Option<Unevaluable>,
+    pub unevaluable: Option<Box<Unevaluable>>,
     /// The instance's labels, for a `by:` or alert-style rule (empty: the
     /// rule's own instance).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
