@@ -405,7 +405,7 @@ struct ReadRule {
 
 /// Rules are checked in batches of this many (on every core) while the
 /// YAML is read.
-const RULE_BATCH: usize = 4096;
+const RULE_BATCH: usize = 2048;
 
 /// A rule file's `notifiers:` or `actions:`, checked once every file is
 /// read.
@@ -724,7 +724,9 @@ fn check_rules(cx: &mut Ctx, at: &At, items: Vec<(usize, Value)>, read: &mut Vec
         let at = at.index(i);
         let before = cx.error_count();
         let raw = cx.de::<RawRule>(&at, &item)?;
-        let fingerprint = serde_json::to_string(&item).unwrap_or_default();
+        let mut fingerprint = serde_json::to_string(&item).unwrap_or_default();
+        // Kept for the rule's life: without the room it grew by doubling.
+        fingerprint.shrink_to_fit();
         drop(item);
         let had_errors = cx.error_count() > before;
         let name = raw.name.clone();

@@ -266,6 +266,11 @@ impl Queue {
         evals: &mut JoinSet<()>,
         done: &mpsc::UnboundedSender<Done>,
     ) {
+        // The first tick of every rule comes at once: room for all of them
+        // is not kept once they have started.
+        if self.ready.is_empty() && self.ready.capacity() > 1024 {
+            self.ready.shrink_to(64);
+        }
         while let Some((name, generation, tick)) = self.ready.front().cloned() {
             let Some(slot) = self
                 .slots
