@@ -27,9 +27,9 @@ fn main() -> ExitCode {
 
 /// The daemon allocates from one glibc arena, not one per thread that ever
 /// allocated: what a load's worker threads or a tokio worker freed is then
-/// reused by the others instead of held per thread. At 10 000 rules that is
-/// 60 → 50 MB of RSS for the same heap (BENCHMARKS.md, *Memory*); the CPU
-/// cost is nil at ripcord's few threads. `MALLOC_ARENA_MAX` set in the
+/// reused by the others instead of held per thread. At 10 000 rules that was
+/// 60 → 50 MB of RSS for the same heap (BENCHMARKS.md, *Memory*; the CPU
+/// numbers there are measured with it). `MALLOC_ARENA_MAX` set in the
 /// environment is left to decide.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
