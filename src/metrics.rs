@@ -66,6 +66,9 @@ impl RuleTable {
     }
 }
 
+/// A per-rule series: its name, type, help and value.
+type PerRule = (&'static str, &'static str, &'static str, fn(&Row) -> u64);
+
 impl RuleTable {
     /// The table in the Prometheus text format (0.0.4), written straight
     /// into `out`: at 10 000 rules these are 90 000 lines, and going through
@@ -83,43 +86,32 @@ impl RuleTable {
                 "# HELP ripcord_{name} {help}\n# TYPE ripcord_{name} {kind}\n"
             );
         };
-        if evaluated().next().is_some() {
-            family(out, "evaluations_total", "counter", "Rule evaluations");
-            for (rule, r) in evaluated() {
-                let _ = writeln!(
-                    out,
-                    "ripcord_evaluations_total{{rule=\"{}\"}} {}",
-                    Escaped(rule),
-                    r.evaluations
-                );
-            }
-            family(
-                out,
+        let per_rule: [PerRule; 3] = [
+            ("evaluations_total", "counter", "Rule evaluations", |r| r.evaluations),
+            (
                 "evaluation_failures_total",
                 "counter",
                 "Evaluations that could not decide (Prometheus errors, bad results)",
-            );
-            for (rule, r) in evaluated() {
-                let _ = writeln!(
-                    out,
-                    "ripcord_evaluation_failures_total{{rule=\"{}\"}} {}",
-                    Escaped(rule),
-                    r.failures
-                );
-            }
-            family(
-                out,
+                |r| r.failures,
+            ),
+            (
                 "rule_unevaluable",
                 "gauge",
                 "1 while a rule's own evaluations have failed past its grace period (it protects nothing)",
-            );
-            for (rule, r) in evaluated() {
-                let _ = writeln!(
-                    out,
-                    "ripcord_rule_unevaluable{{rule=\"{}\"}} {}",
-                    Escaped(rule),
-                    u8::from(r.unevaluable)
-                );
+                |r| u64::from(r.unevaluable),
+            ),
+        ];
+        if evaluated().next().is_some() {
+            for (name, kind, help, value) in per_rule {
+                family(out, name, kind, help);
+                for (rule, r) in evaluated() {
+                    let _ = writeln!(
+                        out,
+                        "ripcord_{name}{{rule=\"{}\"}} {}",
+                        Escaped(rule),
+                        value(r)
+                    );
+                }
             }
         }
         if rows.values().any(|r| r.has_state) {

@@ -548,11 +548,21 @@ impl FileVisitor<'_> {
     }
 }
 
-/// The top level of a rule file, and what a key's value is when it is not
-/// the list or mapping it should be: the error is the caller's, reading
-/// goes on.
+/// What a rule file's top level, or its `rules:`, is when it is not the
+/// mapping or list it should be: `$ret` reports it and reading goes on;
+/// nothing (null) is an empty file or list.
 macro_rules! other_values_are {
-    ($ret:expr) => {
+    ($what:literal, $ret:expr) => {
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str($what)
+        }
+        /// Empty (a file of only comments, or `rules:` alone): nothing.
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(())
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(())
+        }
         fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
             #[allow(clippy::redundant_closure_call)]
             Ok($ret(self))
@@ -587,26 +597,13 @@ macro_rules! other_values_are {
 impl<'de> serde::de::Visitor<'de> for FileVisitor<'_> {
     type Value = ();
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a rule file")
-    }
-
-    /// An empty file (or only comments).
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
         self.not_a_mapping();
         Ok(())
     }
 
-    other_values_are!(FileVisitor::not_a_mapping);
+    other_values_are!("a rule file", FileVisitor::not_a_mapping);
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         use serde::de::Error;
@@ -676,19 +673,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for RulesSeed<'_> {
 impl<'de> serde::de::Visitor<'de> for RulesSeed<'_> {
     type Value = ();
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list of rules")
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    other_values_are!(RulesSeed::not_a_list);
+    other_values_are!("a list of rules", RulesSeed::not_a_list);
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while map
