@@ -563,34 +563,19 @@ macro_rules! other_values_are {
         fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
             Ok(())
         }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            #[allow(clippy::redundant_closure_call)]
-            Ok($ret(self))
-        }
-        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            #[allow(clippy::redundant_closure_call)]
-            Ok($ret(self))
-        }
-        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            #[allow(clippy::redundant_closure_call)]
-            Ok($ret(self))
-        }
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            #[allow(clippy::redundant_closure_call)]
-            Ok($ret(self))
-        }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            #[allow(clippy::redundant_closure_call)]
-            Ok($ret(self))
-        }
+        other_values_are!(@scalars $ret; visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
         fn visit_enum<A: serde::de::EnumAccess<'de>>(self, e: A) -> Result<Self::Value, A::Error> {
             // A tagged value (`!tag x`): read and set aside.
             use serde::de::VariantAccess;
             let (_, v) = e.variant::<serde::de::IgnoredAny>()?;
             v.newtype_variant::<serde::de::IgnoredAny>()?;
-            #[allow(clippy::redundant_closure_call)]
             Ok($ret(self))
         }
+    };
+    (@scalars $ret:expr; $($visit:ident: $t:ty),*) => {
+        $(fn $visit<E: serde::de::Error>(self, _: $t) -> Result<Self::Value, E> {
+            Ok($ret(self))
+        })*
     };
 }
 
