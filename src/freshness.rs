@@ -157,7 +157,23 @@ pub fn targets(answer: &[(BTreeMap<String, String>, f64)]) -> Vec<Target> {
     by.into_values().filter(|t| t.last_ms.is_some()).collect()
 }
 
-/// Where a rule's evaluations go: the instants `anchor + k × period`.
+/// The instants `anchor + k × period` (ms since the epoch).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grid {
+    pub anchor_ms: f64,
+    pub period_ms: f64,
+}
+
+impl Grid {
+    /// The first instant at or after `t_ms`.
+    pub fn at_or_after(&self, t_ms: f64) -> f64 {
+        let k = ((t_ms - self.anchor_ms) / self.period_ms).ceil();
+        self.anchor_ms + k * self.period_ms
+    }
+}
+
+/// Where a rule's evaluations go: the instants `anchor + k × period`, and
+/// what they were learned from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Phase {
     /// An instant (ms since the epoch) when the data is fresh and readable.
@@ -188,8 +204,15 @@ impl Phase {
 
     /// The first candidate instant at or after `t_ms`.
     pub fn at_or_after(&self, t_ms: f64) -> f64 {
-        let k = ((t_ms - self.anchor_ms) / self.period_ms).ceil();
-        self.anchor_ms + k * self.period_ms
+        self.grid().at_or_after(t_ms)
+    }
+
+    /// The instants alone, what a scheduler keeps of the phase.
+    pub fn grid(&self) -> Grid {
+        Grid {
+            anchor_ms: self.anchor_ms,
+            period_ms: self.period_ms,
+        }
     }
 
     /// The instant's place in its period, for people: `2.245 s past each

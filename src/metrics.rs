@@ -27,6 +27,7 @@ pub struct BuildLabels {
 
 use crate::freshness::Phase;
 use crate::rule::StateName;
+use std::sync::Arc;
 
 /// What ripcord exports per rule (and per instance, for `rule_state`),
 /// one row per name: a rule costs a row, not a labelled series per
@@ -47,7 +48,8 @@ struct Row {
     unevaluable: bool,
     /// Not exported: where its evaluations go against the data's scrapes,
     /// as the scheduler learned it ([`crate::freshness`]), for `status`.
-    phase: Option<Box<Phase>>,
+    /// Shared: rules over the same scrapes learn the same phase.
+    phase: Option<Arc<Phase>>,
 }
 
 #[derive(Debug, Default)]
@@ -187,9 +189,9 @@ impl Metrics {
     }
 
     /// The scheduler learned where `rule`'s data arrives.
-    pub fn set_data_phase(&self, rule: &str, phase: &Phase) {
+    pub fn set_data_phase(&self, rule: &str, phase: &Arc<Phase>) {
         self.rule_table
-            .with(rule, |r| r.phase = Some(Box::new(phase.clone())));
+            .with(rule, |r| r.phase = Some(phase.clone()));
     }
 
     /// Drops the data phases of rules the scheduler no longer runs.
@@ -443,7 +445,7 @@ mod tests {
     #[test]
     fn data_phases_are_kept_for_running_rules_only() {
         let m = Metrics::new();
-        let p = Phase::epoch(1000.0);
+        let p = Arc::new(Phase::epoch(1000.0));
         m.set_data_phase("a", &p);
         m.set_data_phase("b", &p);
         assert_eq!(m.data_phase("a"), Some(p.describe()));

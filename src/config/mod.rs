@@ -229,7 +229,7 @@ pub struct Rule {
     pub file: Arc<std::path::Path>,
     pub schedule: Schedule,
     /// Query name → PromQL, in the order written.
-    pub queries: IndexMap<String, String>,
+    pub queries: Queries,
     /// Labels whose distinct values make instances (empty: one instance).
     pub by: Vec<String>,
     /// [`Condition::presence`] for an alert-style rule.
@@ -255,6 +255,59 @@ pub struct Rule {
     pub labels: BTreeMap<String, String>,
     pub runbook_url: Option<String>,
     pub dashboard_url: Option<String>,
+}
+
+/// A rule's queries, name → PromQL, in the order written. A rule has a
+/// few and a daemon may hold thousands of rules: a slice searched in order,
+/// not a hash table beside it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Queries(Box<[(String, String)]>);
+
+impl Queries {
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, q)| q)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(n, _)| n)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(_, q)| q)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(n, q)| (n, q))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<IndexMap<String, String>> for Queries {
+    fn from(m: IndexMap<String, String>) -> Queries {
+        Queries(m.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Queries {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, String)>,
+        fn(&'a (String, String)) -> (&'a String, &'a String),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(n, q)| (n, q))
+    }
 }
 
 impl Rule {

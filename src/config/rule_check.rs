@@ -127,12 +127,7 @@ pub(super) fn validate_rule(cx: &mut Ctx, at: &At, r: RawRule, had_errors: bool)
         file: cx.file_arc(at),
         name: r.name,
         schedule,
-        queries: {
-            // Exact: rules are many and their queries few.
-            let mut q = r.queries;
-            q.shrink_to_fit();
-            q
-        },
+        queries: r.queries.into(),
         by: r.by,
         condition: condition?,
         for_,

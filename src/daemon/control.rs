@@ -135,7 +135,7 @@ impl Engine {
         let since = match &s.status {
             Status::Pending { since, .. } => Some(*since),
             Status::Open(i) => Some(i.opened_at),
-            _ => self.state_since.get(&key).copied(),
+            _ => self.recent.get(&key).and_then(|r| r.since),
         };
         RuleStatus {
             data_phase: self.metrics.data_phase(&rule.name),

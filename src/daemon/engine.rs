@@ -46,10 +46,9 @@ pub(super) struct Engine {
     /// Incident running some steps → the (key, incident, action) of those
     /// that joined that run and wait for its result.
     pub(super) joiners: HashMap<String, Vec<(String, String, String)>>,
-    /// Each rule's last evaluations, for the web page's sparklines.
+    /// Each rule's or instance's state change and last evaluations, as
+    /// `status` and the web page show them.
     pub(super) recent: HashMap<String, recent::Recent>,
-    /// When each rule's state last changed while this process ran.
-    pub(super) state_since: HashMap<String, Timestamp>,
     /// The group this instance leads, with `ha:`.
     pub(super) ha: Option<Arc<crate::ha::Node>>,
 }
@@ -110,18 +109,20 @@ impl Engine {
             .unwrap_or_default();
         let old_shared = self.shared.clone();
         let (new, effects) = rule::step(&rule, &old, &mut self.shared, input, at);
-        if new.name() != old.name() {
+        let moved = new.name() != old.name();
+        if moved {
             self.metrics.set_state(name, new.name());
-            self.state_since.insert(name.to_string(), at);
         }
-        if new.last_eval != old.last_eval {
-            match self.recent.get_mut(name) {
-                Some(r) => r.push(&rule, &new.last_values),
-                None => self
-                    .recent
-                    .entry(name.to_string())
-                    .or_default()
-                    .push(&rule, &new.last_values),
+        if moved || new.last_eval != old.last_eval {
+            let recent = match self.recent.get_mut(name) {
+                Some(r) => r,
+                None => self.recent.entry(name.to_string()).or_default(),
+            };
+            if moved {
+                recent.since = Some(at);
+            }
+            if new.last_eval != old.last_eval {
+                recent.push(&rule, &new.last_values);
             }
         }
         let started = new
@@ -661,7 +662,6 @@ impl Engine {
                     }
                 }
                 self.recent.remove(&seen.key);
-                self.state_since.remove(&seen.key);
                 self.metrics.forget_state(&seen.key);
             }
         }

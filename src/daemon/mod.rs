@@ -183,7 +183,6 @@ async fn run_term(
         mut control_rx,
         mut engine,
         metrics,
-        rule_map,
         listener,
         mut hup,
         token,
@@ -219,7 +218,7 @@ async fn run_term(
     let mut sched = Scheduler::start(prom.clone(), tx.clone(), misses.clone(), metrics.clone());
     sched.sync(&engine.rules);
     drop(tx);
-    for name in rule_map.keys() {
+    for name in engine.rules.keys() {
         let state = engine
             .states
             .get(name)
@@ -249,7 +248,7 @@ async fn run_term(
     let mut reload_at: Option<tokio::time::Instant> = None;
     let mut hup_pending = false;
 
-    info!(rules = rule_map.len(), state_dir = %dir.display(), prometheus = %crate::body::redact_url(&config.prometheus.url), mode = ?config.mode, "ripcord running");
+    info!(rules = engine.rules.len(), state_dir = %dir.display(), prometheus = %crate::body::redact_url(&config.prometheus.url), mode = ?config.mode, "ripcord running");
     // Ready means ready: config and rules loaded, every task running.
     sd_notify(&[
         sd_notify::NotifyState::Ready,

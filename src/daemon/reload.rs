@@ -110,7 +110,9 @@ impl Engine {
                 Some(old) if old.fingerprint != r.fingerprint => {
                     changed += 1;
                     // Its sparkline would mix the old queries with the new.
-                    self.recent.remove(name);
+                    if let Some(r) = self.recent.get_mut(name) {
+                        r.clear_values();
+                    }
                     // A changed condition makes a pending timer meaningless;
                     // open incidents, cooldowns and the rest are kept.
                     if let Some(st) = self.states.get_mut(name) {

@@ -7,7 +7,7 @@
 //! idle rule costs a queue entry and a slot, not a task. It may not touch
 //! rule state.
 use super::*;
-use crate::freshness::{self, Phase};
+use crate::freshness::{self, Grid, Phase};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Instant, SystemTime};
@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 /// shorter or longer (rounding up always could cost nearly a whole
 /// interval). Rules of one interval on the same data evaluate at the same
 /// instants, so a query they share is sent once ([`Prom::query_for_rule`]).
-fn next_tick(schedule: &Schedule, after: SystemTime, phase: &Phase) -> SystemTime {
+fn next_tick(schedule: &Schedule, after: SystemTime, phase: &Grid) -> SystemTime {
     match schedule {
         Schedule::Every(d) => {
             let target = Timestamp::from_system(after + *d).0 as f64;
@@ -93,6 +93,8 @@ async fn learn_phase(prom: &Prom, probe: &str, every: Duration, at: Timestamp) -
 
 /// One rule's place in the schedule.
 struct Slot {
+    /// The rule's name, shared with its queue entries.
+    name: Arc<str>,
     rule: Arc<Rule>,
     /// The tick it waits for; a queue entry for another instant is stale.
     due: SystemTime,
@@ -103,10 +105,9 @@ struct Slot {
     /// The tick last started: the next is placed from it.
     last_tick: SystemTime,
     /// Where `every:` ticks go.
-    phase: Phase,
-    /// The probe's selector, when the rule has current data to align to.
-    selector: Option<Box<str>>,
-    /// When to probe next.
+    phase: Grid,
+    /// When to probe next, if the rule has current data to align to (the
+    /// probe's selector is found again then: it is not kept).
     learn_at: Option<Instant>,
     /// Tells this rule's slot from a later one of the same name (a reload
     /// that changed it): a finished evaluation of the old one is ignored.
@@ -137,22 +138,63 @@ struct Ctx {
     wedge_at: Option<Instant>,
 }
 
+/// Every rule's slot, sorted by name and found by binary search: a daemon
+/// may hold thousands, and a hash table would add two-thirds again of room.
+#[derive(Default)]
+struct Slots(Vec<Slot>);
+
+impl Slots {
+    fn get(&self, name: &str) -> Option<&Slot> {
+        let i = self.0.binary_search_by(|s| (*s.name).cmp(name)).ok()?;
+        self.0.get(i)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Slot> {
+        let i = self.0.binary_search_by(|s| (*s.name).cmp(name)).ok()?;
+        self.0.get_mut(i)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Slot> {
+        self.0.iter()
+    }
+
+    /// Adds slots for rules not here yet, keeping the order.
+    fn add(&mut self, new: Vec<Slot>) {
+        if !new.is_empty() {
+            self.0.extend(new);
+            self.0.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        }
+        self.0.shrink_to_fit();
+    }
+}
+
 /// The scheduler task's own state.
 struct Queue {
-    /// By rule name; the name is shared with the rule's queue entries.
-    slots: HashMap<Arc<str>, Slot>,
+    slots: Slots,
     /// (due, generation, rule), soonest first.
     heap: BinaryHeap<Reverse<(SystemTime, u64, Arc<str>)>>,
     /// Due and waiting for an evaluation permit, in order: (rule,
     /// generation, the tick's instant).
     ready: VecDeque<(Arc<str>, u64, SystemTime)>,
     next_generation: u64,
+    /// Phases learned lately, one copy each for the rules that learned
+    /// them (rules over the same scrapes learn the same one).
+    phases: VecDeque<Arc<Phase>>,
 }
 
 impl Queue {
     fn push(&mut self, name: &str) {
-        if let Some((name, s)) = self.slots.get_key_value(name) {
-            self.heap.push(Reverse((s.due, s.generation, name.clone())));
+        if let Some(s) = self.slots.get(name) {
+            self.heap
+                .push(Reverse((s.due, s.generation, s.name.clone())));
         }
         // Entries for ticks since moved (a phase learned, a rule replaced)
         // stay until their time: past half again the live ones, the queue
@@ -161,7 +203,7 @@ impl Queue {
             self.heap = self
                 .slots
                 .iter()
-                .map(|(n, s)| Reverse((s.due, s.generation, n.clone())))
+                .map(|s| Reverse((s.due, s.generation, s.name.clone())))
                 .collect();
         }
     }
@@ -179,14 +221,15 @@ impl Queue {
             }
         }
         ctx.prom.set_shared_texts(multi);
-        self.slots.retain(|n, s| {
+        self.slots.0.retain(|s| {
             rules
-                .get(&**n)
+                .get(&*s.name)
                 .is_some_and(|r| r.fingerprint == s.rule.fingerprint)
         });
         self.ready.retain(|(n, ..)| self.slots.contains_key(n));
         metrics.keep_data_phases(|n| self.slots.contains_key(n));
         let now = SystemTime::now();
+        let mut added = Vec::new();
         for (name, r) in rules {
             if self.slots.contains_key(name.as_str()) {
                 continue;
@@ -196,31 +239,30 @@ impl Queue {
                 Schedule::Every(d) => Some(d),
                 Schedule::Cron(..) => None,
             };
-            let phase = Phase::epoch(every.map_or(1000.0, |d| d.as_millis() as f64));
+            let phase = Phase::epoch(every.map_or(1000.0, |d| d.as_millis() as f64)).grid();
             // `every:` rules evaluate at once, then on their interval; cron
             // rules wait for their first time.
             let due = match every {
                 Some(_) => now,
                 None => next_tick(&r.schedule, now, &phase),
             };
-            let selector = every
-                .and_then(|_| freshness::selector(r.queries.values()))
-                .map(String::into_boxed_str);
-            self.slots.insert(
-                Arc::from(name.as_str()),
-                Slot {
-                    rule: r.clone(),
-                    due,
-                    first: true,
-                    busy: false,
-                    last_tick: due,
-                    phase,
-                    learn_at: selector.as_ref().map(|_| Instant::now()),
-                    selector,
-                    generation: self.next_generation,
-                },
-            );
-            self.push(name);
+            let aligns = every.is_some() && freshness::selector(r.queries.values()).is_some();
+            added.push(Slot {
+                name: Arc::from(name.as_str()),
+                rule: r.clone(),
+                due,
+                first: true,
+                busy: false,
+                last_tick: due,
+                phase,
+                learn_at: aligns.then(Instant::now),
+                generation: self.next_generation,
+            });
+        }
+        let names: Vec<Arc<str>> = added.iter().map(|s| s.name.clone()).collect();
+        self.slots.add(added);
+        for name in names {
+            self.push(&name);
         }
     }
 
@@ -299,10 +341,10 @@ impl Queue {
                 _ => now(),
             };
             slot.first = false;
-            let probe = match (&slot.selector, slot.learn_at, &slot.rule.schedule) {
-                (Some(sel), Some(when), Schedule::Every(d)) if Instant::now() >= when => {
+            let probe = match (slot.learn_at, &slot.rule.schedule) {
+                (Some(when), Schedule::Every(d)) if Instant::now() >= when => {
                     slot.learn_at = None;
-                    Some((freshness::probe_expr(sel, freshness::window(*d)), *d))
+                    Some(*d)
                 }
                 _ => None,
             };
@@ -330,7 +372,13 @@ impl Queue {
                 // After the evaluation (never delaying it): when is the
                 // data fresh?
                 let learned = match probe {
-                    Some((probe, every)) => Some(learn_phase(&prom, &probe, every, at).await),
+                    Some(every) => match freshness::selector(rule.queries.values()) {
+                        Some(sel) => {
+                            let probe = freshness::probe_expr(&sel, freshness::window(every));
+                            Some(learn_phase(&prom, &probe, every, at).await)
+                        }
+                        None => Some(None),
+                    },
                     None => None,
                 };
                 let _ = done.send(Done {
@@ -361,10 +409,11 @@ impl Queue {
         let Some(phase) = learned else {
             return;
         };
-        metrics.set_data_phase(&d.rule, &phase);
+        let grid = phase.grid();
+        metrics.set_data_phase(&d.rule, &shared_phase(&mut self.phases, phase));
         // The next tick, placed anew from the one just evaluated.
-        let next = next_tick(&slot.rule.schedule, slot.last_tick, &phase);
-        slot.phase = phase;
+        let next = next_tick(&slot.rule.schedule, slot.last_tick, &grid);
+        slot.phase = grid;
         if next > SystemTime::now() && next != slot.due {
             slot.due = next;
             self.push(&d.rule);
@@ -372,12 +421,26 @@ impl Queue {
     }
 }
 
+/// `p`, or an equal phase learned lately (kept in `lately`, the last 16).
+fn shared_phase(lately: &mut VecDeque<Arc<Phase>>, p: Phase) -> Arc<Phase> {
+    if let Some(a) = lately.iter().find(|a| ***a == p) {
+        return a.clone();
+    }
+    let a = Arc::new(p);
+    if lately.len() >= 16 {
+        lately.pop_front();
+    }
+    lately.push_back(a.clone());
+    a
+}
+
 async fn run_queue(mut cmds: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
     let mut q = Queue {
-        slots: HashMap::new(),
+        slots: Slots::default(),
         heap: BinaryHeap::new(),
         ready: VecDeque::new(),
         next_generation: 0,
+        phases: VecDeque::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut evals: JoinSet<()> = JoinSet::new();
@@ -465,27 +528,25 @@ mod tests {
         .value
         .expect("loads");
         let mut q = Queue {
-            slots: HashMap::new(),
+            slots: Slots::default(),
             heap: BinaryHeap::new(),
             ready: VecDeque::new(),
             next_generation: 0,
+            phases: VecDeque::new(),
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
         for (i, r) in set.rules.iter().enumerate() {
-            q.slots.insert(
-                Arc::from(r.name.as_str()),
-                Slot {
-                    rule: r.clone(),
-                    due: t0,
-                    first: false,
-                    busy: false,
-                    last_tick: t0,
-                    phase: Phase::epoch(1000.0),
-                    selector: None,
-                    learn_at: None,
-                    generation: i as u64,
-                },
-            );
+            q.slots.add(vec![Slot {
+                name: Arc::from(r.name.as_str()),
+                rule: r.clone(),
+                due: t0,
+                first: false,
+                busy: false,
+                last_tick: t0,
+                phase: Phase::epoch(1000.0).grid(),
+                learn_at: None,
+                generation: i as u64,
+            }]);
             q.push(&r.name);
         }
         // Each rule's tick moved a thousand times (phases learned anew):
@@ -516,18 +577,67 @@ mod tests {
     }
 
     #[test]
+    fn slots_stay_sorted_and_found_and_equal_phases_are_shared() {
+        let set = crate::config::load::load_rule_sources(&[(
+            "r.yaml",
+            "rules:\n  - {name: m, queries: {v: up}, condition: v > 1}\n  - {name: b, queries: {v: up}, condition: v > 1}\n  - {name: x, queries: {v: up}, condition: v > 1}\n  - {name: a, queries: {v: up}, condition: v > 1}\n",
+        )])
+        .value
+        .expect("loads");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let slot = |r: &Arc<Rule>| Slot {
+            name: Arc::from(r.name.as_str()),
+            rule: r.clone(),
+            due: t0,
+            first: true,
+            busy: false,
+            last_tick: t0,
+            phase: Phase::epoch(1000.0).grid(),
+            learn_at: None,
+            generation: 0,
+        };
+        let mut slots = Slots::default();
+        // Added in two batches, out of order.
+        slots.add(set.rules[..2].iter().map(slot).collect());
+        slots.add(set.rules[2..].iter().map(slot).collect());
+        let names: Vec<&str> = slots.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["a", "b", "m", "x"]);
+        for n in ["a", "b", "m", "x"] {
+            assert_eq!(slots.get(n).map(|s| &*s.rule.name), Some(n));
+        }
+        assert!(!slots.contains_key("c"));
+        slots.0.retain(|s| &*s.name != "b");
+        assert!(slots.get("a").is_some() && slots.get("b").is_none() && slots.get("x").is_some());
+
+        let mut lately = VecDeque::new();
+        let p = |anchor_ms| Phase {
+            anchor_ms,
+            ..Phase::epoch(5000.0)
+        };
+        let one = shared_phase(&mut lately, p(330.0));
+        let two = shared_phase(&mut lately, p(330.0));
+        assert!(Arc::ptr_eq(&one, &two), "an equal phase is the same copy");
+        let other = shared_phase(&mut lately, p(660.0));
+        assert!(!Arc::ptr_eq(&one, &other));
+        for i in 0..40 {
+            shared_phase(&mut lately, p(f64::from(i)));
+        }
+        assert_eq!(lately.len(), 16, "only the latest are kept to share");
+    }
+
+    #[test]
     fn next_tick_for_every_and_cron() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_007);
         // On the 30 s grid, at least 30 s later: 11:06:47 → 11:07:30.
         let epoch = Phase::epoch(30_000.0);
         assert_eq!(
-            next_tick(&Schedule::Every(Duration::from_secs(30)), t, &epoch),
+            next_tick(&Schedule::Every(Duration::from_secs(30)), t, &epoch.grid()),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_050)
         );
         // From a grid point, exactly one interval.
         let on = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_050);
         assert_eq!(
-            next_tick(&Schedule::Every(Duration::from_secs(30)), on, &epoch),
+            next_tick(&Schedule::Every(Duration::from_secs(30)), on, &epoch.grid()),
             on + Duration::from_secs(30)
         );
         // On a learned phase: data readable at .330 of each second, the
@@ -540,7 +650,7 @@ mod tests {
             targets: 1,
         };
         assert_eq!(
-            next_tick(&Schedule::Every(Duration::from_secs(5)), on, &fresh),
+            next_tick(&Schedule::Every(Duration::from_secs(5)), on, &fresh.grid()),
             SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_055_330)
         );
         // A phase learned with the rule's own period (interval not yet
@@ -555,7 +665,11 @@ mod tests {
         };
         let started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_047_000);
         assert_eq!(
-            next_tick(&Schedule::Every(Duration::from_secs(50)), started, &coarse),
+            next_tick(
+                &Schedule::Every(Duration::from_secs(50)),
+                started,
+                &coarse.grid()
+            ),
             SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_090_000)
         );
         // A phase from absurd timestamps never stops the rule.
@@ -563,19 +677,27 @@ mod tests {
             anchor_ms: 1e300,
             ..coarse.clone()
         };
-        let next = next_tick(&Schedule::Every(Duration::from_secs(50)), started, &absurd);
+        let next = next_tick(
+            &Schedule::Every(Duration::from_secs(50)),
+            started,
+            &absurd.grid(),
+        );
         assert!(next > started && next <= started + Duration::from_secs(100));
         // Never less than half an interval after the last.
         let late = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_066_000);
         assert_eq!(
-            next_tick(&Schedule::Every(Duration::from_secs(50)), late, &coarse),
+            next_tick(
+                &Schedule::Every(Duration::from_secs(50)),
+                late,
+                &coarse.grid()
+            ),
             SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_140_000)
         );
         let cron: cron::Schedule = "0 */5 * * * *".parse().expect("cron");
         let next = next_tick(
             &Schedule::Cron("0 */5 * * * *".into(), Box::new(cron)),
             t,
-            &epoch,
+            &epoch.grid(),
         );
         // 1_795_000_007 is 11:06:47; the next 5-minute mark is 11:10:00.
         assert_eq!(

@@ -21,7 +21,6 @@ pub(super) struct Opened {
     pub control_rx: mpsc::Receiver<ControlMsg>,
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
-    pub rule_map: BTreeMap<String, Arc<Rule>>,
     pub listener: tokio::net::TcpListener,
     pub hup: tokio::signal::unix::Signal,
     pub token: Option<crate::config::Secret>,
@@ -155,7 +154,7 @@ pub(super) async fn open(
     metrics.last_reload_successful.set(1);
     let (control_tx, control_rx) = mpsc::channel::<ControlMsg>(16);
     let mut engine = Engine {
-        rules: rule_map.clone(),
+        rules: rule_map,
         actions: rules.actions.clone(),
         states,
         shared,
@@ -179,7 +178,6 @@ pub(super) async fn open(
         pending_removals: BTreeMap::new(),
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         recent: HashMap::new(),
-        state_since: HashMap::new(),
         claimed: HashMap::new(),
         joiners: HashMap::new(),
         ha: ha.map(|t| t.node.clone()),
@@ -198,7 +196,6 @@ pub(super) async fn open(
         control_rx,
         engine,
         metrics,
-        rule_map,
         listener,
         hup,
         token,
