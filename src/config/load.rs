@@ -405,7 +405,7 @@ struct ReadRule {
 
 /// Rules are checked in batches of this many (on every core) while the
 /// YAML is read.
-const RULE_BATCH: usize = 2048;
+const RULE_BATCH: usize = 1024;
 
 /// A rule file's `notifiers:` or `actions:`, checked once every file is
 /// read.

@@ -71,7 +71,7 @@ impl Ctx {
             .map(|n| n.get())
             .unwrap_or(1)
             .min(8);
-        if workers < 2 || items.len() < 2000 {
+        if workers < 2 || items.len() < 512 {
             return items.into_iter().map(|t| f(self, t)).collect();
         }
         let per = items.len().div_ceil(workers);

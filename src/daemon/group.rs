@@ -363,7 +363,7 @@ impl Standby {
             .iter()
             .map(|r| (r.name.clone(), r.clone()))
             .collect();
-        let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+        let (tx, mut rx) = mpsc::channel::<Msg>(256);
         let mut sched = Scheduler::start(
             Prom::new(&config.prometheus).map_err(DaemonError::Prometheus)?,
             tx,

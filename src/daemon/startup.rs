@@ -149,7 +149,7 @@ pub(super) async fn open(
     // The compacted journal names no page: the outbox's tombstones can go.
     outbox.forget_finished();
 
-    let (tx, rx) = mpsc::channel::<Msg>(1024);
+    let (tx, rx) = mpsc::channel::<Msg>(256);
     metrics.rules.set(rule_map.len() as i64);
     metrics.last_reload_successful.set(1);
     let (control_tx, control_rx) = mpsc::channel::<ControlMsg>(16);
