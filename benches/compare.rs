@@ -524,13 +524,14 @@ fn latency_setup(run: &LatencyRun) -> Samples {
             (0..trials).filter(|i| !seen(*i)).collect()
         };
         panic!(
-            "not every trial was seen within {deadline:?}: ripcord's step did not record trials {:?}, the webhook did not get Prometheus' alert for trials {:?} nor vmalert's for {:?}; unreadable record lines (a harness fault): {bad:?}\nripcord: {}\nalertmanager: {}\nprometheus: {}",
+            "not every trial was seen within {deadline:?}: ripcord's step did not record trials {:?}, the webhook did not get Prometheus' alert for trials {:?} nor vmalert's for {:?}; unreadable record lines (a harness fault): {bad:?}\nripcord: {}\nalertmanager: {}\nprometheus: {}\nvmalert: {}",
             missing(&|i| r.contains_key(&i)),
             missing(&|i| seen("prometheus", i)),
             if run.tuned { missing(&|i| seen("vmalert", i)) } else { Vec::new() },
             ripcord.proc.log_tail(),
             am.log_tail(),
-            prom.proc.log_tail()
+            prom.proc.log_tail(),
+            vmalert.as_ref().map(|v| v.log_tail()).unwrap_or_default()
         );
     }
     let rec = recorded(&rec);

@@ -202,9 +202,12 @@ fn too_many(rule: &Rule, n: usize) -> Vec<Seen> {
     }]
 }
 
+/// Per query: the values of an instance's own series.
+type OwnValues<'a> = BTreeMap<&'a str, Vec<f64>>;
+
 fn split_by(rule: &Rule, answers: &BTreeMap<String, Answer>, known: &[&Labels]) -> Vec<Seen> {
     // Per instance, per query: the values of its own series.
-    let mut own: BTreeMap<Labels, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut own: BTreeMap<Labels, OwnValues> = BTreeMap::new();
     // Per query: values that apply to every instance.
     let mut every: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for (q, a) in answers {
@@ -220,15 +223,22 @@ fn split_by(rule: &Rule, answers: &BTreeMap<String, Answer>, known: &[&Labels]) 
             }
         }
     }
-    let mut instances: BTreeMap<Labels, bool> = own.keys().map(|l| (l.clone(), true)).collect();
+    // Every instance: those the answers name (with their values, moved, not
+    // copied: a `by:` rule may have thousands) and those known before.
+    let mut instances: BTreeMap<Labels, (bool, Option<OwnValues>)> = own
+        .into_iter()
+        .map(|(l, values)| (l, (true, Some(values))))
+        .collect();
     for l in known {
-        instances.entry((*l).clone()).or_insert(false);
+        if !instances.contains_key(*l) {
+            instances.insert((*l).clone(), (false, None));
+        }
     }
     // The rule's own instance stands in while no other is named: a rule
     // whose queries name no instance still shows, and follows no_data.
     // Once others are, it is one the answers no longer name.
     if !instances.keys().any(|l| !l.is_empty()) {
-        instances.insert(Labels::new(), true);
+        instances.insert(Labels::new(), (true, None));
     }
     if instances.len() > MAX_INSTANCES {
         return too_many(rule, instances.len());
@@ -242,11 +252,10 @@ fn split_by(rule: &Rule, answers: &BTreeMap<String, Answer>, known: &[&Labels]) 
     });
     instances
         .into_iter()
-        .map(|(labels, present)| {
-            let mine = own.get(&labels);
+        .map(|(labels, (present, mine))| {
             let obs = match &shared_problem {
                 Some(p) => Observation::Unevaluable(p.clone()),
-                None => instance_obs(rule, &labels, mine, &every),
+                None => instance_obs(rule, &labels, mine.as_ref(), &every),
             };
             Seen {
                 key: key(&rule.name, &labels),
