@@ -280,8 +280,8 @@ impl Queries {
         self.0.iter().map(|(_, q)| q)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(n, q)| (n, q))
+    pub fn iter(&self) -> <&Queries as IntoIterator>::IntoIter {
+        self.into_iter()
     }
 
     pub fn len(&self) -> usize {

@@ -20,12 +20,12 @@ use std::time::{Instant, SystemTime};
 /// shorter or longer (rounding up always could cost nearly a whole
 /// interval). Rules of one interval on the same data evaluate at the same
 /// instants, so a query they share is sent once ([`Prom::query_for_rule`]).
-fn next_tick(schedule: &Schedule, after: SystemTime, phase: &Grid) -> SystemTime {
+fn next_tick(schedule: &Schedule, after: SystemTime, grid: &Grid) -> SystemTime {
     match schedule {
         Schedule::Every(d) => {
             let target = Timestamp::from_system(after + *d).0 as f64;
-            let up = phase.at_or_after(target);
-            let down = up - phase.period_ms;
+            let up = grid.at_or_after(target);
+            let down = up - grid.period_ms;
             let earliest = Timestamp::from_system(after).0 as f64 + d.as_millis() as f64 / 2.0;
             let next = if down >= earliest && target - down < up - target {
                 down
@@ -144,13 +144,16 @@ struct Ctx {
 struct Slots(Vec<Slot>);
 
 impl Slots {
+    fn find(&self, name: &str) -> Option<usize> {
+        self.0.binary_search_by(|s| (*s.name).cmp(name)).ok()
+    }
+
     fn get(&self, name: &str) -> Option<&Slot> {
-        let i = self.0.binary_search_by(|s| (*s.name).cmp(name)).ok()?;
-        self.0.get(i)
+        self.0.get(self.find(name)?)
     }
 
     fn get_mut(&mut self, name: &str) -> Option<&mut Slot> {
-        let i = self.0.binary_search_by(|s| (*s.name).cmp(name)).ok()?;
+        let i = self.find(name)?;
         self.0.get_mut(i)
     }
 
