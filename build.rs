@@ -2,7 +2,7 @@
 //! `ripcord_build_info` and `status`. A build outside a git checkout (a
 //! source tarball) may set `RIPCORD_GIT_COMMIT`; otherwise it says `unknown`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -36,4 +36,31 @@ fn main() {
             println!("cargo:rerun-if-changed={}", dir.join(head).display());
         }
     }
+
+    symbol_order();
+}
+
+/// A release build places the functions the daemon runs while it waits
+/// (packaging/symbol-order.txt, from `scripts/bench --symbol-order`)
+/// together, so that a waiting daemon keeps few pages of code resident
+/// (BENCHMARKS.md, *Footprint*). The option is lld's, the linker Rust uses
+/// on x86_64 Linux; `RIPCORD_SYMBOL_ORDER=0` leaves it out for a build with
+/// another linker. Names the binary no longer has are skipped.
+fn symbol_order() {
+    println!("cargo:rerun-if-env-changed=RIPCORD_SYMBOL_ORDER");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/symbol-order.txt");
+    println!("cargo:rerun-if-changed={}", file.display());
+    let var = |name| std::env::var(name).unwrap_or_default();
+    if var("PROFILE") != "release"
+        || var("TARGET") != "x86_64-unknown-linux-gnu"
+        || var("RIPCORD_SYMBOL_ORDER") == "0"
+        || !file.exists()
+    {
+        return;
+    }
+    println!(
+        "cargo:rustc-link-arg-bin=ripcord=-Wl,--symbol-ordering-file={}",
+        file.display()
+    );
+    println!("cargo:rustc-link-arg-bin=ripcord=-Wl,--no-warn-symbol-ordering");
 }

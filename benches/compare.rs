@@ -18,6 +18,9 @@
 //! tiny configuration in seconds (CI runs that, to keep the harness
 //! working). It needs Debian's prometheus, prometheus-alertmanager and
 //! victoria-metrics (vmalert); `scripts/bench` installs them.
+//!
+//! `-- --symbol-order` does not measure: it lists the functions ripcord's
+//! daemon runs and writes packaging/symbol-order.txt (see `symbol_order`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,7 +28,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -46,7 +49,14 @@ fn poll(deadline: Duration, cond: impl FnMut() -> bool) -> bool {
     net::poll(deadline, Duration::from_millis(20), cond)
 }
 
-const RIPCORD: &str = env!("CARGO_BIN_EXE_ripcord");
+/// The ripcord measured: `RIPCORD_BIN`, which scripts/bench sets to the
+/// release build packages ship (build.rs links it in the order of
+/// packaging/symbol-order.txt), or else the one cargo built for this
+/// benchmark, which differs: its dependencies' features are unified with
+/// the dev-dependencies', so its functions have other names.
+static RIPCORD: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("RIPCORD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ripcord").to_owned())
+});
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -63,6 +73,10 @@ fn main() {
         let results: Value = serde_json::from_str(&text).expect("results JSON");
         plot(&results, &path.with_extension("svg"));
         println!("{}", markdown(&results));
+        return;
+    }
+    if args.iter().any(|a| a == "--symbol-order") {
+        symbol_order();
         return;
     }
     let mut plan = if tiny { Plan::tiny() } else { Plan::full() };
@@ -691,6 +705,169 @@ fn idle(dir: &Path, prom: &Prom, n: usize, wall: Duration) -> Value {
     json!({"rules": n, "ripcord_rss_mb": r.mem.rss_mb, "vmalert_rss_mb": v.mem.rss_mb})
 }
 
+// ----------------------------------------------------------- symbol order
+
+/// `--symbol-order`: the functions ripcord's daemon runs from start-up
+/// through evaluations (at the default 30 s and at 1 s), `/metrics`,
+/// `status` and a reload, written to packaging/symbol-order.txt in the
+/// order they lie in this build. A release link places them together
+/// (build.rs), so the pages of code a waiting daemon keeps mapped are
+/// about the code it runs: the kernel maps file pages around each one
+/// touched (fault-around), and scattered, a few MB of functions kept most
+/// of the 10 MB of text resident (BENCHMARKS.md, *Footprint*).
+///
+/// Each function's entry gets a breakpoint that records its first hit
+/// (benches/trace_functions.c, preloaded), so the list is exact, not a
+/// sample. Run it again when the list has gone stale: packaging/build says
+/// how many of its names the binary still has.
+fn symbol_order() {
+    if which("prometheus").is_none() {
+        eprintln!("compare: `prometheus` not found; run scripts/bench --symbol-order");
+        std::process::exit(2);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tracer = dir.join("trace_functions.so");
+    let built = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&tracer)
+        .arg(root.join("benches/trace_functions.c"))
+        .arg("-lpthread")
+        .status()
+        .expect("cc");
+    assert!(built.success(), "building the tracer failed");
+
+    let symbols = text_symbols(Path::new(&*RIPCORD));
+    let mut entries: Vec<u64> = symbols.iter().map(|s| s.addr).collect();
+    entries.dedup();
+    let text: u64 = entries
+        .iter()
+        .filter_map(|a| symbols.iter().find(|s| s.addr == *a))
+        .map(|s| s.size)
+        .sum();
+    let funcs = dir.join("functions.txt");
+    let list: String = entries.iter().map(|a| format!("{a:x}\n")).collect();
+    std::fs::write(&funcs, list).expect("functions.txt");
+
+    let n = 100;
+    let mut body = String::from("# TYPE bench_value gauge\n");
+    for i in 0..n {
+        body.push_str(&format!("bench_value{{i=\"{i}\"}} {i}\n"));
+    }
+    let (_exporter, prom) = Prom::scraping(dir, body, "bench_value", n);
+    let mut hits = std::collections::BTreeSet::new();
+    for every in ["", "    every: 1s\n"] {
+        let mut rules = String::from("rules:\n");
+        for i in 0..n {
+            rules.push_str(&format!(
+                "  - name: r-{i}\n{every}    queries: {{v: 'bench_value{{i=\"{i}\"}}'}}\n    condition: v > 1000000000\n"
+            ));
+        }
+        let out = dir.join("hits.txt");
+        let _ = std::fs::remove_file(&out);
+        let ripcord = Ripcord::start_with(
+            dir,
+            &prom,
+            &rules,
+            "",
+            &[
+                ("LD_PRELOAD", &tracer),
+                ("TRACE_FUNCS", &funcs),
+                ("TRACE_OUT", &out),
+            ],
+        );
+        ripcord.wait_ready(Duration::from_secs(120));
+        let evaluations = |rounds: usize| {
+            wait_until(
+                &format!("{rounds} rounds of evaluations"),
+                Duration::from_secs(180),
+                || {
+                    let m = scrape(ripcord.api_port, "/metrics");
+                    sum_metric(&m, "ripcord_evaluations_total") >= (rounds * n) as f64
+                },
+            )
+        };
+        evaluations(2);
+        let status = Command::new(&*RIPCORD)
+            .arg("-c")
+            .arg(dir.join("ripcord.yaml"))
+            .arg("status")
+            .stdout(Stdio::null())
+            .status()
+            .expect("ripcord status");
+        assert!(status.success(), "ripcord status failed");
+        ripcord.reload(None);
+        evaluations(3);
+        drop(ripcord); // SIGTERM; the tracer writes its list as ripcord exits
+        let text = std::fs::read_to_string(&out).expect("the tracer's list");
+        hits.extend(text.lines().filter_map(|l| u64::from_str_radix(l, 16).ok()));
+    }
+
+    let mut names = String::new();
+    let (mut count, mut bytes, mut last) = (0, 0, None);
+    for s in symbols.iter().filter(|s| hits.contains(&s.addr)) {
+        names.push_str(&s.name);
+        names.push('\n');
+        if last != Some(s.addr) {
+            (count, bytes, last) = (count + 1, bytes + s.size, Some(s.addr));
+        }
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    let summary = format!(
+        "{count} functions, {:.2} of {:.2} MB of code",
+        mb(bytes),
+        mb(text)
+    );
+    let header = format!(
+        "# The functions ripcord's daemon runs from start-up through evaluations,\n\
+         # /metrics, status and a reload, which a release link places together\n\
+         # (build.rs). Written by `scripts/bench --symbol-order` from\n\
+         # {}, built by {}:\n\
+         # {summary}.\n",
+        first_line(Command::new(&*RIPCORD).arg("--version")),
+        first_line(Command::new("rustc").arg("--version")),
+    );
+    let path = root.join("packaging/symbol-order.txt");
+    std::fs::write(&path, header + &names).expect("write packaging/symbol-order.txt");
+    eprintln!("wrote {}: {summary}", path.display());
+}
+
+/// A function in the executable's text: its address, size and symbol.
+struct Symbol {
+    addr: u64,
+    size: u64,
+    name: String,
+}
+
+/// The functions of `bin` with a size, by address (`nm`).
+fn text_symbols(bin: &Path) -> Vec<Symbol> {
+    let out = Command::new("nm")
+        .args(["--defined-only", "-S"])
+        .arg(bin)
+        .output()
+        .expect("nm");
+    assert!(out.status.success(), "nm {} failed", bin.display());
+    let mut symbols: Vec<Symbol> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [addr, size, kind, name] = f[..] else {
+                return None;
+            };
+            let size = u64::from_str_radix(size, 16).ok().filter(|&s| s > 0)?;
+            let addr = u64::from_str_radix(addr, 16).ok()?;
+            matches!(kind, "t" | "T" | "w" | "W").then(|| Symbol {
+                addr,
+                size,
+                name: name.to_owned(),
+            })
+        })
+        .collect();
+    symbols.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
+    symbols
+}
+
 /// Many series: `groups` × `per_group` series of `bench_series{g, i}`,
 /// watched by one `by:` rule over them all and by one rule per group, at
 /// the same interval, by ripcord and by vmalert (the same expressions as
@@ -1009,6 +1186,17 @@ struct Ripcord {
 
 impl Ripcord {
     fn start(dir: &Path, prom: &Prom, rules: &str, extra: &str) -> Ripcord {
+        Ripcord::start_with(dir, prom, rules, extra, &[])
+    }
+
+    /// `start` with more environment variables.
+    fn start_with(
+        dir: &Path,
+        prom: &Prom,
+        rules: &str,
+        extra: &str,
+        env: &[(&str, &Path)],
+    ) -> Ripcord {
         let state = dir.join("ripcord-state");
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(dir.join("rules.d")).expect("mkdir");
@@ -1042,12 +1230,13 @@ impl Ripcord {
         let proc = Proc::spawn(
             dir,
             "ripcord",
-            Command::new(RIPCORD)
+            Command::new(&*RIPCORD)
                 .arg("-c")
                 .arg(dir.join("ripcord.yaml"))
                 .arg("run")
                 .env("NOTIFY_SOCKET", &sock)
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied()),
         );
         Ripcord {
             proc,
@@ -1335,7 +1524,7 @@ fn first_line(cmd: &mut Command) -> String {
 
 fn versions() -> Value {
     json!({
-        "ripcord": first_line(Command::new(RIPCORD).arg("--version")),
+        "ripcord": first_line(Command::new(&*RIPCORD).arg("--version")),
         "prometheus": first_line(Command::new("prometheus").arg("--version")),
         "alertmanager": first_line(Command::new("prometheus-alertmanager").arg("--version")),
         "vmalert": first_line(Command::new("vmalert").arg("-version")),
