@@ -142,25 +142,19 @@ fn main() {
     results["footprint"] = footprint;
     eprintln!("== many series");
     results["series"] = series_cost(&plan);
-    std::fs::write(
-        out.join(if tiny {
-            "results-tiny.json"
-        } else if cost_only {
-            "results-cost.json"
-        } else {
-            "results.json"
-        }),
-        serde_json::to_string_pretty(&results).expect("json"),
-    )
-    .expect("write results");
+    let json = out.join(if tiny {
+        "results-tiny.json"
+    } else if cost_only {
+        "results-cost.json"
+    } else {
+        "results.json"
+    });
+    std::fs::write(&json, serde_json::to_string_pretty(&results).expect("json"))
+        .expect("write results");
     let svg = out.join(if tiny { "bench-tiny.svg" } else { "bench.svg" });
     plot(&results, &svg);
     println!("{}", markdown(&results));
-    eprintln!(
-        "wrote {} and {}",
-        out.join("results.json").display(),
-        svg.display()
-    );
+    eprintln!("wrote {} and {}", json.display(), svg.display());
     if tiny {
         check_tiny(&results);
     }
