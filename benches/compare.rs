@@ -733,15 +733,17 @@ fn symbol_order() {
     assert!(built.success(), "building the tracer failed");
 
     let symbols = text_symbols(Path::new(&*RIPCORD));
-    let mut entries: Vec<u64> = symbols.iter().map(|s| s.addr).collect();
-    entries.dedup();
-    let text: u64 = entries
-        .iter()
-        .filter_map(|a| symbols.iter().find(|s| s.addr == *a))
-        .map(|s| s.size)
-        .sum();
+    // One per address: aliases share a function's code.
+    let functions = || {
+        symbols
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i == 0 || symbols[i - 1].addr != s.addr)
+            .map(|(_, s)| s)
+    };
+    let text: u64 = functions().map(|s| s.size).sum();
     let funcs = dir.join("functions.txt");
-    let list: String = entries.iter().map(|a| format!("{a:x}\n")).collect();
+    let list: String = functions().map(|s| format!("{:x}\n", s.addr)).collect();
     std::fs::write(&funcs, list).expect("functions.txt");
 
     let n = 100;
@@ -798,15 +800,13 @@ fn symbol_order() {
         hits.extend(text.lines().filter_map(|l| u64::from_str_radix(l, 16).ok()));
     }
 
-    let mut names = String::new();
-    let (mut count, mut bytes, mut last) = (0, 0, None);
-    for s in symbols.iter().filter(|s| hits.contains(&s.addr)) {
-        names.push_str(&s.name);
-        names.push('\n');
-        if last != Some(s.addr) {
-            (count, bytes, last) = (count + 1, bytes + s.size, Some(s.addr));
-        }
-    }
+    let names: String = symbols
+        .iter()
+        .filter(|s| hits.contains(&s.addr))
+        .map(|s| format!("{}\n", s.name))
+        .collect();
+    let ran = || functions().filter(|s| hits.contains(&s.addr));
+    let (count, bytes) = (ran().count(), ran().map(|s| s.size).sum::<u64>());
     let mb = |b: u64| b as f64 / 1e6;
     let summary = format!(
         "{count} functions, {:.2} of {:.2} MB of code",
